@@ -1,0 +1,26 @@
+# MedFM-Robust: raw datasets -> SSIM-calibrated perturbed shards -> fine-tuned checkpoints ->
+# per-image metric Parquet files -> the paper's tables, figures and report.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+report: "report/workflow.rst"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/perturb.smk"
+include: "rules/segment.smk"
+include: "rules/finetune.smk"
+include: "rules/vlm.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    input:
+        get_final_output(),
+    default_target: True

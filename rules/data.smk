@@ -1,0 +1,1 @@
+# rules for the data stage (owner fills in)

@@ -1,0 +1,1 @@
+# rules for the perturb stage (owner fills in)

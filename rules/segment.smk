@@ -1,0 +1,1 @@
+# rules for the segment stage (owner fills in)

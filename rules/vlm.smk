@@ -1,0 +1,1 @@
+# rules for the vlm stage (owner fills in)

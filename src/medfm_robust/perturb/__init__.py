@@ -1,0 +1,1 @@
+"""perturb stage of MedFM-Robust."""

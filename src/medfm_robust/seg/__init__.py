@@ -1,0 +1,1 @@
+"""seg stage of MedFM-Robust."""

@@ -1,0 +1,1 @@
+"""vlm stage of MedFM-Robust."""
