@@ -1,1 +1,14 @@
-"""vlm stage of MedFM-Robust."""
+"""Vision-language robustness: sample tables, prompts, answer parsing, the API client and (model half)
+the VLM adapters, tiny models and LoRA grounding fine-tuning.
+
+Submodules: :mod:`~medfm_robust.vlm.datasets` (publisher readers, demo builder, sampling),
+:mod:`~medfm_robust.vlm.prompts` (``build_prompt``, ``target_text``, box conventions),
+:mod:`~medfm_robust.vlm.parsing` (``parse_answer``), :mod:`~medfm_robust.vlm.api` (OpenAI-compatible
+client with retries and a persistent cache), :mod:`~medfm_robust.vlm.cache`,
+:mod:`~medfm_robust.vlm.perturb` (perturbed sample tables).
+"""
+
+from medfm_robust.vlm.parsing import Parsed, parse_answer
+from medfm_robust.vlm.prompts import BOX_CONVENTIONS, SYSTEM_PROMPT, build_prompt, target_text
+
+__all__ = ["BOX_CONVENTIONS", "SYSTEM_PROMPT", "Parsed", "build_prompt", "parse_answer", "target_text"]

@@ -1,0 +1,110 @@
+"""Task prompts and training targets for every VLM, with the grounding box convention of each model.
+
+Box conventions (``model_convention``), all for the stored image of ``width x height`` pixels:
+
+- ``pixel``: ``[x0, y0, x1, y1]`` pixel indices of the top-left and bottom-right box pixels (inclusive, as
+  the sample table's ``box``).
+- ``norm1``: ``[x0, y0, x1, y1]`` box *edges* as fractions of width/height in [0, 1]
+  (``x0 / W``, ``(x1 + 1) / W`` for an inclusive pixel box).
+- ``norm1000``: the same edges on a 0-1000 integer scale (MedGemma/PaliGemma-style, Qwen2-VL).
+- ``yxyx1000``: ``[y0, x0, y1, x1]`` edges on a 0-1000 scale (Gemini's native ``box_2d``).
+
+A sample is a mapping with the sample-table columns (``question``, ``options``, ``answer``, ``box``,
+``height``, ``width``; see :mod:`medfm_robust.vlm.datasets`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from medfm_robust.errors import ConfigError
+
+BOX_CONVENTIONS = ("pixel", "norm1", "norm1000", "yxyx1000")
+LETTERS = "ABCDEFGH"
+SYSTEM_PROMPT = "You are an expert medical imaging specialist."
+VQA_INSTRUCTION = "Answer with the letter of the correct option only."
+CAPTION_INSTRUCTION = "Answer with one concise sentence."
+
+
+def check_convention(convention: str) -> str:
+    """Return ``convention`` or raise ``ConfigError`` if it is not one of :data:`BOX_CONVENTIONS`."""
+    if convention not in BOX_CONVENTIONS:
+        raise ConfigError(f"unknown box convention '{convention}' (one of {', '.join(BOX_CONVENTIONS)})")
+    return convention
+
+
+def format_options(options: Sequence[str]) -> str:
+    """``A. first\\nB. second ...`` (one option per line)."""
+    return "\n".join(f"{LETTERS[i]}. {opt}" for i, opt in enumerate(options))
+
+
+def box_instruction(convention: str, width: int, height: int) -> str:
+    """The answer-format sentence for a grounding prompt in ``convention``."""
+    check_convention(convention)
+    if convention == "pixel":
+        return (f"Answer with the bounding box as [x0, y0, x1, y1] in pixel coordinates of this "
+                f"{width}x{height} image (x to the right, y down, top-left corner first).")
+    if convention == "norm1":
+        return ("Answer with the bounding box as [x0, y0, x1, y1], coordinates normalised to 0-1 by the "
+                "image width and height (top-left corner first).")
+    if convention == "norm1000":
+        return ("Answer with the bounding box as [x0, y0, x1, y1], integer coordinates normalised to 0-1000 "
+                "(top-left corner first).")
+    return ("Answer with the bounding box as [ymin, xmin, ymax, xmax], integer coordinates normalised to "
+            "0-1000.")
+
+
+def build_prompt(task: str, sample: Mapping[str, Any], model_convention: str = "pixel") -> str:
+    """The user prompt (text only; the image is passed separately) for ``task`` on ``sample``.
+
+    - ``vqa``: question, lettered options, "answer with the letter only".
+    - ``caption``: the sample's instruction plus a one-sentence format hint.
+    - ``grounding``: the question plus the box format of ``model_convention``.
+    """
+    question = str(sample["question"]).strip()
+    if task == "vqa":
+        options = list(sample["options"])
+        if len(options) < 2:
+            raise ConfigError(f"sample {sample.get('sample_id')!r}: a VQA sample needs at least two options")
+        return f"{question}\nOptions:\n{format_options(options)}\n{VQA_INSTRUCTION}"
+    if task == "caption":
+        return f"{question} {CAPTION_INSTRUCTION}"
+    if task == "grounding":
+        return f"{question} {box_instruction(model_convention, int(sample['width']), int(sample['height']))}"
+    raise ConfigError(f"unknown VLM task '{task}'")
+
+
+def box_to_convention(box: Sequence[float], convention: str, width: int, height: int) -> list[float]:
+    """Convert an inclusive pixel box ``[x0, y0, x1, y1]`` to ``convention`` (see the module docstring)."""
+    check_convention(convention)
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if convention == "pixel":
+        return [x0, y0, x1, y1]
+    ex0, ey0, ex1, ey1 = x0 / width, y0 / height, (x1 + 1) / width, (y1 + 1) / height
+    if convention == "norm1":
+        return [round(v, 3) for v in (ex0, ey0, ex1, ey1)]
+    scaled = [round(v * 1000) for v in (ex0, ey0, ex1, ey1)]
+    if convention == "norm1000":
+        return [float(v) for v in scaled]
+    return [float(scaled[1]), float(scaled[0]), float(scaled[3]), float(scaled[2])]
+
+
+def format_box(values: Sequence[float]) -> str:
+    """``[a, b, c, d]`` with integers where integral."""
+    parts = [str(int(v)) if float(v).is_integer() else f"{float(v):g}" for v in values]
+    return "[" + ", ".join(parts) + "]"
+
+
+def target_text(task: str, sample: Mapping[str, Any], model_convention: str = "pixel") -> str:
+    """The ideal answer text (training target): the letter, the reference caption, or the box."""
+    if task == "vqa":
+        return str(sample["answer"])
+    if task == "caption":
+        return str(sample["reference"])
+    if task == "grounding":
+        if sample.get("box") is None:
+            raise ConfigError(f"sample {sample.get('sample_id')!r}: grounding sample without a box")
+        vals = box_to_convention(sample["box"], model_convention, int(sample["width"]), int(sample["height"]))
+        return format_box(vals)
+    raise ConfigError(f"unknown VLM task '{task}'")
