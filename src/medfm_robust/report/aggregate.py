@@ -1,0 +1,259 @@
+"""Hierarchical aggregation of per-image metrics with a seeded, image-level bootstrap.
+
+The paper's numbers are formed from the per-image (per-sample) Parquet files only, in a fixed hierarchy
+(written down in ``docs/workflow.md``)::
+
+    image -> (perturbation, level) mean -> perturbation mean (over levels)
+          -> run mean (over perturbations; a run is one model x strategy x dataset, or model x task x dataset)
+          -> cell mean (over the runs in the table cell, each run weighted equally)
+
+A dimension that a table keeps (for example ``level`` in the per-severity table) is simply not averaged
+out. Drops are ``clean score - perturbed score`` of the *same image*, so every level of the hierarchy
+is a mean of paired differences.
+
+Confidence intervals come from a percentile bootstrap over images: within each population (a dataset
+for segmentation, a task x dataset for VLMs) the images are resampled with replacement (multinomial
+counts drawn from :func:`medfm_robust.seeding.rng_for` keyed by the population), and the *whole* hierarchy
+is recomputed on every replicate. The same resampled image set is used for every model, strategy,
+perturbation and level of a population, so paired comparisons keep their correlation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from medfm_robust.errors import DataError
+from medfm_robust.seeding import rng_for
+
+SEG_COLUMNS = (
+    "model",
+    "strategy",
+    "dataset",
+    "modality",
+    "image_id",
+    "perturbation",
+    "category",
+    "level",
+    "ssim",
+    "in_band",
+    "iou",
+    "dice",
+    "nsd",
+    "hd95",
+    "checkpoint_hash",
+)
+VLM_COLUMNS = (
+    "sample_id",
+    "model",
+    "task",
+    "dataset",
+    "modality",
+    "perturbation",
+    "category",
+    "level",
+    "ssim",
+    "in_band",
+)
+#: Order in which dimensions are averaged out (innermost first).
+HIERARCHY = ("image_id", "level", "perturbation", "run")
+
+
+@dataclass(frozen=True)
+class BootstrapSettings:
+    """Number of bootstrap replicates (0 disables the CI), confidence level and global seed."""
+
+    samples: int = 1000
+    ci: float = 0.95
+    seed: int = 0
+
+
+def read_metric_files(paths: Sequence[str], required: Sequence[str], kind: str) -> pd.DataFrame:
+    """Concatenate per-image metric Parquet files, checking that each has the ``required`` columns.
+
+    Raises ``DataError`` naming the file and the missing column(s); an empty ``paths`` gives an empty
+    frame with the required columns.
+    """
+    frames = []
+    for path in paths:
+        try:
+            frame = pd.read_parquet(path)
+        except Exception as exc:  # pyarrow raises several types for unreadable files
+            raise DataError(f"{path}: cannot read {kind} metrics Parquet ({exc})") from exc
+        missing = [c for c in required if c not in frame.columns]
+        if missing:
+            raise DataError(f"{path}: {kind} metrics lack column(s) {', '.join(missing)}")
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in required})
+    return pd.concat(frames, ignore_index=True)
+
+
+def paired_drops(
+    frame: pd.DataFrame,
+    value: str,
+    unit_keys: Sequence[str],
+    image_key: str = "image_id",
+    in_band_only: bool = False,
+    source: str = "metrics",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split a metrics frame into clean scores and per-image drops.
+
+    Args:
+        frame: rows of one metrics table (segmentation or VLM) with ``perturbation``, ``category``,
+            ``level``, ``in_band``, ``value`` and the ``unit_keys`` / ``image_key`` columns.
+        value: the score column (higher is better), e.g. ``iou`` or ``correct``.
+        unit_keys: columns identifying a run, e.g. ``(model, strategy, dataset)``.
+        image_key: the image (sample) identifier column.
+        in_band_only: drop perturbed rows whose SSIM missed the calibration band.
+        source: a name used in error messages.
+
+    Returns:
+        ``(clean, drops)``: ``clean`` has one row per (run, image) with column ``value``; ``drops`` has one
+        row per perturbed (run, image, perturbation, level) with ``clean``, ``perturbed`` and
+        ``drop = clean - perturbed`` (float64). A perturbed row without a clean row of the same image
+        raises ``DataError``.
+    """
+    if value not in frame.columns:
+        raise DataError(f"{source}: no column '{value}' to aggregate")
+    keys = [*unit_keys, image_key]
+    data = frame.copy()
+    data[value] = pd.to_numeric(data[value], errors="coerce").astype("float64")
+    is_clean = data["perturbation"].astype(str) == "clean"
+    clean = data.loc[is_clean, [*keys, value]]
+    dup = clean.duplicated(keys)
+    if dup.any():
+        first = clean.loc[dup, keys].iloc[0].to_dict()
+        raise DataError(f"{source}: duplicate clean rows for {first}")
+    clean = clean.rename(columns={value: "value"}).reset_index(drop=True)
+    pert = data.loc[~is_clean]
+    if in_band_only and "in_band" in pert.columns:
+        pert = pert[pert["in_band"].fillna(False).astype(bool)]
+    cols = [*keys, "perturbation", "category", "level", value]
+    pert = pert[cols].rename(columns={value: "perturbed"})
+    merged = pert.merge(
+        clean.rename(columns={"value": "clean"}), on=keys, how="left", validate="many_to_one", indicator=True
+    )
+    orphan = merged["_merge"] == "left_only"
+    if orphan.any():
+        first = merged.loc[orphan, keys].iloc[0].to_dict()
+        raise DataError(f"{source}: perturbed rows without a clean row of the same image, e.g. {first}")
+    merged = merged.drop(columns="_merge")
+    merged["drop"] = merged["clean"] - merged["perturbed"]
+    merged["level"] = merged["level"].astype("int64")
+    return clean, merged.reset_index(drop=True)
+
+
+def _bootstrap_weights(images: Sequence[str], population: tuple, settings: BootstrapSettings) -> np.ndarray:
+    """``(samples, n_images)`` float64 multinomial counts: resampling the population's images."""
+    n = len(images)
+    rng = rng_for("report-bootstrap", *population, n, global_seed=settings.seed)
+    return rng.multinomial(n, np.full(n, 1.0 / n), size=settings.samples).astype(np.float64)
+
+
+def hierarchical_mean(
+    obs: pd.DataFrame,
+    by: Sequence[str],
+    unit_keys: Sequence[str],
+    population_keys: Sequence[str],
+    settings: BootstrapSettings,
+    value: str = "value",
+    image_key: str = "image_id",
+) -> pd.DataFrame:
+    """Hierarchical mean of ``value`` per cell ``by`` with n and a bootstrap CI.
+
+    Args:
+        obs: one row per observation (image x [perturbation x level]) with ``value``, ``image_key``,
+            the ``unit_keys`` (run identity), ``population_keys`` (a subset of ``unit_keys``: the set of
+            images resampled together) and, when present, ``perturbation`` and ``level``.
+        by: the columns kept in the result (the table cell); all other dimensions are averaged out in the
+            order image -> level -> perturbation -> run (see the module docstring).
+        unit_keys, population_keys, settings, value, image_key: as above.
+
+    Returns:
+        One row per cell with ``by`` columns, ``mean``, ``ci_low``, ``ci_high`` (NaN when the bootstrap is
+        disabled), ``n`` (number of observations), ``n_images`` (distinct images) and ``n_runs``.
+    """
+    by = list(by)
+    obs = obs[obs[value].notna()]
+    if obs.empty:
+        return pd.DataFrame(columns=[*by, "mean", "ci_low", "ci_high", "n", "n_images", "n_runs"])
+    has_pert = "perturbation" in obs.columns
+    inner = [*dict.fromkeys([*unit_keys, *(["perturbation", "level"] if has_pert else []), *by])]
+    samples = max(int(settings.samples), 0)
+
+    # Step 1: mean over images per inner group, for the point estimate and every bootstrap replicate.
+    blocks = []
+    for pop, pop_rows in obs.groupby(list(population_keys), sort=True):
+        pop = pop if isinstance(pop, tuple) else (pop,)
+        images = np.sort(pop_rows[image_key].astype(str).unique())
+        col = np.searchsorted(images, pop_rows[image_key].astype(str).to_numpy())
+        weights = _bootstrap_weights(images, pop, settings) if samples else np.zeros((0, len(images)))
+        weights = np.vstack([np.ones((1, len(images))), weights])  # row 0: the point estimate
+        codes, uniques = pd.factorize(pd.MultiIndex.from_frame(pop_rows[inner]))
+        x = np.zeros((len(uniques), len(images)))
+        m = np.zeros_like(x)
+        np.add.at(x, (codes, col), pop_rows[value].to_numpy(dtype=np.float64))
+        np.add.at(m, (codes, col), 1.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = (x @ weights.T) / (m @ weights.T)  # (groups, 1 + samples)
+        block = pd.DataFrame(means, columns=[f"b{i}" for i in range(means.shape[1])])
+        block[inner] = uniques.to_frame(index=False).to_numpy()
+        blocks.append(block)
+    stats = pd.concat(blocks, ignore_index=True)
+    rep_cols = [c for c in stats.columns if c.startswith("b")]
+
+    # Step 2: average out level, then perturbation, then the run, keeping the `by` columns.
+    keep = list(inner)
+    for dim in ("level", "perturbation"):
+        if dim in keep and dim not in by:
+            keep.remove(dim)
+            stats = stats.groupby(keep, sort=True, dropna=False)[rep_cols].mean().reset_index()
+    stats = (
+        stats.groupby(by, sort=True, dropna=False)[rep_cols].mean().reset_index()
+        if by
+        else (stats[rep_cols].mean().to_frame().T)
+    )
+
+    counts = obs.groupby(by, sort=True, dropna=False) if by else None
+    if counts is not None:
+        n = counts.size().rename("n").reset_index()
+        n_images = counts[image_key].nunique().rename("n_images").reset_index()
+        runs = obs[[*dict.fromkeys([*by, *unit_keys])]].drop_duplicates()
+        n_runs = runs.groupby(by, sort=True, dropna=False).size().rename("n_runs").reset_index()
+        stats = stats.merge(n, on=by).merge(n_images, on=by).merge(n_runs, on=by)
+    else:
+        stats["n"] = len(obs)
+        stats["n_images"] = obs[image_key].nunique()
+        stats["n_runs"] = len(obs[list(unit_keys)].drop_duplicates())
+    reps = stats[rep_cols[1:]].to_numpy(dtype=np.float64)
+    alpha = (1.0 - settings.ci) / 2.0
+    if samples:
+        with np.errstate(invalid="ignore"):
+            stats["ci_low"] = np.nanquantile(reps, alpha, axis=1) if reps.size else np.nan
+            stats["ci_high"] = np.nanquantile(reps, 1.0 - alpha, axis=1) if reps.size else np.nan
+    else:
+        stats["ci_low"] = np.nan
+        stats["ci_high"] = np.nan
+    stats = stats.rename(columns={"b0": "mean"})
+    out = stats[[*by, "mean", "ci_low", "ci_high", "n", "n_images", "n_runs"]].copy()
+    for c in ("n", "n_images", "n_runs"):
+        out[c] = out[c].astype("int64")
+    return out.reset_index(drop=True)
+
+
+def spread_across_runs(
+    obs: pd.DataFrame, by: Sequence[str], unit_keys: Sequence[str], value: str = "value"
+) -> pd.DataFrame:
+    """Standard deviation across runs of the run means (the error bars of "dataset sensitivity").
+
+    Returns ``by`` columns plus ``std_runs`` (ddof=1; NaN for a single run).
+    """
+    keep = [*dict.fromkeys([*unit_keys, *by])]
+    per_level = obs.groupby([*keep, "perturbation", "level"], sort=True)[value].mean()
+    per_type = per_level.groupby([*keep, "perturbation"], sort=True).mean()
+    per_run = per_type.groupby(keep, sort=True).mean().reset_index()
+    return per_run.groupby(list(by), sort=True)[value].std(ddof=1).rename("std_runs").reset_index()

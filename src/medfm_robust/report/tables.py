@@ -1,0 +1,219 @@
+"""The paper's tables, built from hierarchical cells and written as CSV, Markdown and LaTeX (booktabs).
+
+A :class:`Table` holds *cells* in long form (row keys, a column label, ``mean``, ``ci_low``, ``ci_high``,
+``n``) plus optional plain per-row columns (``extra``: rank, category, trainable parameters, ...). The CSV
+is wide with four columns per label (``<label>``, ``<label>_ci_low``, ``<label>_ci_high``, ``<label>_n``);
+Markdown and LaTeX show each cell as ``mean [ci_low, ci_high] n=N``.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from medfm_robust.io import write_text_atomic
+from medfm_robust.report.palette import MODEL_LABELS, TASK_LABELS, label
+
+CELL_FIELDS = ("mean", "ci_low", "ci_high", "n")
+
+
+@dataclass
+class Table:
+    """One paper table.
+
+    Attributes:
+        name: file stem under ``results/tables/``.
+        title: one-line title (Markdown heading, LaTeX caption).
+        row_keys: columns identifying a row (e.g. ``model``, ``strategy``), in display order.
+        cells: long frame with ``row_keys``, ``column`` and :data:`CELL_FIELDS`.
+        columns: column labels in display order.
+        rows: the row-key frame in display order (defaults to the sorted unique rows of ``cells``).
+        extra: per-row plain columns (joined on ``row_keys``), shown after the row keys.
+        digits: decimals of the cell means.
+    """
+
+    name: str
+    title: str
+    row_keys: list[str]
+    cells: pd.DataFrame
+    columns: list[str]
+    rows: pd.DataFrame | None = None
+    extra: pd.DataFrame | None = None
+    digits: int = 3
+    notes: list[str] = field(default_factory=list)
+    formatters: dict[str, Callable[[object], str]] = field(default_factory=dict)
+
+    def row_frame(self) -> pd.DataFrame:
+        """The rows in display order (row keys only)."""
+        if self.rows is not None:
+            return self.rows[self.row_keys].reset_index(drop=True)
+        return self.cells[self.row_keys].drop_duplicates().sort_values(self.row_keys).reset_index(drop=True)
+
+    def wide(self) -> pd.DataFrame:
+        """Wide numeric frame: row keys, extra columns, then mean/CI/n columns per label."""
+        out = self.row_frame()
+        if self.extra is not None and len(self.extra.columns) > len(self.row_keys):
+            out = out.merge(self.extra, on=self.row_keys, how="left")
+        for col in self.columns:
+            sub = self.cells[self.cells["column"] == col][[*self.row_keys, *CELL_FIELDS]]
+            sub = sub.rename(
+                columns={"mean": col, "ci_low": f"{col}_ci_low", "ci_high": f"{col}_ci_high", "n": f"{col}_n"}
+            )
+            out = out.merge(sub, on=self.row_keys, how="left")
+            out[f"{col}_n"] = out[f"{col}_n"].astype("Int64")
+        return out
+
+    def display(self) -> pd.DataFrame:
+        """String frame for Markdown/LaTeX: labels prettified, cells formatted with CI and n."""
+        wide = self.wide()
+        out = pd.DataFrame()
+        for key in self.row_keys:
+            out[key.replace("_", " ")] = wide[key].map(lambda v: label(str(v)))
+        if self.extra is not None:
+            for col in self.extra.columns:
+                if col not in self.row_keys:
+                    out[col.replace("_", " ")] = wide[col].map(self.formatters.get(col, _plain))
+        for col in self.columns:
+            head = label(col) if col in MODEL_LABELS or col in TASK_LABELS else col
+            out[head] = [
+                format_cell(m, lo, hi, n, self.digits)
+                for m, lo, hi, n in zip(
+                    wide[col], wide[f"{col}_ci_low"], wide[f"{col}_ci_high"], wide[f"{col}_n"], strict=True
+                )
+            ]
+        return out
+
+
+def _plain(value: object) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def format_cell(mean: float, lo: float, hi: float, n: object, digits: int = 3) -> str:
+    """``0.034 [0.021, 0.047] n=120``; ``–`` for a missing cell; the CI is left out when not computed."""
+    if mean is None or pd.isna(mean):
+        return "–"
+    text = f"{mean:.{digits}f}"
+    if not (pd.isna(lo) or pd.isna(hi)):
+        text += f" [{lo:.{digits}f}, {hi:.{digits}f}]"
+    if n is not None and not pd.isna(n):
+        text += f" n={int(n)}"
+    return text
+
+
+def format_params(n: float | None) -> str:
+    """Parameter counts as ``1.23M`` / ``45.6K`` / ``789``; ``–`` when unknown."""
+    if n is None or pd.isna(n):
+        return "–"
+    n = float(n)
+    if n >= 1e6:
+        return f"{n / 1e6:.2f}M"
+    if n >= 1e3:
+        return f"{n / 1e3:.1f}K"
+    return f"{int(n)}"
+
+
+def to_markdown(table: Table) -> str:
+    """GitHub Markdown: a heading, the table, then the notes."""
+    frame = table.display()
+    header = "| " + " | ".join(frame.columns) + " |"
+    align = (
+        "|" + "|".join(":--" if i < len(table.row_keys) else "--:" for i in range(len(frame.columns))) + "|"
+    )
+    lines = [f"### {table.title}", "", header, align]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |")
+    if frame.empty:
+        lines.append("| " + " | ".join("–" for _ in frame.columns) + " |")
+    lines += ["", *table.notes] if table.notes else []
+    return "\n".join(lines) + "\n"
+
+
+_LATEX_ESCAPES = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+
+
+def latex_escape(text: str) -> str:
+    """Escape LaTeX special characters."""
+    return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in str(text)).replace("–", "--")
+
+
+def to_latex(table: Table) -> str:
+    """A booktabs ``table`` environment (``\\toprule``/``\\midrule``/``\\bottomrule``)."""
+    frame = table.display()
+    spec = "l" * len(table.row_keys) + "r" * (len(frame.columns) - len(table.row_keys))
+    buf = io.StringIO()
+    buf.write("% requires \\usepackage{booktabs}\n\\begin{table}[t]\n\\centering\n\\scriptsize\n")
+    buf.write(f"\\caption{{{latex_escape(table.title)}}}\n\\label{{tab:{table.name}}}\n")
+    buf.write(f"\\begin{{tabular}}{{{spec}}}\n\\toprule\n")
+    buf.write(" & ".join(latex_escape(c) for c in frame.columns) + " \\\\\n\\midrule\n")
+    for row in frame.itertuples(index=False):
+        buf.write(" & ".join(latex_escape(v) for v in row) + " \\\\\n")
+    buf.write("\\bottomrule\n\\end{tabular}\n")
+    for note in table.notes:
+        buf.write(f"\\par\\smallskip{{\\footnotesize {latex_escape(note)}}}\n")
+    buf.write("\\end{table}\n")
+    return buf.getvalue()
+
+
+def write_table(table: Table, csv_path: str | Path, md_path: str | Path, tex_path: str | Path) -> None:
+    """Write the CSV (wide, numeric), Markdown and LaTeX files atomically."""
+    write_text_atomic(csv_path, table.wide().to_csv(index=False, float_format="%.6g", lineterminator="\n"))
+    write_text_atomic(md_path, to_markdown(table))
+    write_text_atomic(tex_path, to_latex(table))
+
+
+def cells_from(
+    stats: pd.DataFrame, row_keys: Sequence[str], column: str | Sequence[str], fmt: str = "{}"
+) -> pd.DataFrame:
+    """Turn :func:`~medfm_robust.report.aggregate.hierarchical_mean` output into table cells.
+
+    ``column`` is either a fixed label or the name(s) of result columns whose values, formatted with
+    ``fmt``, become the label (e.g. ``"level"`` with ``"L{}"``).
+    """
+    out = stats.copy()
+    if isinstance(column, str) and column not in stats.columns:
+        out["column"] = column
+    else:
+        cols = [column] if isinstance(column, str) else list(column)
+        out["column"] = [fmt.format(*vals) for vals in out[cols].itertuples(index=False)]
+    return out[[*row_keys, "column", *CELL_FIELDS]]
+
+
+def long_cells(tables: Sequence[Table]) -> pd.DataFrame:
+    """All tables' cells in one long frame with a ``table`` column (read by the figure code)."""
+    frames = []
+    for t in tables:
+        c = t.cells.copy()
+        c.insert(0, "table", t.name)
+        if t.extra is not None and not t.extra.empty:
+            c = c.merge(t.extra, on=t.row_keys, how="left")
+        for key in ("model", "strategy", "dataset", "task", "perturbation", "category", "level"):
+            if key not in c.columns:
+                c[key] = pd.NA
+        frames.append(c)
+    if not frames:
+        return pd.DataFrame(columns=["table", "column", *CELL_FIELDS])
+    out = pd.concat(frames, ignore_index=True)
+    for col in out.columns:
+        if out[col].dtype == object:
+            out[col] = out[col].astype("string")
+    return out
