@@ -1,1 +1,11 @@
-"""metrics stage of MedFM-Robust."""
+"""Per-image metrics shared by the segmentation, VLM and report stages."""
+
+from medfm_robust.metrics.segmentation import (
+    dice,
+    hd95,
+    iou,
+    normalized_surface_dice,
+    segmentation_scores,
+)
+
+__all__ = ["dice", "hd95", "iou", "normalized_surface_dice", "segmentation_scores"]
