@@ -1,0 +1,161 @@
+"""Fine-tuned checkpoints: only the trained tensors in safetensors, plus a JSON sidecar.
+
+``results/checkpoints/{model}/{dataset}/{strategy}.safetensors`` holds exactly the tensors the strategy trains
+(LoRA as its low-rank factors ``...lora_A.weight`` / ``...lora_B.weight``); the sidecar ``{strategy}.json``
+records the base checkpoint's SHA-256, the strategy and its structural settings, trainable/total parameter
+counts, best epoch, validation Dice and the config hash. :func:`load_for_eval` rebuilds the evaluable model.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from medfm_robust.errors import CheckpointError
+from medfm_robust.io import sha256_file, write_bytes_atomic, write_json_atomic
+from medfm_robust.seg.strategies import (
+    STRATEGIES,
+    StrategySpec,
+    apply_strategy,
+    has_lora,
+    merge_lora,
+    restore_trained_state,
+    trained_state,
+)
+
+SIDECAR_FORMAT = 1
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """``x.safetensors`` -> ``x.json``."""
+    return Path(path).with_suffix(".json")
+
+
+def save_finetuned(path: str | Path, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+    """Write ``tensors`` (safetensors) and ``meta`` (JSON sidecar) atomically; the sidecar gets the file's
+    SHA-256 as ``checkpoint_sha256``."""
+    from safetensors.torch import save
+
+    data = save(
+        {k: v.detach().cpu().contiguous() for k, v in sorted(tensors.items())},
+        metadata={"format": "medfm-robust-finetuned", "strategy": str(meta.get("strategy", ""))},
+    )
+    write_bytes_atomic(path, data)
+    from medfm_robust.io import sha256_bytes
+
+    write_json_atomic(
+        sidecar_path(path), {**meta, "format": SIDECAR_FORMAT, "checkpoint_sha256": sha256_bytes(data)}
+    )
+
+
+def read_finetuned(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a fine-tuned checkpoint and its sidecar.
+
+    Raises:
+        CheckpointError: a missing or unreadable file, or a sidecar whose recorded SHA-256 does not match.
+    """
+    p = Path(path)
+    side = sidecar_path(p)
+    for f in (p, side):
+        if not f.is_file():
+            raise CheckpointError(f"{f}: fine-tuned checkpoint file not found")
+    try:
+        meta = json.loads(side.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{side}: invalid JSON sidecar ({exc})") from exc
+    for key in ("strategy", "base_checkpoint_sha256", "checkpoint_sha256"):
+        if key not in meta:
+            raise CheckpointError(f"{side}: sidecar field '{key}' missing")
+    digest = sha256_file(p)
+    if digest != meta["checkpoint_sha256"]:
+        raise CheckpointError(f"{p}: SHA-256 {digest} differs from its sidecar ({meta['checkpoint_sha256']})")
+    try:
+        from safetensors.torch import load_file
+
+        tensors = dict(load_file(str(p), device="cpu"))
+    except Exception as exc:
+        raise CheckpointError(f"{p}: cannot read safetensors ({type(exc).__name__}: {exc})") from exc
+    return tensors, meta
+
+
+def apply_finetuned(
+    model: nn.Module, path: str | Path, *, strategy: str | None = None, base_sha256: str | None = None
+) -> dict[str, Any]:
+    """Apply a fine-tuned checkpoint to a freshly built base ``model`` (in place) and return its sidecar.
+
+    The strategy's structure (LoRA layers, inserted adapters) is rebuilt from the sidecar, then the stored
+    tensors are loaded strictly: the file must hold exactly the tensors the strategy trains.
+
+    Raises:
+        CheckpointError: strategy or base-checkpoint hash differ from the sidecar, or missing/unexpected keys
+            or shape mismatches (the message names the path and the keys).
+    """
+    tensors, meta = read_finetuned(path)
+    if strategy is not None and meta["strategy"] != strategy:
+        raise CheckpointError(f"{path}: holds strategy '{meta['strategy']}', not '{strategy}'")
+    if base_sha256 is not None and meta["base_checkpoint_sha256"] != base_sha256:
+        raise CheckpointError(
+            f"{path}: fine-tuned from base checkpoint {meta['base_checkpoint_sha256'][:12]}..., "
+            f"but the base given has SHA-256 {base_sha256[:12]}..."
+        )
+    struct = meta.get("strategy_settings") or {"name": meta["strategy"]}
+    spec = StrategySpec.from_config(meta["strategy"], struct)
+    apply_strategy(model, spec)
+    expected = set(trained_state(model))
+    missing = sorted(expected - set(tensors))
+    unexpected = sorted(set(tensors) - expected)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: does not match strategy '{spec.name}' of model {getattr(model, 'name', '?')}: "
+            f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}; "
+            f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}"
+        )
+    restore_trained_state(model, tensors, source=str(path))
+    return meta
+
+
+def load_for_eval(
+    model_name: str,
+    base_checkpoint: str | Path | None,
+    finetuned_path: str | Path | None,
+    strategy: str | None = None,
+    *,
+    device: str | torch.device = "cpu",
+) -> nn.Module:
+    """The model evaluation scores: base weights plus a fine-tuned checkpoint, LoRA merged, in ``eval()``.
+
+    Args:
+        model_name: registry name (``medfm_robust.seg.models``).
+        base_checkpoint: as for ``build_model`` (a path, ``'bundled'`` for lite_medsam, or None = random).
+        finetuned_path: ``results/checkpoints/{model}/{dataset}/{strategy}.safetensors``; ``None`` for
+            ``zero_shot`` (then ``strategy`` must be ``zero_shot`` or None).
+        strategy: expected strategy (checked against the sidecar).
+        device: where to put the model.
+
+    Returns:
+        The model in ``eval()`` mode with every parameter frozen, LoRA merged into the base linears.
+        ``model.checkpoint_hash`` becomes ``<base sha256>+<fine-tuned sha256>`` with a fine-tuned file.
+    """
+    from medfm_robust.seg.models import build_model
+
+    if strategy is not None and strategy not in STRATEGIES:
+        raise CheckpointError(f"unknown strategy '{strategy}' (known: {', '.join(STRATEGIES)})")
+    model = build_model(model_name, checkpoint=base_checkpoint, strict=True)
+    if finetuned_path is None:
+        if strategy not in (None, "zero_shot"):
+            raise CheckpointError(f"strategy '{strategy}' of {model_name} needs a fine-tuned checkpoint file")
+    else:
+        if strategy == "zero_shot":
+            raise CheckpointError(f"{finetuned_path}: zero_shot takes no fine-tuned checkpoint")
+        base_sha = model.checkpoint_hash if base_checkpoint is not None else None
+        meta = apply_finetuned(model, finetuned_path, strategy=strategy, base_sha256=base_sha)
+        if has_lora(model):
+            merge_lora(model)
+        model.checkpoint_hash = f"{model.checkpoint_hash}+{meta['checkpoint_sha256']}"
+    model.requires_grad_(False)
+    return model.to(device).eval()
