@@ -1,0 +1,261 @@
+"""The API client against a local OpenAI-compatible server on 127.0.0.1 (http.server in a thread)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medfm_robust.errors import ConfigError
+from medfm_robust.vlm.api import (
+    APIClient,
+    APIRequestError,
+    ChatRequest,
+    Endpoint,
+    RetryPolicy,
+    client_from_config,
+    generate_batch,
+    image_to_png,
+)
+
+KEY_ENV = "MEDFM_TEST_API_KEY"
+
+
+class FakeServer:
+    """Chat-completions server; ``script`` holds the actions of the next requests (then ``ok``)."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.script: list[str] = []
+        self.hits = 0
+        self.bodies: list[dict] = []
+        self.delay = delay
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with outer.lock:
+                    outer.hits += 1
+                    outer.bodies.append(body)
+                    action = outer.script.pop(0) if outer.script else "ok"
+                if action == "429":
+                    return self._send(429, {"error": {"message": "slow down"}}, {"Retry-After": "0"})
+                if action == "500":
+                    return self._send(500, {"error": {"message": "boom"}})
+                if action == "stall":
+                    time.sleep(1.5)
+                if action == "malformed":
+                    return self._raw(200, b'{"id": "x", "choices": [ {"mess')
+                if action == "nochoices":
+                    return self._send(200, {"id": "x", "object": "chat.completion", "choices": []})
+                if action == "400":
+                    return self._send(400, {"error": {"message": "bad image"}})
+                time.sleep(outer.delay)
+                prompt = body["messages"][-1]["content"][0]["text"]
+                return self._send(200, {
+                    "id": "cmpl", "object": "chat.completion", "created": 0, "model": body["model"],
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": f"echo {prompt}"}}],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
+                })
+
+            def _send(self, code: int, obj: dict, headers: dict | None = None) -> None:
+                self._raw(code, json.dumps(obj).encode(), headers)
+
+            def _raw(self, code: int, data: bytes, headers: dict | None = None) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server() -> Iterator[FakeServer]:
+    srv = FakeServer()
+    yield srv
+    srv.close()
+
+
+@pytest.fixture(autouse=True)
+def api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_ENV, "test-key")
+
+
+def make_client(server: FakeServer, cache: Path, **kw: object) -> APIClient:
+    endpoint = Endpoint(name="fake", base_url=server.base_url, model="fake-model", api_key_env=KEY_ENV)
+    retry = RetryPolicy(timeout_s=0.5, max_retries=int(kw.pop("max_retries", 4)), backoff_initial_s=0.01,
+                        backoff_max_s=0.02)
+    return APIClient(endpoint, cache_dir=cache, retry=retry, **kw)  # type: ignore[arg-type]
+
+
+IMG = image_to_png(np.arange(64, dtype=np.uint8).reshape(8, 8))
+
+
+def test_retries_on_429_then_succeeds_and_cache_prevents_second_call(server: FakeServer, tmp_path: Path,
+                                                                     ) -> None:
+    server.script = ["429", "429"]
+    client = make_client(server, tmp_path / "cache")
+    res = client.complete(ChatRequest(prompt="What?", image_png=IMG, max_tokens=8))
+    assert res.text == "echo What?" and res.attempts == 3 and not res.cached
+    assert server.hits == 3
+    body = server.bodies[-1]
+    url = body["messages"][-1]["content"][1]["image_url"]["url"]
+    assert url.startswith("data:image/png;base64,") and body["max_tokens"] == 8 and body["temperature"] == 0
+    again = make_client(server, tmp_path / "cache").complete(ChatRequest(prompt="What?", image_png=IMG,
+                                                                         max_tokens=8))
+    assert again.cached and again.text == "echo What?" and server.hits == 3
+    # A different image, prompt or setting is a different request.
+    other = image_to_png(np.zeros((8, 8), np.uint8))
+    client.complete(ChatRequest(prompt="What?", image_png=other, max_tokens=8))
+    client.complete(ChatRequest(prompt="What?", image_png=IMG, max_tokens=9))
+    assert server.hits == 5
+
+
+@pytest.mark.parametrize("failures", [["stall"], ["malformed"], ["500", "nochoices"]])
+def test_retries_on_timeout_malformed_json_and_5xx(server: FakeServer, tmp_path: Path,
+                                                   failures: list[str]) -> None:
+    server.script = list(failures)
+    client = make_client(server, tmp_path / "cache")
+    res = client.complete(ChatRequest(prompt="Q", max_tokens=4))
+    assert res.error is None and res.text == "echo Q"
+    assert server.hits == len(failures) + 1
+
+
+def test_gives_up_after_max_retries_and_caches_nothing(server: FakeServer, tmp_path: Path) -> None:
+    server.script = ["500"] * 3
+    client = make_client(server, tmp_path / "cache", max_retries=2, max_concurrency=1)
+    with pytest.raises(APIRequestError, match="1 of 2 requests failed"):
+        client.complete_many([ChatRequest(prompt="bad"), ChatRequest(prompt="good")], progress=False)
+    assert server.hits == 4  # 1 + 2 retries for the first, then the second succeeded
+    assert client.cache.get(client.key(ChatRequest(prompt="good"))) is not None
+    assert client.cache.get(client.key(ChatRequest(prompt="bad"))) is None
+
+
+def test_backoff_grows_and_is_capped() -> None:
+    pol = RetryPolicy(backoff_initial_s=1.0, backoff_max_s=4.0)
+    draws = [max(pol.delay(a, f"k{i}") for i in range(50)) for a in range(5)]
+    assert draws[0] <= 1.0 and 1.0 < draws[1] <= 2.0 and 2.0 < draws[2] <= 4.0 and draws[4] <= 4.0
+    assert pol.delay(0, "k", retry_after=3.0) >= 3.0 and pol.delay(0, "k", retry_after=100) == 4.0
+
+
+def test_bounded_concurrency_and_order(tmp_path: Path) -> None:
+    srv = FakeServer(delay=0.1)
+    try:
+        active = {"now": 0, "max": 0}
+        lock = threading.Lock()
+        orig = srv.httpd.RequestHandlerClass.do_POST
+
+        def counting(self: BaseHTTPRequestHandler) -> None:
+            with lock:
+                active["now"] += 1
+                active["max"] = max(active["max"], active["now"])
+            try:
+                orig(self)
+            finally:
+                with lock:
+                    active["now"] -= 1
+
+        srv.httpd.RequestHandlerClass.do_POST = counting  # type: ignore[method-assign]
+        client = make_client(srv, tmp_path / "cache", max_concurrency=3)
+        reqs = [ChatRequest(prompt=f"p{i}") for i in range(9)]
+        t0 = time.perf_counter()
+        out = client.complete_many(reqs, progress=False)
+        assert [r.text for r in out] == [f"echo p{i}" for i in range(9)]
+        assert active["max"] <= 3 and active["max"] >= 2
+        assert time.perf_counter() - t0 < 9 * 0.1  # really concurrent
+    finally:
+        srv.close()
+
+
+def test_missing_key_raises_config_error_naming_variable(server: FakeServer, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(KEY_ENV)
+    client = make_client(server, tmp_path / "cache")  # constructing does not need the key
+    with pytest.raises(ConfigError, match=KEY_ENV):
+        client.complete_many([ChatRequest(prompt="x")], progress=False)
+    assert server.hits == 0
+
+
+def test_bad_request_is_an_error_result_not_a_crash(server: FakeServer, tmp_path: Path) -> None:
+    server.script = ["400"]
+    client = make_client(server, tmp_path / "cache")
+    out = client.complete_many([ChatRequest(prompt="a"), ChatRequest(prompt="b")], progress=False)
+    assert sum(r.error is not None for r in out) == 1 and server.hits == 2
+
+
+def test_generate_batch_from_config(server: FakeServer, tmp_path: Path) -> None:
+    api_cfg = {"endpoints": {"fake": {"base_url": server.base_url, "model": "m", "api_key_env": KEY_ENV}},
+               "max_retries": 1, "backoff_initial_s": 0.0, "timeout_s": 2}
+    client = client_from_config("fake", api_cfg, cache_dir=tmp_path / "c")
+    imgs = [np.full((4, 5), 1000, np.uint16), np.zeros((4, 5, 3), np.uint8)]
+    assert generate_batch(client, images=imgs, prompts=["a", "b"], max_tokens=3, progress=False) == [
+        "echo a", "echo b"]
+    with pytest.raises(ConfigError, match=r"vlm\.api\.endpoints\.nope"):
+        client_from_config("nope", api_cfg)
+
+
+RUNNER = textwrap.dedent("""
+    import sys
+    from medfm_robust.vlm.api import APIClient, ChatRequest, Endpoint, RetryPolicy
+    ep = Endpoint(name="fake", base_url=sys.argv[1], model="fake-model", api_key_env="MEDFM_TEST_API_KEY")
+    client = APIClient(ep, cache_dir=sys.argv[2], max_concurrency=1, retry=RetryPolicy(timeout_s=5))
+    client.complete_many([ChatRequest(prompt=f"q{i}") for i in range(int(sys.argv[3]))], progress=False)
+""")
+
+
+def test_killed_run_resumes_without_repeating_finished_requests(tmp_path: Path) -> None:
+    n = 12
+    srv = FakeServer(delay=0.15)
+    cache = tmp_path / "cache"
+    try:
+        env = {**os.environ, KEY_ENV: "k"}
+        proc = subprocess.Popen([sys.executable, "-c", RUNNER, srv.base_url, str(cache), str(n)], env=env)
+        deadline = time.time() + 60
+        while srv.hits < 4 and time.time() < deadline:
+            time.sleep(0.02)
+        proc.kill()
+        proc.wait()
+        finished = len(list(cache.rglob("*.json")))
+        hits_first = srv.hits
+        assert 3 <= finished < n
+        client = make_client(srv, cache, max_concurrency=2)
+        out = client.complete_many([ChatRequest(prompt=f"q{i}") for i in range(n)], progress=False)
+        assert [r.text for r in out] == [f"echo q{i}" for i in range(n)]
+        assert srv.hits - hits_first == n - finished  # only the unfinished ones were sent again
+        assert sum(r.cached for r in out) == finished
+        make_client(srv, cache).complete_many([ChatRequest(prompt=f"q{i}") for i in range(n)], progress=False)
+        assert srv.hits - hits_first == n - finished  # a repeated run pays nothing
+    finally:
+        srv.close()
