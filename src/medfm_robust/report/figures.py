@@ -19,6 +19,7 @@ from medfm_robust.io import atomic_path
 from medfm_robust.report import palette
 
 log = logging.getLogger(__name__)
+logging.getLogger("fontTools").setLevel(logging.WARNING)  # PDF font subsetting is chatty at INFO
 
 SEG_PANELS = {
     "fig3a_performance_robustness": "(a) Clean IoU vs IoU drop",
