@@ -1,0 +1,162 @@
+"""VLM metrics: VQA accuracy, caption scores, grounding IoU / Acc@IoU>=0.5, and the per-sample table.
+
+Per-sample metrics table (``results/metrics/vlm/{model}/{task}/{dataset}/{perturbation}.parquet``), one row
+per (sample, level), sorted by (``sample_id``, ``level``):
+``sample_id``, ``model``, ``task``, ``dataset``, ``modality``, ``perturbation``, ``category``
+(``clean``/``base``/``medical``), ``level`` (0 for clean), ``ssim``, ``in_band``, ``raw_output`` (verbatim),
+``parsed`` (letter / cleaned caption / inclusive pixel box text; ``""`` when unparseable), ``parse_ok``,
+``parse_method``, ``reference`` (correct letter / reference caption / box text), task scores
+(``correct``; ``bleu1``..``bleu4``, ``rouge_l``, ``cider`` [``meteor``]; ``iou``, ``hit``),
+[``judge_score``], ``model_revision``.
+
+Failures are never dropped: an unparseable VQA answer is ``correct=False``; an unparseable box has
+``iou=0``, ``hit=False``; an empty caption scores 0. ``parse_ok`` lets the report count them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medfm_robust.metrics.captions import CAPTION_METRICS, caption_scores
+from medfm_robust.vlm.parsing import parse_answer
+from medfm_robust.vlm.prompts import format_box
+
+IOU_THRESHOLD = 0.5
+CONDITION_COLUMNS = ("perturbation", "category", "level", "ssim", "in_band")
+
+
+def box_iou(a: Sequence[float] | None, b: Sequence[float] | None) -> float:
+    """IoU of two inclusive pixel boxes ``[x0, y0, x1, y1]`` (a pixel box covers ``[x0, x1 + 1)``).
+
+    Floats are allowed (parsed normalised boxes); a None or empty box gives 0.
+    """
+    if a is None or b is None:
+        return 0.0
+    ax0, ay0, ax1, ay1 = (float(v) for v in a)
+    bx0, by0, bx1, by1 = (float(v) for v in b)
+    ax1, ay1, bx1, by1 = ax1 + 1, ay1 + 1, bx1 + 1, by1 + 1
+    iw = min(ax1, bx1) - max(ax0, bx0)
+    ih = min(ay1, by1) - max(ay0, by0)
+    inter = max(iw, 0.0) * max(ih, 0.0)
+    area_a = max(ax1 - ax0, 0.0) * max(ay1 - ay0, 0.0)
+    area_b = max(bx1 - bx0, 0.0) * max(by1 - by0, 0.0)
+    union = area_a + area_b - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def vqa_accuracy(correct: Sequence[bool]) -> float:
+    """Fraction correct (unparseable answers are already ``False``); NaN for an empty set."""
+    arr = np.asarray(correct, dtype=bool)
+    return float(arr.mean()) if arr.size else float("nan")
+
+
+def grounding_summary(ious: Sequence[float], threshold: float = IOU_THRESHOLD) -> dict[str, float]:
+    """``mean_iou`` and ``acc_iou50`` (fraction with IoU >= ``threshold``) over all samples."""
+    arr = np.asarray(ious, dtype=np.float64)
+    if not arr.size:
+        return {"mean_iou": float("nan"), "acc_iou50": float("nan")}
+    return {"mean_iou": float(arr.mean()), "acc_iou50": float((arr >= threshold).mean())}
+
+
+def score_outputs(
+    task: str,
+    conditions: pd.DataFrame,
+    raw_outputs: Sequence[str],
+    *,
+    model: str,
+    model_revision: str,
+    convention: str = "pixel",
+    caption_tokenizer: str = "simple",
+    meteor: bool = False,
+    judge_scores: Sequence[float | None] | None = None,
+) -> pd.DataFrame:
+    """The per-sample metrics table for ``raw_outputs`` (one per row of ``conditions``, same order).
+
+    ``conditions`` has the sample-table columns (``sample_id``, ``dataset``, ``modality``, ``options``,
+    ``answer``, ``reference``, ``box``, ``height``, ``width``) plus ``perturbation``, ``category``, ``level``,
+    ``ssim``, ``in_band`` (missing condition columns mean clean: ``clean``/``clean``/0/1.0/True).
+    Caption scores are computed per (perturbation, level) group, each group scored as one corpus.
+    """
+    if len(conditions) != len(raw_outputs):
+        raise ValueError(f"{len(raw_outputs)} outputs for {len(conditions)} samples")
+    cond = conditions.reset_index(drop=True).copy()
+    defaults = {"perturbation": "clean", "category": "clean", "level": 0, "ssim": 1.0, "in_band": True}
+    for col, val in defaults.items():
+        if col not in cond.columns:
+            cond[col] = val
+    raw = ["" if r is None else str(r) for r in raw_outputs]
+    records = cond.to_dict("records")
+    parsed = [parse_answer(task, r, rec, convention) for r, rec in zip(raw, records, strict=True)]
+    out = pd.DataFrame({
+        "sample_id": cond["sample_id"].astype(str), "model": model, "task": task,
+        "dataset": cond["dataset"].astype(str), "modality": cond["modality"].astype(str),
+        "perturbation": cond["perturbation"].astype(str), "category": cond["category"].astype(str),
+        "level": cond["level"].astype("int8"), "ssim": cond["ssim"].astype("float64"),
+        "in_band": cond["in_band"].astype(bool), "raw_output": raw, "parsed": [p.text for p in parsed],
+        "parse_ok": [p.ok for p in parsed], "parse_method": [p.method for p in parsed],
+    })
+    if task == "vqa":
+        out["reference"] = cond["answer"].astype(str).to_numpy()
+        out["correct"] = [p.ok and p.value == ans for p, ans in zip(parsed, out["reference"], strict=True)]
+    elif task == "caption":
+        out["reference"] = cond["reference"].astype(str).to_numpy()
+        hyps = [p.text for p in parsed]
+        cols = {k: np.zeros(len(out)) for k in (*CAPTION_METRICS, *(["meteor"] if meteor else []))}
+        for _, idx in out.groupby(["perturbation", "level"], sort=True).indices.items():
+            sc = caption_scores([out["reference"].iloc[i] for i in idx], [hyps[i] for i in idx],
+                                tokenizer=caption_tokenizer, meteor=meteor)
+            for k in cols:
+                cols[k][idx] = sc.per_sample[k]
+        for k, v in cols.items():
+            out[k] = v
+    elif task == "grounding":
+        refs = [None if b is None else [int(v) for v in b] for b in cond["box"]]
+        out["reference"] = [format_box(b) if b is not None else "" for b in refs]
+        out["iou"] = [box_iou(p.value if p.ok else None, b) for p, b in zip(parsed, refs, strict=True)]
+        out["hit"] = out["iou"] >= IOU_THRESHOLD
+    else:
+        raise ValueError(f"unknown VLM task '{task}'")
+    if judge_scores is not None:
+        if len(judge_scores) != len(out):
+            raise ValueError("judge_scores must have one entry per sample")
+        scores = [np.nan if s is None else float(s) for s in judge_scores]
+        out["judge_score"] = np.asarray(scores, dtype=np.float64)
+    out["model_revision"] = model_revision
+    return out.sort_values(["sample_id", "level"], kind="stable").reset_index(drop=True)
+
+
+def summarise(table: pd.DataFrame, *, caption_tokenizer: str = "simple") -> pd.DataFrame:
+    """One row per (model, task, dataset, perturbation, category, level): ``n``, ``parse_failures``,
+    ``mean_ssim`` and the task's set-level metrics (``accuracy``; corpus ``bleu1``..``bleu4``,
+    ``rouge_l``, ``cider`` recomputed from ``parsed``/``reference``; ``mean_iou``, ``acc_iou50``)."""
+    keys = ["model", "task", "dataset", "perturbation", "category", "level"]
+    rows: list[dict[str, Any]] = []
+    for key, g in table.groupby(keys, sort=True):
+        row: dict[str, Any] = dict(zip(keys, key, strict=True))
+        row.update(n=len(g), parse_failures=int((~g["parse_ok"].astype(bool)).sum()),
+                   mean_ssim=float(g["ssim"].mean()))
+        task = row["task"]
+        if task == "vqa":
+            row["accuracy"] = vqa_accuracy(g["correct"])
+        elif task == "caption":
+            sc = caption_scores(list(g["reference"]), list(g["parsed"]), tokenizer=caption_tokenizer)
+            row.update(sc.corpus)
+        elif task == "grounding":
+            row.update(grounding_summary(g["iou"]))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def conditions_from(samples: pd.DataFrame, condition: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    """A clean conditions table (the samples plus ``perturbation='clean'``, level 0, SSIM 1) or, with
+    ``condition``, the samples with those condition values set."""
+    cond = samples.copy()
+    values = {"perturbation": "clean", "category": "clean", "level": 0, "ssim": 1.0, "in_band": True}
+    values.update(condition or {})
+    for col, val in values.items():
+        cond[col] = val
+    return cond
