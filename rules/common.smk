@@ -17,6 +17,14 @@ def _validated(cfg):
 
 
 config = _validated(config)
+
+# Data stage: every real dataset's folder must exist before any job runs (one message naming key and path).
+from medfm_robust.data.ingest import check_dataset_paths
+
+try:
+    check_dataset_paths(config)
+except MedFMError as exc:
+    raise WorkflowError(str(exc)) from None
 SEED = config["seed"]
 DATASETS = sorted(config["datasets"])
 

@@ -1,0 +1,333 @@
+"""Readers for real datasets, each following its publisher's layout exactly (see resources/README.md).
+
+Every adapter lists :class:`~medfm_robust.data.registry.Item` s cheaply; pixels are read only when an item
+is loaded, and a missing or unreadable file raises ``DataError`` naming it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medfm_robust.data.registry import Item, Loaded, register
+from medfm_robust.data.shards import binarise_mask
+from medfm_robust.errors import DataError
+from medfm_robust.io import read_image
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+JPEG_EXTENSIONS = (".jpg", ".jpeg")
+
+
+def safe_id(text: str) -> str:
+    """An image id from a file stem: runs of characters other than ``[A-Za-z0-9._-]`` become ``_``."""
+    out = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
+    if not out:
+        raise DataError(f"cannot derive an image id from '{text}'")
+    return out
+
+
+def _rel(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def _subdir(root: Path, *names: str) -> Path | None:
+    """The first existing folder among ``root/name`` and the doubled ``root/name/name`` (Kaggle zips)."""
+    for name in names:
+        for cand in (root / name / name, root / name):
+            if cand.is_dir():
+                return cand
+    return None
+
+
+def _images_in(folder: Path, extensions: Iterable[str] = IMAGE_EXTENSIONS) -> list[Path]:
+    exts = tuple(extensions)
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in exts)
+
+
+def _read_mask(path: Path, image_path: Path, threshold: int) -> np.ndarray:
+    if not path.is_file():
+        raise DataError(f"{path}: mask file not found (for image {image_path})")
+    unit = path.suffix.lower() not in JPEG_EXTENSIONS
+    return binarise_mask(read_image(path), threshold, str(path), unit_labels=unit)
+
+
+def file_loader(image_path: Path, mask_paths: list[Path], threshold: int):
+    """A loader reading ``image_path`` and the union of its (binarised) masks.
+
+    JPEG masks are thresholded strictly above ``threshold`` (127: compression noise is never
+    foreground); lossless masks holding only 0/1 are read as label images.
+    """
+
+    def load() -> Loaded:
+        image = read_image(image_path)
+        if not mask_paths:
+            raise DataError(f"{image_path}: no mask file found for this image")
+        mask: np.ndarray | None = None
+        for mp in mask_paths:
+            m = _read_mask(mp, image_path, threshold)
+            if m.shape != image.shape[:2]:
+                raise DataError(
+                    f"{mp}: mask size {m.shape} differs from image {image_path} {image.shape[:2]}"
+                )
+            mask = m if mask is None else (mask | m)
+        assert mask is not None
+        return image, mask
+
+    return load
+
+
+def _threshold(spec: Mapping[str, Any]) -> int:
+    return int(spec.get("mask_threshold", 127))
+
+
+def _need(root: Path | None) -> Path:
+    if root is None:
+        raise DataError("dataset folder not given")
+    return root
+
+
+ISIC_PARTS = ("Training", "Test")
+
+
+@register(
+    "isic2016",
+    modality="dermoscopy",
+    needs_path=True,
+    layout="ISBI2016_ISIC_Part1_{Training,Test}_Data/ISIC_nnnnnnn.jpg + "
+    "ISBI2016_ISIC_Part1_{Training,Test}_GroundTruth/ISIC_nnnnnnn_Segmentation.png",
+)
+def isic2016(dataset: str, spec: Mapping[str, Any], root: Path | None, seed: int) -> list[Item]:
+    """ISIC 2016 Task 1 (lesion segmentation): training and test parts as distributed, pooled."""
+    root = _need(root)
+    items: list[Item] = []
+    for part in ISIC_PARTS:
+        img_dir = root / f"ISBI2016_ISIC_Part1_{part}_Data"
+        gt_dir = root / f"ISBI2016_ISIC_Part1_{part}_GroundTruth"
+        if not img_dir.is_dir():
+            continue
+        if not gt_dir.is_dir():
+            raise DataError(f"{gt_dir}: ground-truth folder missing (images are in {img_dir})")
+        for img in _images_in(img_dir, JPEG_EXTENSIONS):
+            if not re.fullmatch(r"ISIC_\d+", img.stem):
+                continue
+            mask = gt_dir / f"{img.stem}_Segmentation.png"
+            items.append(Item(img.stem, _rel(img, root), file_loader(img, [mask], _threshold(spec))))
+    if not items:
+        raise DataError(f"{root}: no ISBI2016_ISIC_Part1_{{Training,Test}}_Data/ISIC_*.jpg images found")
+    return items
+
+
+@register(
+    "kvasir_seg",
+    modality="endoscopy",
+    needs_path=True,
+    layout="[Kvasir-SEG/]images/<id>.jpg + [Kvasir-SEG/]masks/<id>.jpg (JPEG masks, foreground > 127)",
+)
+def kvasir_seg(dataset: str, spec: Mapping[str, Any], root: Path | None, seed: int) -> list[Item]:
+    """Kvasir-SEG polyps: JPEG images and same-name JPEG masks binarised strictly above 127."""
+    root = _need(root)
+    base = root / "Kvasir-SEG" if (root / "Kvasir-SEG" / "images").is_dir() else root
+    img_dir, mask_dir = base / "images", base / "masks"
+    for d in (img_dir, mask_dir):
+        if not d.is_dir():
+            raise DataError(f"{d}: folder not found (expected Kvasir-SEG's images/ and masks/)")
+    items = [
+        Item(safe_id(img.stem), _rel(img, root), file_loader(img, [mask_dir / img.name], _threshold(spec)))
+        for img in _images_in(img_dir)
+    ]
+    if not items:
+        raise DataError(f"{img_dir}: no images found")
+    return items
+
+
+def _to_uint(image: np.ndarray, path: Path) -> np.ndarray:
+    """MATLAB image -> uint8 (kept) or uint16 (integers clipped to [0, 65535])."""
+    if image.dtype == np.uint8 or image.dtype == np.uint16:
+        return image
+    if np.issubdtype(image.dtype, np.floating):
+        if not np.all(np.isfinite(image)) or not np.array_equal(image, np.rint(image)):
+            raise DataError(f"{path}: cjdata.image holds non-integer values")
+    elif not np.issubdtype(image.dtype, np.integer):
+        raise DataError(f"{path}: cjdata.image has unsupported dtype {image.dtype}")
+    negative = int((image < 0).sum())
+    if negative:
+        log.warning("%s: %d negative pixel values clipped to 0", path, negative)
+    return np.clip(image, 0, 65535).astype(np.uint16)
+
+
+def read_brain_tumor_mat(path: Path) -> Loaded:
+    """Read one figshare 1512427 ``.mat`` (MATLAB v7.3 = HDF5) file.
+
+    MATLAB stores arrays column-major, so h5py sees them transposed; both ``cjdata.image`` and
+    ``cjdata.tumorMask`` are transposed back to ``H x W``. The int16 image becomes uint16 (negative
+    values, if any, clipped to 0 and logged); the mask is ``tumorMask > 0``.
+    """
+    import h5py
+
+    try:
+        fh = h5py.File(path, "r")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read MATLAB v7.3 (HDF5) file ({exc})") from exc
+    with fh:
+        fields = {}
+        for key in ("image", "tumorMask"):
+            try:
+                fields[key] = np.asarray(fh["cjdata"][key]).T
+            except (KeyError, TypeError) as exc:
+                raise DataError(f"{path}: field cjdata.{key} not found") from exc
+    image, mask = _to_uint(fields["image"], path), fields["tumorMask"]
+    if image.ndim != 2 or mask.shape != image.shape:
+        raise DataError(f"{path}: cjdata.tumorMask {mask.shape} does not match cjdata.image {image.shape}")
+    return image, mask > 0
+
+
+@register(
+    "brain_tumor",
+    modality="mri",
+    needs_path=True,
+    layout="**/<n>.mat (figshare 1512427, MATLAB v7.3: cjdata.image, cjdata.tumorMask); cvind.mat ignored",
+)
+def brain_tumor(dataset: str, spec: Mapping[str, Any], root: Path | None, seed: int) -> list[Item]:
+    """Figshare brain tumour T1-CE MRI (Cheng et al.): every ``.mat`` file under the folder, any depth."""
+    root = _need(root)
+    files = sorted(p for p in root.rglob("*.mat") if p.is_file() and p.stem.lower() != "cvind")
+    if not files:
+        raise DataError(f"{root}: no .mat files found (expected figshare 1512427's <n>.mat)")
+    return [Item(safe_id(p.stem), _rel(p, root), _mat_loader(p)) for p in files]
+
+
+def _mat_loader(path: Path):
+    return lambda: read_brain_tumor_mat(path)
+
+
+def _smdg(dataset: str, spec: Mapping[str, Any], root: Path | None, mask_folder: str) -> list[Item]:
+    root = _need(root)
+    img_dir = _subdir(root, "full-fundus")
+    mask_dir = _subdir(root, mask_folder)
+    if img_dir is None or mask_dir is None:
+        raise DataError(f"{root}: expected SMDG folders full-fundus/ and {mask_folder}/")
+    images: dict[str, Path] = {}
+    for p in _images_in(img_dir):
+        images.setdefault(p.stem, p)
+    items = []
+    for mp in _images_in(mask_dir):
+        img = images.get(mp.stem)
+        if img is None:
+            raise DataError(f"{mp}: no fundus image named {mp.stem}.* in {img_dir}")
+        items.append(Item(safe_id(mp.stem), _rel(img, root), file_loader(img, [mp], _threshold(spec))))
+    if not items:
+        raise DataError(f"{mask_dir}: no masks found")
+    return items
+
+
+SMDG_LAYOUT = (
+    "SMDG: full-fundus/<id>.png + {mask}/<id>.png (folders may be doubled, e.g. full-fundus/full-fundus/)"
+)
+
+
+@register("glaucoma_disc", modality="fundus", needs_path=True, layout=SMDG_LAYOUT.format(mask="optic-disc"))
+def glaucoma_disc(dataset: str, spec: Mapping[str, Any], root: Path | None, seed: int) -> list[Item]:
+    """SMDG glaucoma fundus photographs with an optic-disc mask (images without one are not listed)."""
+    return _smdg(dataset, spec, root, "optic-disc")
+
+
+@register("glaucoma_cup", modality="fundus", needs_path=True, layout=SMDG_LAYOUT.format(mask="optic-cup"))
+def glaucoma_cup(dataset: str, spec: Mapping[str, Any], root: Path | None, seed: int) -> list[Item]:
+    """SMDG glaucoma fundus photographs with an optic-cup mask (images without one are not listed)."""
+    return _smdg(dataset, spec, root, "optic-cup")
+
+
+BUSI_CLASSES = ("benign", "malignant", "normal")
+_BUSI_NAME = re.compile(r"(?P<stem>.+\(\d+\))(?P<mask>_mask(?:_\d+)?)?")
+
+
+@register(
+    "busi",
+    modality="ultrasound",
+    needs_path=True,
+    layout="[Dataset_BUSI_with_GT/]{benign,malignant,normal}/<class> (N).png + <class> (N)_mask[_k].png",
+)
+def busi(dataset: str, spec: Mapping[str, Any], root: Path | None, seed: int) -> list[Item]:
+    """BUSI breast ultrasound: every ``_mask*.png`` of an image merged by union; ids like ``benign_12``."""
+    root = _need(root)
+    base = root / "Dataset_BUSI_with_GT" if (root / "Dataset_BUSI_with_GT").is_dir() else root
+    classes = [c for c in BUSI_CLASSES if (base / c).is_dir()]
+    if not classes:
+        raise DataError(f"{base}: none of the BUSI folders {', '.join(BUSI_CLASSES)} found")
+    items = []
+    for cls in classes:
+        images: dict[str, Path] = {}
+        masks: dict[str, list[Path]] = {}
+        for p in _images_in(base / cls, (".png",)):
+            m = _BUSI_NAME.fullmatch(p.stem)
+            if m is None:
+                raise DataError(f"{p}: file name does not follow BUSI's '<class> (N)[_mask[_k]].png'")
+            if m["mask"]:
+                masks.setdefault(m["stem"], []).append(p)
+            else:
+                images[m["stem"]] = p
+        for stem in sorted(set(masks) - set(images)):
+            raise DataError(f"{masks[stem][0]}: mask without its image {stem}.png")
+        for stem, img in sorted(images.items()):
+            loader = file_loader(img, sorted(masks.get(stem, [])), _threshold(spec))
+            items.append(Item(safe_id(stem), _rel(img, root), loader))
+    return items
+
+
+def find_mask(image: Path, mask_dir: Path, suffix: str) -> list[Path]:
+    """The mask of ``image`` in ``mask_dir``: ``<stem><suffix>``; a suffix without an extension tries
+    the image's own extension, then the common ones (two matches are an error)."""
+    if Path(suffix).suffix:
+        return [mask_dir / f"{image.stem}{suffix}"]
+    exts = dict.fromkeys([image.suffix, *IMAGE_EXTENSIONS, *(e.upper() for e in IMAGE_EXTENSIONS)])
+    found = [
+        mask_dir / f"{image.stem}{suffix}{e}"
+        for e in exts
+        if (mask_dir / f"{image.stem}{suffix}{e}").is_file()
+    ]
+    if len(found) > 1:
+        raise DataError(
+            f"{image}: several candidate masks {[str(p) for p in found]}; set mask_suffix with an extension"
+        )
+    return found
+
+
+def _folder_loader(image: Path, mask_dir: Path, suffix: str, threshold: int):
+    return lambda: file_loader(image, find_mask(image, mask_dir, suffix), threshold)()
+
+
+@register(
+    "folder",
+    modality=None,
+    needs_path=True,
+    layout="<images_dir>/<stem>.<ext> + <masks_dir>/<stem><mask_suffix> (modality from the config)",
+)
+def folder(dataset: str, spec: Mapping[str, Any], root: Path | None, seed: int) -> list[Item]:
+    """A user's own dataset: ``images_dir`` images, ``masks_dir`` masks named ``<stem><mask_suffix>``."""
+    root = _need(root)
+    img_dir = root / str(spec.get("images_dir", "images"))
+    mask_dir = root / str(spec.get("masks_dir", "masks"))
+    for key, d in (("images_dir", img_dir), ("masks_dir", mask_dir)):
+        if not d.is_dir():
+            raise DataError(f"{d}: folder not found (config key 'datasets.{dataset}.{key}')")
+    suffix = str(spec.get("mask_suffix", ""))
+    same = img_dir.resolve() == mask_dir.resolve()
+    if same and not suffix:
+        raise DataError(f"{img_dir}: images and masks share a folder; set 'datasets.{dataset}.mask_suffix'")
+    items = []
+    for img in _images_in(img_dir):
+        if same and (img.name.endswith(suffix) if Path(suffix).suffix else img.stem.endswith(suffix)):
+            continue
+        items.append(
+            Item(safe_id(img.stem), _rel(img, root), _folder_loader(img, mask_dir, suffix, _threshold(spec)))
+        )
+    if not items:
+        raise DataError(f"{img_dir}: no images found")
+    return items

@@ -1,0 +1,151 @@
+"""Ingestion: one dataset (any adapter) -> ``{split}.parquet`` canonical shards + ``ingest_report.json``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from medfm_robust.data.registry import Item, dataset_modality, get_adapter
+from medfm_robust.data.shards import (
+    SPLITS,
+    PreparedSample,
+    assign_splits,
+    prepare_sample,
+    shard_table,
+    write_shard,
+)
+from medfm_robust.errors import ConfigError, DataError
+from medfm_robust.io import write_json_atomic
+from medfm_robust.seeding import unit_hash
+
+log = logging.getLogger(__name__)
+
+
+def dataset_root(dataset: str, spec: Mapping[str, Any]) -> Path | None:
+    """The dataset's folder (``spec['path']``) for adapters that read files, else None."""
+    adapter = get_adapter(spec["adapter"])
+    if not adapter.needs_path:
+        return None
+    if not spec.get("path"):
+        raise ConfigError(f"config key 'datasets.{dataset}.path': required for adapter '{adapter.name}'")
+    return Path(spec["path"])
+
+
+def check_dataset_paths(config: Mapping[str, Any]) -> None:
+    """Check every real dataset's folder exists and each modality agrees with its adapter.
+
+    Raises one ``ConfigError`` listing every problem, each naming the config key and path.
+    """
+    problems = []
+    for name, spec in sorted(config.get("datasets", {}).items()):
+        try:
+            dataset_modality(name, spec)
+            root = dataset_root(name, spec)
+        except ConfigError as exc:
+            problems.append(str(exc))
+            continue
+        if root is not None and not root.is_dir():
+            problems.append(
+                f"config key 'datasets.{name}.path': dataset folder not found: {root} "
+                "(see resources/README.md)"
+            )
+    if problems:
+        raise ConfigError("\n  ".join(problems))
+
+
+def _ordered(dataset: str, items: list[Item], generated: bool) -> list[Item]:
+    """Items sorted by id (generated sets) or by a hash of their id (real sets, so that an ``n_images``
+    cap takes a file-order-independent, unbiased subset)."""
+    ids: dict[str, Item] = {}
+    for it in items:
+        if it.image_id in ids:
+            raise DataError(
+                f"{dataset}: image id '{it.image_id}' occurs twice ({ids[it.image_id].source}, {it.source})"
+            )
+        ids[it.image_id] = it
+    if generated:
+        return sorted(items, key=lambda it: it.image_id)
+    return sorted(items, key=lambda it: (unit_hash("subset", dataset, it.image_id), it.image_id))
+
+
+def ingest_dataset(
+    dataset: str,
+    spec: Mapping[str, Any],
+    data_cfg: Mapping[str, Any],
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Read one dataset through its adapter and write ``out_dir/{train,val,test}.parquet`` and
+    ``out_dir/ingest_report.json`` (all atomically). Returns the report.
+
+    Images are resized once to ``data_cfg['image_size']`` (null keeps them), images with empty masks are
+    excluded and counted, and a corrupt file raises ``DataError`` naming it, unless
+    ``data_cfg['on_error'] == 'skip'``, which lists it in the report instead.
+    """
+    adapter = get_adapter(spec["adapter"])
+    modality = dataset_modality(dataset, spec)
+    root = dataset_root(dataset, spec)
+    if root is not None and not root.is_dir():
+        raise ConfigError(f"config key 'datasets.{dataset}.path': dataset folder not found: {root}")
+    on_error = data_cfg.get("on_error", "fail")
+    size = data_cfg.get("image_size")
+    cap = None if adapter.generated else spec.get("n_images")
+    items = _ordered(dataset, adapter.list_items(dataset, spec, root, seed), adapter.generated)
+    kept: list[PreparedSample] = []
+    empty: list[dict[str, str]] = []
+    skipped: list[dict[str, str]] = []
+    for it in tqdm(items, desc=f"ingest {dataset}", unit="img", disable=not progress, mininterval=2):
+        if cap is not None and len(kept) >= cap:
+            break
+        try:
+            image, mask = it.load()
+            sample = prepare_sample(it.image_id, image, mask, it.source, size)
+        except DataError as exc:
+            if on_error != "skip":
+                raise
+            log.warning("skipping %s: %s", it.source, exc)
+            skipped.append({"image_id": it.image_id, "source": it.source, "error": str(exc)})
+            continue
+        if sample is None:
+            empty.append({"image_id": it.image_id, "source": it.source})
+            continue
+        kept.append(sample)
+    if not kept:
+        raise DataError(
+            f"{dataset}: no usable image (listed {len(items)}, empty masks {len(empty)}, "
+            f"skipped {len(skipped)})"
+        )
+    splits = assign_splits(dataset, [s.image_id for s in kept], data_cfg.get("splits", {}))
+    out = Path(out_dir)
+    counts = {}
+    for split in SPLITS:
+        rows = [s for s in kept if splits[s.image_id] == split]
+        counts[split] = len(rows)
+        write_shard(out / f"{split}.parquet", shard_table(rows, dataset, modality, split))
+    report = {
+        "dataset": dataset,
+        "adapter": adapter.name,
+        "modality": modality,
+        "image_size": size,
+        "splits": dict(data_cfg.get("splits", {})),
+        "counts": counts,
+        "n_listed": len(items),
+        "n_kept": len(kept),
+        "n_excluded_empty_mask": len(empty),
+        "excluded_empty_mask": sorted(empty, key=lambda r: r["image_id"]),
+        "n_skipped": len(skipped),
+        "skipped": sorted(skipped, key=lambda r: r["image_id"]),
+        "n_images_cap": cap,
+        "on_error": on_error,
+    }
+    write_json_atomic(out / "ingest_report.json", report)
+    log.info(
+        "%s: %s kept (%s), %d empty masks, %d skipped", dataset, len(kept), counts, len(empty), len(skipped)
+    )
+    return report

@@ -1,0 +1,246 @@
+"""Canonical shard contract: image/mask preparation, hash splits and Parquet I/O.
+
+A canonical shard ``results/data/{dataset}/{split}.parquet`` holds one row per image, sorted by
+``image_id``, with the columns of :data:`SHARD_SCHEMA` (see docs/ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from medfm_robust.errors import ConfigError, DataError
+from medfm_robust.io import decode_png, encode_png, write_parquet_atomic
+from medfm_robust.seeding import unit_hash
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+SHARD_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("dataset", pa.string()),
+        ("modality", pa.string()),
+        ("split", pa.string()),
+        ("image_png", pa.binary()),
+        ("mask_png", pa.binary()),
+        ("box", pa.list_(pa.int32(), 4)),
+        ("height", pa.int32()),
+        ("width", pa.int32()),
+        ("channels", pa.int32()),
+        ("source", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class PreparedSample:
+    """One image ready for a shard: stored image, binary mask and inclusive box.
+
+    ``image`` is ``H x W`` or ``H x W x 3``, uint8 or uint16; ``mask`` is ``H x W`` bool;
+    ``box`` is ``[x_min, y_min, x_max, y_max]`` with inclusive max, in pixels of ``image``.
+    """
+
+    image_id: str
+    image: np.ndarray
+    mask: np.ndarray
+    box: tuple[int, int, int, int]
+    source: str
+
+
+def check_image(image: np.ndarray, source: str) -> np.ndarray:
+    """Check an image array is ``H x W`` or ``H x W x 3`` uint8/uint16 (RGB uint16 is rejected)."""
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.dtype not in (np.uint8, np.uint16):
+        raise DataError(f"{source}: image dtype {arr.dtype} is not uint8 or uint16")
+    if arr.ndim == 3 and arr.shape[2] != 3:
+        raise DataError(f"{source}: image has {arr.shape[2]} channels (expected 1 or 3)")
+    if arr.ndim not in (2, 3):
+        raise DataError(f"{source}: image has shape {arr.shape} (expected H x W or H x W x 3)")
+    if arr.ndim == 3 and arr.dtype == np.uint16:
+        raise DataError(f"{source}: 16-bit colour images are not supported (convert to 8-bit RGB)")
+    if min(arr.shape[:2]) < 1:
+        raise DataError(f"{source}: image is empty (shape {arr.shape})")
+    return arr
+
+
+def binarise_mask(mask: np.ndarray, threshold: int, source: str, *, unit_labels: bool = True) -> np.ndarray:
+    """Reduce a mask to ``H x W`` bool: foreground where the value is strictly above ``threshold``.
+
+    Colour masks are reduced by the per-pixel maximum over channels. With ``unit_labels`` (lossless
+    formats only), a mask whose maximum is 1 is read as a 0/1 label image (foreground ``> 0``); JPEG
+    masks must pass ``unit_labels=False`` so that compression noise is never foreground.
+    """
+    arr = np.asarray(mask)
+    if arr.dtype == np.bool_:
+        return arr.copy() if arr.ndim == 2 else arr.any(axis=2)
+    if arr.ndim == 3:
+        arr = arr.max(axis=2)
+    if arr.ndim != 2:
+        raise DataError(f"{source}: mask has shape {np.asarray(mask).shape} (expected H x W)")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise DataError(f"{source}: mask dtype {arr.dtype} is not an integer type")
+    if unit_labels and arr.size and int(arr.max()) == 1:
+        return arr > 0
+    return arr > threshold
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize to ``size x size`` with Pillow's antialiased bilinear filter (area-weighted when shrinking).
+
+    Works per channel in float32 and rounds back to the input dtype (uint8 or uint16 kept).
+    """
+    if image.shape[:2] == (size, size):
+        return image
+    chans = image[:, :, None] if image.ndim == 2 else image
+    limit = np.iinfo(image.dtype).max
+    out = np.empty((size, size, chans.shape[2]), dtype=image.dtype)
+    for c in range(chans.shape[2]):
+        pil = Image.fromarray(np.ascontiguousarray(chans[:, :, c], dtype=np.float32))
+        res = np.asarray(pil.resize((size, size), Image.Resampling.BILINEAR))
+        out[:, :, c] = np.clip(np.rint(res), 0, limit).astype(image.dtype)
+    return out[:, :, 0] if image.ndim == 2 else out
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """Nearest-neighbour resize of an ``H x W`` bool mask to ``size x size``."""
+    if mask.shape == (size, size):
+        return mask
+    pil = Image.fromarray(mask.astype(np.uint8) * 255)
+    return np.asarray(pil.resize((size, size), Image.Resampling.NEAREST)) > 0
+
+
+def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Tight inclusive box ``(x_min, y_min, x_max, y_max)`` over all foreground pixels; None if empty."""
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        return None
+    return int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
+
+
+def prepare_sample(
+    image_id: str, image: np.ndarray, mask: np.ndarray, source: str, image_size: int | None
+) -> PreparedSample | None:
+    """Validate, optionally resize (image bilinear/area, mask nearest) and box one image.
+
+    Returns None when the mask is empty (before or after resizing); the caller counts it.
+    """
+    image = check_image(image, source)
+    if mask.shape != image.shape[:2]:
+        raise DataError(f"{source}: mask size {mask.shape} differs from image size {image.shape[:2]}")
+    if image_size is not None:
+        image = resize_image(image, image_size)
+        mask = resize_mask(mask, image_size)
+    box = mask_box(mask)
+    if box is None:
+        return None
+    return PreparedSample(image_id, image, mask.astype(bool), box, source)
+
+
+def check_fractions(fractions: Mapping[str, float]) -> dict[str, float]:
+    """Return the train/val/test fractions; they must be non-negative and sum to 1."""
+    missing = [s for s in SPLITS if s not in fractions]
+    if missing:
+        raise ConfigError(f"config key 'data.splits': missing {', '.join(missing)}")
+    fr = {s: float(fractions[s]) for s in SPLITS}
+    if any(v < 0 for v in fr.values()) or abs(sum(fr.values()) - 1.0) > 1e-6:
+        raise ConfigError(f"config key 'data.splits': fractions must be >= 0 and sum to 1 (got {fr})")
+    return fr
+
+
+def split_of(dataset: str, image_id: str, fractions: Mapping[str, float]) -> str:
+    """The split of one image from a hash of ``(dataset, image_id)`` alone (file order never matters)."""
+    fr = check_fractions(fractions)
+    u = unit_hash("split", dataset, image_id)
+    edge = 0.0
+    for name in SPLITS:
+        edge += fr[name]
+        if u < edge:
+            return name
+    return max(SPLITS, key=lambda s: (fr[s] > 0, SPLITS.index(s)))
+
+
+def assign_splits(dataset: str, image_ids: Iterable[str], fractions: Mapping[str, float]) -> dict[str, str]:
+    """Assign every image id to train/val/test with :func:`split_of`.
+
+    Tiny datasets could leave a split with a positive fraction empty; then (and only then) the image
+    whose hash lies closest to that split's hash band is moved there from a split holding more than one
+    image. The result depends on the set of ids, never on their order.
+    """
+    fr = check_fractions(fractions)
+    ids = sorted(set(image_ids))
+    out = {i: split_of(dataset, i, fr) for i in ids}
+    lows = dict(zip(SPLITS, np.cumsum([0.0, *(fr[s] for s in SPLITS[:-1])]), strict=True))
+    for target in SPLITS:
+        if fr[target] <= 0 or target in out.values():
+            continue
+        counts = {s: sum(v == s for v in out.values()) for s in SPLITS}
+        donors = [i for i in ids if counts[out[i]] > 1]
+        if not donors:
+            break
+        lo, hi = lows[target], lows[target] + fr[target]
+
+        def distance(i: str, lo: float = lo, hi: float = hi) -> tuple[float, str]:
+            u = unit_hash("split", dataset, i)
+            return (max(lo - u, u - hi, 0.0), i)
+
+        out[min(donors, key=distance)] = target
+    return out
+
+
+def shard_table(samples: Sequence[PreparedSample], dataset: str, modality: str, split: str) -> pa.Table:
+    """Build the canonical shard table for one split (rows sorted by ``image_id``)."""
+    rows = sorted(samples, key=lambda s: s.image_id)
+    cols: dict[str, list[Any]] = {name: [] for name in SHARD_SCHEMA.names}
+    for s in rows:
+        cols["image_id"].append(s.image_id)
+        cols["dataset"].append(dataset)
+        cols["modality"].append(modality)
+        cols["split"].append(split)
+        cols["image_png"].append(encode_png(s.image))
+        cols["mask_png"].append(encode_png(s.mask.astype(np.uint8) * 255))
+        cols["box"].append(list(s.box))
+        cols["height"].append(int(s.image.shape[0]))
+        cols["width"].append(int(s.image.shape[1]))
+        cols["channels"].append(1 if s.image.ndim == 2 else int(s.image.shape[2]))
+        cols["source"].append(s.source)
+    return pa.table(cols, schema=SHARD_SCHEMA)
+
+
+def write_shard(path: str | Path, table: pa.Table) -> None:
+    """Write a shard atomically (zstd Parquet)."""
+    if table.schema != SHARD_SCHEMA:
+        raise DataError(f"{path}: table does not follow the canonical shard schema")
+    write_parquet_atomic(path, table)
+
+
+def read_shard(path: str | Path) -> pa.Table:
+    """Read a canonical shard, checking its columns; a missing or foreign file raises ``DataError``."""
+    import pyarrow.parquet as pq
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: shard not found")
+    try:
+        table = pq.read_table(p)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise DataError(f"{p}: cannot read Parquet ({exc})") from exc
+    missing = [n for n in SHARD_SCHEMA.names if n not in table.column_names]
+    if missing:
+        raise DataError(f"{p}: not a canonical shard (missing columns {missing})")
+    return table.select(SHARD_SCHEMA.names).cast(SHARD_SCHEMA)
+
+
+def decode_row(row: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Decode a shard row's image (uint8/uint16, ``H x W[ x 3]``) and mask (``H x W`` bool)."""
+    where = f"{row.get('dataset', '?')}/{row.get('image_id', '?')}"
+    image = decode_png(row["image_png"], source=f"{where} image_png")
+    mask = decode_png(row["mask_png"], source=f"{where} mask_png") > 0
+    return image, mask
