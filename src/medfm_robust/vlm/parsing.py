@@ -131,7 +131,8 @@ def clean_caption(text: str) -> Parsed:
 
 # ------------------------------------------------------------------------------------------- grounding
 
-_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+# A number not glued to a name ("x0", "y1" are labels, not values).
+_NUMBER = r"(?<![\w.])[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _JSON_KEYS = (
     ("x0", "y0", "x1", "y1"), ("x_min", "y_min", "x_max", "y_max"), ("xmin", "ymin", "xmax", "ymax"),
     ("left", "top", "right", "bottom"), ("x1", "y1", "x2", "y2"),

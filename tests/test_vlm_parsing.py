@@ -1,0 +1,135 @@
+"""Prompts and parsing on a table of realistic model outputs."""
+
+from __future__ import annotations
+
+import pytest
+
+from medfm_robust.errors import ConfigError
+from medfm_robust.vlm.parsing import clean_caption, parse_answer, parse_box, parse_choice
+from medfm_robust.vlm.prompts import BOX_CONVENTIONS, box_to_convention, build_prompt, target_text
+
+OPTIONS = ["Left kidney", "Right kidney", "small", "very small"]
+
+CHOICES = [
+    ("B", "B"),
+    ("b", "B"),
+    ("(B)", "B"),
+    ("B.", "B"),
+    ("[C]", "C"),
+    ("Answer: B.", "B"),
+    ("answer: d", "D"),
+    ("The answer is b) Right kidney", "B"),
+    ("The correct answer is (C) small.", "C"),
+    ("**Answer:** D", "D"),
+    ("Option A", "A"),
+    ("The answer is A.", "A"),
+    ("C) small", "C"),
+    ("B. Right kidney\nThe lesion is located in the right kidney.", "B"),
+    ("Right kidney", "B"),
+    ("right kidney.", "B"),
+    ("The lesion is in the left kidney.", "A"),
+    ("I think the lesion is very small compared with the organ.", "D"),
+    ("Based on the image, the abnormality is best described as very small.</s>", "D"),
+    ("<end_of_turn>A<end_of_turn>", "A"),
+    ("  d  ", "D"),
+]
+
+FAILURES = [
+    "",
+    "   ",
+    "I cannot determine this from the image.",
+    "E",
+    "A or B",
+    "Either the left kidney or the right kidney.",
+    "The answer is a lesion.",
+    "123",
+]
+
+
+@pytest.mark.parametrize(("text", "letter"), CHOICES)
+def test_choice_parsing(text: str, letter: str) -> None:
+    p = parse_choice(text, OPTIONS)
+    assert p.ok and p.value == letter, (text, p)
+
+
+@pytest.mark.parametrize("text", FAILURES)
+def test_choice_failures_are_counted_not_guessed(text: str) -> None:
+    p = parse_choice(text, OPTIONS)
+    assert not p.ok and p.value is None and p.text == ""
+
+
+def test_letters_beyond_the_options_are_rejected() -> None:
+    assert not parse_choice("C", ["yes", "no"]).ok
+    assert parse_choice("B", ["yes", "no"]).value == "B"
+
+
+def test_captions_are_cleaned() -> None:
+    assert clean_caption('Caption: "Axial CT of the chest."<end_of_turn>').value == "Axial CT of the chest."
+    assert clean_caption("  **MRI**   of the\n brain  </s>").value == "MRI of the brain"
+    assert not clean_caption("<eos>").ok
+
+
+# (text, convention, expected inclusive pixel box) for a 200 x 100 (W x H) image
+BOXES = [
+    ("[20, 10, 59, 49]", "pixel", [20, 10, 59, 49]),
+    ("The bounding box is [20, 10, 59, 49].", "pixel", [20, 10, 59, 49]),
+    ("(20, 10), (59, 49)", "pixel", [20, 10, 59, 49]),
+    ("(20,10),(59,49)", "pixel", [20, 10, 59, 49]),
+    ("<box>20 10 59 49</box>", "pixel", [20, 10, 59, 49]),
+    ('{"bbox": [20, 10, 59, 49]}', "pixel", [20, 10, 59, 49]),
+    ('```json\n{"x_min": 20, "y_min": 10, "x_max": 59, "y_max": 49}\n```', "pixel", [20, 10, 59, 49]),
+    ("[59, 49, 20, 10]", "pixel", [20, 10, 59, 49]),  # swapped corners
+    ("[0.1, 0.1, 0.3, 0.5]", "norm1", [20, 10, 59, 49]),
+    ("x0=0.1, y0=0.1, x1=0.3, y1=0.5", "norm1", [20, 10, 59, 49]),
+    ("[100, 100, 300, 500]", "norm1000", [20, 10, 59, 49]),
+    ("<|box_start|>(100,100),(300,500)<|box_end|>", "norm1000", [20, 10, 59, 49]),
+    ("[100, 100, 500, 300]", "yxyx1000", [20, 10, 59, 49]),
+    ('[{"box_2d": [100, 100, 500, 300], "label": "lesion"}]', "yxyx1000", [20, 10, 59, 49]),
+    ('```json\n[{"box_2d": [100, 100, 500, 300]}]\n```', "pixel", [20, 10, 59, 49]),  # box_2d is yxyx/1000
+    ("[-5, -5, 250, 120]", "pixel", [0, 0, 199, 99]),  # clamped to the image
+]
+
+
+@pytest.mark.parametrize(("text", "convention", "box"), BOXES)
+def test_box_parsing(text: str, convention: str, box: list[int]) -> None:
+    p = parse_box(text, convention, width=200, height=100)
+    assert p.ok, (text, p)
+    assert p.value == pytest.approx(box, abs=1e-6), (text, p)
+
+
+@pytest.mark.parametrize(
+    "text", ["", "No lesion is visible.", "[12, 30]", "<box></box>", "coordinates: a, b, c, d"]
+)
+def test_box_garbage(text: str) -> None:
+    p = parse_box(text, "pixel", 200, 100)
+    assert not p.ok and p.value is None
+
+
+SAMPLE = {"sample_id": "s1", "question": "Where is the lesion?",
+          "options": ["left", "right", "upper", "lower"], "answer": "C", "reference": "upper",
+          "box": [20, 10, 59, 49], "width": 200, "height": 100}
+
+
+@pytest.mark.parametrize("convention", BOX_CONVENTIONS)
+def test_target_text_round_trips_through_the_parser(convention: str) -> None:
+    text = target_text("grounding", SAMPLE, convention)
+    p = parse_answer("grounding", text, SAMPLE, convention)
+    assert p.ok and p.value == pytest.approx(SAMPLE["box"], abs=1e-6)
+    expected = {"pixel": "[20, 10, 59, 49]", "norm1": "[0.1, 0.1, 0.3, 0.5]",
+                "norm1000": "[100, 100, 300, 500]", "yxyx1000": "[100, 100, 500, 300]"}
+    assert text == expected[convention]
+
+
+def test_prompts() -> None:
+    vqa = build_prompt("vqa", SAMPLE)
+    assert "A. left\nB. right\nC. upper\nD. lower" in vqa and "letter" in vqa
+    assert parse_answer("vqa", target_text("vqa", SAMPLE), SAMPLE).value == "C"
+    assert "200x100" in build_prompt("grounding", SAMPLE, "pixel")
+    assert "0-1000" in build_prompt("grounding", SAMPLE, "norm1000")
+    assert "ymin" in build_prompt("grounding", SAMPLE, "yxyx1000")
+    assert build_prompt("caption", {**SAMPLE, "question": "Describe this image."}).startswith("Describe")
+    with pytest.raises(ConfigError, match="box convention"):
+        build_prompt("grounding", SAMPLE, "xywh")
+    with pytest.raises(ConfigError):
+        build_prompt("vqa", {**SAMPLE, "options": ["only"]})
+    assert box_to_convention([0, 0, 199, 99], "norm1", 200, 100) == [0.0, 0.0, 1.0, 1.0]
