@@ -1,1 +1,38 @@
-"""perturb stage of MedFM-Robust."""
+"""SSIM-calibrated perturbation engine: 40 registered effects, per-image calibration, label-consistent.
+
+``from medfm_robust.perturb import calibrate, REGISTRY``; see ``registry`` (metadata), ``ssim`` (the one
+SSIM definition), ``calibrate`` (per-image search) and ``table`` (Parquet shards and reports).
+"""
+
+# Importing the family modules registers their types (base first, then the medical families).
+# isort: off
+from medfm_robust.perturb import (  # noqa: F401
+    base,
+    dermoscopy,
+    mri,
+    ultrasound,
+    endoscopy,
+    fundus_oct,
+    pathology,
+    ct,
+    xray,
+    angiography,
+)
+# isort: on
+from medfm_robust.perturb.calibrate import DEFAULT_BANDS, CalibrationResult, calibrate, in_band
+from medfm_robust.perturb.registry import MODALITIES, REGISTRY, ParamSpec, PerturbationSpec, applicable_types
+from medfm_robust.perturb.ssim import SSIMReference, ssim
+
+__all__ = [
+    "DEFAULT_BANDS",
+    "MODALITIES",
+    "REGISTRY",
+    "CalibrationResult",
+    "ParamSpec",
+    "PerturbationSpec",
+    "SSIMReference",
+    "applicable_types",
+    "calibrate",
+    "in_band",
+    "ssim",
+]

@@ -1,0 +1,206 @@
+"""Per-image context and the numerical helpers shared by the perturbation families."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import scipy.fft as sfft
+from PIL import Image
+
+from medfm_robust.errors import DataError
+from medfm_robust.perturb.ssim import SSIMReference, dtype_range
+
+
+class Context:
+    """One source image prepared once and shared by every (type, level) calibrated on it.
+
+    ``image``: ``H x W`` or ``H x W x C`` (C in 1, 3) uint8/uint16, H and W >= 11.
+    Attributes: ``x`` float32 ``H x W x C`` in [0, 1] (divided by the dtype range), ``bg`` float32 ``C``
+    (constant fill for content moved in from outside: the per-channel median of the 1-pixel border),
+    ``ref`` (:class:`SSIMReference`), and ``cache`` for expensive per-image quantities (FFTs, HED).
+    """
+
+    def __init__(self, image: np.ndarray) -> None:
+        image = np.asarray(image)
+        if image.ndim == 3 and image.shape[2] == 1:
+            image = image[:, :, 0]
+        if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
+            raise DataError(f"expected an H x W or H x W x 3 image, got shape {image.shape}")
+        if image.dtype not in (np.uint8, np.uint16):
+            raise DataError(f"unsupported image dtype {image.dtype} (expected uint8 or uint16)")
+        if min(image.shape[:2]) < 11:
+            raise DataError(f"image too small for SSIM ({image.shape[:2]}; need at least 11 x 11)")
+        self.image = np.ascontiguousarray(image)
+        self.dtype = image.dtype
+        self.maxval = dtype_range(image.dtype)
+        self.x = (image.reshape(*image.shape[:2], -1).astype(np.float32)) / np.float32(self.maxval)
+        self.h, self.w, self.c = self.x.shape
+        border = np.concatenate([self.x[0], self.x[-1], self.x[:, 0], self.x[:, -1]], axis=0)
+        self.bg = np.median(border, axis=0).astype(np.float32)
+        self.ref = SSIMReference(self.image)
+        self.cache: dict[Any, Any] = {}
+
+    @property
+    def gray(self) -> np.ndarray:
+        """Luminance ``H x W`` float32 in [0, 1]."""
+        if "gray" not in self.cache:
+            w = np.array([0.2125, 0.7154, 0.0721], np.float32)
+            self.cache["gray"] = self.x[..., 0] if self.c == 1 else self.x @ w
+        return self.cache["gray"]
+
+    def grid(self) -> tuple[np.ndarray, np.ndarray]:
+        """Pixel-centre coordinates ``(yy, xx)``, each ``H x W`` float32."""
+        if "grid" not in self.cache:
+            yy, xx = np.mgrid[0 : self.h, 0 : self.w].astype(np.float32)
+            self.cache["grid"] = (yy, xx)
+        return self.cache["grid"]
+
+    def quantise(self, y: np.ndarray) -> np.ndarray:
+        """Float image in [0, 1] units -> the saved integer image (clip, round; original shape and dtype)."""
+        q = np.clip(y, 0.0, 1.0) * np.float32(self.maxval)
+        q = np.rint(q, out=q).astype(self.dtype)
+        return q[:, :, 0] if self.image.ndim == 2 else q
+
+
+def smooth_field(rng: np.random.Generator, h: int, w: int, n_terms: int = 6, max_cycles: float = 1.5) -> np.ndarray:
+    """A smooth random field ``H x W`` float32 scaled to [-1, 1]: a sum of low-frequency plane waves."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    f = np.zeros((h, w), np.float32)
+    for _ in range(n_terms):
+        fy, fx = rng.uniform(-max_cycles, max_cycles, 2)
+        ph = rng.uniform(0, 2 * np.pi)
+        amp = rng.uniform(0.5, 1.0)
+        f += np.float32(amp) * np.cos(2 * np.pi * (fy * yy / h + fx * xx / w) + ph).astype(np.float32)
+    f -= f.min()
+    f /= max(float(f.max()), 1e-6)
+    return f * 2 - 1
+
+
+def nearest_blob_field(
+    ctx: Context, centres: np.ndarray, radii: np.ndarray, aspect: np.ndarray | None = None,
+    angles: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each pixel, the normalised offset to the nearest blob in the scaled metric.
+
+    ``centres`` ``N x 2`` (y, x) pixels, ``radii`` ``N`` pixels (relative sizes), optional elliptical
+    ``aspect`` (minor/major) and ``angles``. Returns ``(q, oy, ox)``, ``H x W`` float32: ``q`` is the
+    distance to the nearest blob divided by its radius (so a blob scaled by ``k`` covers ``q < k``) and
+    ``(oy, ox)`` the normalised offset (for highlights placed inside the blob).
+    """
+    yy, xx = ctx.grid()
+    best = np.full((ctx.h, ctx.w), np.inf, np.float32)
+    oy = np.zeros_like(best)
+    ox = np.zeros_like(best)
+    for i, ((cy, cx), r) in enumerate(zip(centres, radii, strict=True)):
+        dy = (yy - np.float32(cy)) / np.float32(r)
+        dx = (xx - np.float32(cx)) / np.float32(r)
+        if aspect is not None and angles is not None:
+            ca, sa = np.float32(np.cos(angles[i])), np.float32(np.sin(angles[i]))
+            u = ca * dx + sa * dy
+            v = (-sa * dx + ca * dy) / np.float32(aspect[i])
+            d = np.sqrt(u * u + v * v)
+        else:
+            d = np.sqrt(dy * dy + dx * dx)
+        closer = d < best
+        best = np.where(closer, d, best)
+        oy = np.where(closer, dy, oy)
+        ox = np.where(closer, dx, ox)
+    return best, oy, ox
+
+
+def _padded_fft(ctx: Context) -> tuple[np.ndarray, int, tuple[int, int]]:
+    """rFFT of the reflect-padded image (cached): ``C x Hp x Wp//2+1`` complex64, the pad, padded shape."""
+    if "fft" not in ctx.cache:
+        pad = max(16, min(96, max(ctx.h, ctx.w) // 3))
+        hp = sfft.next_fast_len(ctx.h + 2 * pad, real=True)
+        wp = sfft.next_fast_len(ctx.w + 2 * pad, real=True)
+        xp = np.pad(ctx.x, ((pad, hp - ctx.h - pad), (pad, wp - ctx.w - pad), (0, 0)), mode="reflect")
+        spec = sfft.rfft2(np.moveaxis(xp, -1, 0), workers=1).astype(np.complex64)
+        ctx.cache["fft"] = (spec, pad, (hp, wp))
+    return ctx.cache["fft"]
+
+
+def fft_filter(ctx: Context, transfer: np.ndarray) -> np.ndarray:
+    """Apply a transfer function (``Hp x Wp//2+1``, from :func:`kernel_transfer` or analytic) to the image."""
+    spec, pad, (hp, wp) = _padded_fft(ctx)
+    out = sfft.irfft2(spec * transfer, s=(hp, wp), workers=1)
+    return np.moveaxis(out[:, pad : pad + ctx.h, pad : pad + ctx.w], 0, -1).astype(np.float32)
+
+
+def fft_shape(ctx: Context) -> tuple[int, int, int]:
+    """(pad, Hp, Wp) of the cached padded FFT."""
+    _, pad, (hp, wp) = _padded_fft(ctx)
+    return pad, hp, wp
+
+
+def kernel_transfer(ctx: Context, kernel: np.ndarray) -> np.ndarray:
+    """Transfer function of a small centred ``k x k`` kernel (k odd, k <= 2 * pad + 1) on the padded grid."""
+    _, hp, wp = fft_shape(ctx)
+    k = kernel.shape[0]
+    r = k // 2
+    buf = np.zeros((hp, wp), np.float32)
+    buf[:k, :k] = kernel
+    buf = np.roll(buf, (-r, -r), axis=(0, 1))
+    return sfft.rfft2(buf, workers=1).astype(np.complex64)
+
+
+def gaussian_transfer(ctx: Context, sigma: float) -> np.ndarray:
+    """Analytic transfer function of a Gaussian blur with standard deviation ``sigma`` pixels."""
+    _, hp, wp = fft_shape(ctx)
+    fy = sfft.fftfreq(hp).astype(np.float32)[:, None]
+    fx = sfft.rfftfreq(wp).astype(np.float32)[None, :]
+    return np.exp(np.float32(-2 * np.pi**2 * sigma**2) * (fy * fy + fx * fx)).astype(np.float32)
+
+
+def max_kernel_radius(ctx: Context) -> int:
+    """The largest kernel radius the padded FFT supports without wrap-around."""
+    return fft_shape(ctx)[0]
+
+
+def affine_warp(ctx: Context, inv: tuple[float, ...], fill: np.ndarray | float | None = None) -> np.ndarray:
+    """Warp ``ctx.x`` by an inverse affine map (output -> input, Pillow's 6-tuple), bilinear, constant fill.
+
+    Returns ``H x W x C`` float32. ``fill`` defaults to the context's background value ``bg``.
+    """
+    fillv = ctx.bg if fill is None else np.broadcast_to(np.asarray(fill, np.float32), (ctx.c,))
+    out = np.empty_like(ctx.x)
+    for c in range(ctx.c):
+        im = Image.fromarray(np.ascontiguousarray(ctx.x[:, :, c]))
+        res = im.transform((ctx.w, ctx.h), Image.Transform.AFFINE, inv, Image.Resampling.BILINEAR,
+                           fillcolor=float(fillv[c]))
+        out[:, :, c] = np.asarray(res)
+    return out
+
+
+def affine_warp_mask(mask: np.ndarray, inv: tuple[float, ...]) -> np.ndarray:
+    """The same inverse affine map on an ``H x W`` uint8 mask (nearest neighbour, 0 outside)."""
+    im = Image.fromarray(np.ascontiguousarray(mask.astype(np.uint8)))
+    res = im.transform((mask.shape[1], mask.shape[0]), Image.Transform.AFFINE, inv, Image.Resampling.NEAREST,
+                       fillcolor=0)
+    return np.asarray(res).copy()
+
+
+def centre_affine(ctx: Context, a: float, b: float, c: float, d: float, tx: float = 0.0, ty: float = 0.0
+                  ) -> tuple[float, ...]:
+    """Pillow inverse-affine tuple for input = M (output - centre) + centre - (tx, ty), M = [[a, b], [c, d]]."""
+    cx, cy = ctx.w / 2.0, ctx.h / 2.0
+    return (a, b, cx - a * cx - b * cy - tx, c, d, cy - c * cx - d * cy - ty)
+
+
+LUMA = np.array([0.2125, 0.7154, 0.0721], np.float32)
+
+
+def colour(ctx: Context, rgb: tuple[float, float, float]) -> np.ndarray:
+    """An RGB colour (``3`` float32, [0, 1]) for colour images, its luminance (``1``) for grayscale ones."""
+    c = np.array(rgb, np.float32)
+    return c if ctx.c == 3 else np.array([float(c @ LUMA)], np.float32)
+
+
+def blob_layout(ctx: Context, rng: np.random.Generator, n: int, margin: float = 0.1
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` centres ``N x 2`` (y, x) inside the image minus a margin, and radii (pixels) in [0.6, 1.4] x min side."""
+    cy = rng.uniform(margin, 1 - margin, n) * ctx.h
+    cx = rng.uniform(margin, 1 - margin, n) * ctx.w
+    r = rng.uniform(0.6, 1.4, n) * min(ctx.h, ctx.w)
+    return np.stack([cy, cx], 1), r

@@ -1,0 +1,183 @@
+"""The 12 modality-agnostic (base) perturbations.
+
+Every ``prepare(ctx, rng)`` draws its randomness once and returns ``op(p)`` (see ``registry``); images are
+float32 ``H x W x C`` in [0, 1] units of the dtype range.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+from PIL import Image
+
+from medfm_robust.perturb._common import (
+    Context,
+    affine_warp,
+    affine_warp_mask,
+    centre_affine,
+    fft_filter,
+    gaussian_transfer,
+    kernel_transfer,
+    max_kernel_radius,
+)
+from medfm_robust.perturb.registry import ParamSpec, register, rng_array
+
+
+class AffineOp:
+    """A label-moving op: ``inv(p)`` gives the Pillow inverse-affine tuple for parameter ``p``."""
+
+    def __init__(self, ctx: Context, inv) -> None:  # type: ignore[no-untyped-def]
+        self.ctx, self.inv = ctx, inv
+
+    def __call__(self, p: float) -> np.ndarray:
+        return affine_warp(self.ctx, self.inv(p))
+
+    def move_mask(self, p: float, mask: np.ndarray) -> np.ndarray:
+        return affine_warp_mask(mask, self.inv(p))
+
+
+@register("gaussian_noise", family="base",
+          param=ParamSpec("sigma", 0.002, 1.5, "standard deviation, fraction of the dtype range"))
+def gaussian_noise(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
+    """Additive white Gaussian noise, independent per pixel and channel."""
+    noise = rng_array(rng, ctx.x.shape)
+    return lambda p: ctx.x + np.float32(p) * noise
+
+
+@register("salt_pepper_noise", family="base",
+          param=ParamSpec("amount", 1e-4, 1.0, "fraction of pixels set to black or white"))
+def salt_pepper_noise(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
+    """Impulse noise: a fraction of pixels (all channels) set to the dtype maximum (salt) or 0 (pepper)."""
+    u = rng.random((ctx.h, ctx.w, 1), dtype=np.float32)
+
+    def op(p: float) -> np.ndarray:
+        half = np.float32(p / 2)
+        return np.where(u < half, np.float32(1), np.where(u < np.float32(p), np.float32(0), ctx.x))
+
+    return op
+
+
+@register("speckle_noise", family="base",
+          param=ParamSpec("sigma", 0.005, 8.0, "relative standard deviation"))
+def speckle_noise(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
+    """Multiplicative Gaussian noise x(1 + sigma n), with a 2 % floor so black regions get a little too."""
+    noise = rng_array(rng, ctx.x.shape)
+    base = ctx.x + np.float32(0.02)
+    return lambda p: ctx.x + np.float32(p) * noise * base
+
+
+@register("gaussian_blur", family="base", param=ParamSpec("sigma", 0.15, 40.0, "pixels"))
+def gaussian_blur(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
+    """Gaussian blur (isotropic, reflect-padded borders) with standard deviation sigma pixels."""
+    del rng
+    return lambda p: fft_filter(ctx, gaussian_transfer(ctx, p))
+
+
+def line_kernel(length: float, angle: float, max_radius: int) -> np.ndarray:
+    """Normalised anti-aliased line kernel of ``length`` pixels at ``angle`` (radians), odd square size."""
+    r = min(max_radius, int(math.ceil(length / 2)) + 1)
+    k = np.zeros((2 * r + 1, 2 * r + 1), np.float32)
+    n = max(2, int(math.ceil(length * 4)) + 1)
+    s = np.linspace(-length / 2, length / 2, n)
+    ys, xs = r + s * math.sin(angle), r + s * math.cos(angle)
+    y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
+    fy, fx = ys - y0, xs - x0
+    for dy, wy in ((0, 1 - fy), (1, fy)):
+        for dx, wx in ((0, 1 - fx), (1, fx)):
+            yi, xi = np.clip(y0 + dy, 0, 2 * r), np.clip(x0 + dx, 0, 2 * r)
+            np.add.at(k, (yi, xi), (wy * wx).astype(np.float32))
+    return k / k.sum()
+
+
+@register("motion_blur", family="base", param=ParamSpec("length", 0.3, 120.0, "pixels"))
+def motion_blur(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
+    """Linear camera/patient motion blur: a normalised line kernel of the given length at a random angle."""
+    angle = float(rng.uniform(0, math.pi))
+    rmax = max_kernel_radius(ctx)
+    return lambda p: fft_filter(ctx, kernel_transfer(ctx, line_kernel(p, angle, rmax)))
+
+
+@register("brightness", family="base",
+          param=ParamSpec("offset", 0.002, 1.0, "fraction of the dtype range"))
+def brightness(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
+    """Global brightness change: a constant offset (random sign), clipped to the dtype range."""
+    sign = np.float32(1 if rng.random() < 0.5 else -1)
+    return lambda p: ctx.x + sign * np.float32(p)
+
+
+@register("contrast", family="base",
+          param=ParamSpec("reduction", 0.002, 1.0, "fraction of contrast removed"))
+def contrast(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
+    """Contrast reduction towards the per-channel mean: mean + (x - mean)(1 - reduction)."""
+    del rng
+    mean = ctx.x.reshape(-1, ctx.c).mean(axis=0).astype(np.float32)
+    return lambda p: mean + (ctx.x - mean) * np.float32(1 - p)
+
+
+def jpeg_round_trip(x: np.ndarray, quality: int) -> np.ndarray:
+    """JPEG-encode ``H x W x C`` float [0, 1] at 8 bits (4:2:0 chroma for colour) and decode; float32 out."""
+    u8 = np.rint(np.clip(x, 0, 1) * 255).astype(np.uint8)
+    im = Image.fromarray(u8[:, :, 0] if u8.shape[2] == 1 else u8)
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=int(quality))
+    buf.seek(0)
+    with Image.open(buf) as dec:
+        out = np.asarray(dec, dtype=np.float32) / np.float32(255)
+    return out.reshape(x.shape)
+
+
+@register("jpeg_compression", family="base",
+          param=ParamSpec("quality", 98, 1, "JPEG quality (libjpeg)", pivot=100.0, integer=True))
+def jpeg_compression(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
+    """JPEG compression artefacts (blocking, ringing, chroma loss); 16-bit images are compressed at 8 bits."""
+    del rng
+    return lambda p: jpeg_round_trip(ctx.x, int(p))
+
+
+@register("pixelate", family="base", param=ParamSpec("block", 1.02, 64.0, "pixels per block"))
+def pixelate(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
+    """Pixelation: area-average down-sampling by the block size, nearest-neighbour up-sampling."""
+    del rng
+
+    def op(p: float) -> np.ndarray:
+        mh, mw = max(1, round(ctx.h / p)), max(1, round(ctx.w / p))
+        out = np.empty_like(ctx.x)
+        for c in range(ctx.c):
+            im = Image.fromarray(np.ascontiguousarray(ctx.x[:, :, c]))
+            small = im.resize((mw, mh), Image.Resampling.BOX)
+            out[:, :, c] = np.asarray(small.resize((ctx.w, ctx.h), Image.Resampling.NEAREST))
+        return out
+
+    return op
+
+
+@register("rotation", family="base", param=ParamSpec("angle", 0.05, 180.0, "degrees"), moves_labels=True)
+def rotation(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
+    """In-plane rotation about the image centre (random sign), bilinear, constant background fill."""
+    sign = 1.0 if rng.random() < 0.5 else -1.0
+
+    def inv(p: float) -> tuple[float, ...]:
+        a = math.radians(sign * p)
+        ca, sa = math.cos(a), math.sin(a)
+        return centre_affine(ctx, ca, -sa, sa, ca)
+
+    return AffineOp(ctx, inv)
+
+
+@register("scale", family="base",
+          param=ParamSpec("factor", 0.999, 0.05, "zoom factor (< 1 shrinks)", pivot=1.0), moves_labels=True)
+def scale(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
+    """Zoom-out about the image centre by the factor, bilinear, constant background fill."""
+    del rng
+    return AffineOp(ctx, lambda p: centre_affine(ctx, 1 / p, 0.0, 0.0, 1 / p))
+
+
+@register("translation", family="base",
+          param=ParamSpec("shift", 0.0005, 0.45, "fraction of the image size"), moves_labels=True)
+def translation(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
+    """Sub-pixel translation in a random direction, bilinear, constant background fill."""
+    theta = float(rng.uniform(0, 2 * math.pi))
+    ux, uy = math.cos(theta), math.sin(theta)
+    return AffineOp(ctx, lambda p: centre_affine(ctx, 1.0, 0.0, 0.0, 1.0, p * ctx.w * ux, p * ctx.h * uy))

@@ -1,0 +1,77 @@
+"""MRI perturbations (3): bias_field, ghosting, kspace_motion (k-space models with correct frequency indexing).
+
+Images are float32 ``H x W x C`` in [0, 1] units of the dtype range.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from medfm_robust.perturb._common import Context, smooth_field
+from medfm_robust.perturb.registry import ParamSpec, register
+
+
+@register("bias_field", family="mri", param=ParamSpec("strength", 0.01, 3.0, "log-gain amplitude"))
+def bias_field(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
+    """Smooth multiplicative intensity inhomogeneity (RF coil bias): x exp(a f) with f a smooth field in [-1, 1]."""
+    f = smooth_field(rng, ctx.h, ctx.w, n_terms=5, max_cycles=1.0)[:, :, None]
+    return lambda p: ctx.x * np.exp(np.float32(p) * f)
+
+
+@register("ghosting", family="mri", param=ParamSpec("amplitude", 0.005, 2.0, "k-space line modulation"))
+def ghosting(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
+    """Periodic-motion ghosts along the phase-encoding axis: every n-th k-space line (n = 2..4) scaled by 1 - a.
+
+    Ghost replicas appear at offsets of N/n pixels (never zero); the magnitude image is returned.
+    """
+    axis = int(rng.integers(0, 2))
+    period = int(rng.integers(2, 5))
+    offset = int(rng.integers(0, period))
+    spec = np.fft.fft(ctx.x, axis=axis)
+    n = ctx.x.shape[axis]
+    keep = (np.arange(n) % period) == offset
+    shape = [1, 1, 1]
+    shape[axis] = n
+    comb = keep.reshape(shape)
+    ghost = np.fft.ifft(spec * comb, axis=axis).astype(np.complex64)  # the part each unit of a removes
+    gr, gi = ghost.real, ghost.imag
+
+    def op(p: float) -> np.ndarray:
+        a = np.float32(p)
+        re = ctx.x - a * gr
+        im = a * gi
+        return np.sqrt(re * re + im * im)
+
+    return op
+
+
+@register("kspace_motion", family="mri", param=ParamSpec("shift", 0.05, 40.0, "peak displacement, pixels"))
+def kspace_motion(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
+    """Rigid in-plane motion during acquisition: corrupted k-space lines get the linear phase of a shift.
+
+    The phase ramp uses the frequencies of the unshifted spectrum (fftfreq), the central 8 % of lines are
+    protected (so the object does not move as a whole), and about 60 % of the other lines, in contiguous
+    segments, carry a displacement d * u (u in [-1, 1]) along a random direction. Magnitude image.
+    """
+    h, w = ctx.h, ctx.w
+    spec = np.fft.fft2(ctx.x, axes=(0, 1)).astype(np.complex64)
+    ky = np.fft.fftfreq(h).astype(np.float32)
+    kx = np.fft.fftfreq(w).astype(np.float32)
+    n_seg = int(rng.integers(6, 16))
+    cuts = np.sort(rng.choice(np.arange(1, h), size=n_seg - 1, replace=False))
+    seg = np.searchsorted(cuts, np.arange(h), side="right")
+    u = rng.uniform(-1, 1, n_seg).astype(np.float32)
+    u /= max(float(np.abs(u).max()), 1e-6)
+    active = rng.random(n_seg) < 0.6
+    active[rng.choice(n_seg, size=2, replace=False)] = True
+    disp = np.where(active[seg], u[seg], 0).astype(np.float32)
+    disp[np.abs(ky) < 0.04] = 0
+    theta = rng.uniform(0, 2 * np.pi)
+    dy, dx = np.float32(np.sin(theta)), np.float32(np.cos(theta))
+    base = (ky[:, None] * dy + kx[None, :] * dx) * disp[:, None]  # cycles per unit displacement
+
+    def op(p: float) -> np.ndarray:
+        ph = np.exp(np.complex64(-2j * np.pi * p) * base)[:, :, None]
+        return np.abs(np.fft.ifft2(spec * ph, axes=(0, 1))).astype(np.float32)
+
+    return op

@@ -1,0 +1,64 @@
+"""X-ray perturbations (4): scatter, underexposure, overexposure_xray, grid_lines.
+
+Displayed radiographs are bright where attenuation is high; the transmitted fraction is ``T = 1 - x``.
+Images are float32 ``H x W x C`` in [0, 1] units of the dtype range.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from medfm_robust.perturb._common import Context, fft_filter, gaussian_transfer
+from medfm_robust.perturb.registry import ParamSpec, register
+
+
+@register("scatter", family="xray", param=ParamSpec("ratio", 0.005, 30.0, "scatter-to-primary ratio"))
+def scatter(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
+    """Compton scatter / veiling glare: a broad low-pass copy added per channel, (x + r B) / (1 + r)."""
+    sigma = rng.uniform(0.06, 0.12) * min(ctx.h, ctx.w)
+    blurred = fft_filter(ctx, gaussian_transfer(ctx, sigma))
+
+    def op(p: float) -> np.ndarray:
+        r = np.float32(p)
+        return (ctx.x + r * blurred) / (1 + r)
+
+    return op
+
+
+@register("underexposure", family="xray",
+          param=ParamSpec("dose", 0.999, 0.0005, "fraction of the nominal dose"))
+def underexposure(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
+    """Low dose: quantum mottle. Photon counts scale with dose * T, so after gain correction the noise std
+    is 0.02 sqrt(T / dose) (Poisson, Gaussian approximation), largest in thin (dark) regions."""
+    noise = rng.standard_normal((ctx.h, ctx.w, 1)).astype(np.float32)
+    t = np.sqrt(np.clip(1 - ctx.x, 0, 1)) * noise * np.float32(0.02)
+
+    def op(p: float) -> np.ndarray:
+        return ctx.x - t * np.float32(1 / np.sqrt(p) - 1)
+
+    return op
+
+
+@register("overexposure_xray", family="xray",
+          param=ParamSpec("exposure", 1.001, 100.0, "exposure factor", pivot=1.0))
+def overexposure_xray(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
+    """Over-exposure / detector saturation: T' = min(1, T E), so thin tissue burns out to black first."""
+    del rng
+    t = 1 - ctx.x
+    return lambda p: 1 - np.minimum(t * np.float32(p), 1)
+
+
+@register("grid_lines", family="xray", param=ParamSpec("depth", 0.002, 1.0, "line absorption"))
+def grid_lines(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
+    """Anti-scatter grid lines: periodic absorption stripes (period 3-8 px, random orientation and phase)."""
+    yy, xx = ctx.grid()
+    period = rng.uniform(3, 8)
+    theta = rng.choice([0.0, np.pi / 2]) + rng.uniform(-0.05, 0.05)
+    coord = xx * np.float32(np.cos(theta)) + yy * np.float32(np.sin(theta))
+    stripe = (0.5 + 0.5 * np.cos(2 * np.pi * coord / np.float32(period) + rng.uniform(0, 2 * np.pi)))[:, :, None]
+    t = 1 - ctx.x
+
+    def op(p: float) -> np.ndarray:
+        return 1 - t * (1 - np.float32(p) * stripe)
+
+    return op
