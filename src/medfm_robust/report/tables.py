@@ -176,7 +176,7 @@ def to_latex(table: Table) -> str:
 
 def write_table(table: Table, csv_path: str | Path, md_path: str | Path, tex_path: str | Path) -> None:
     """Write the CSV (wide, numeric), Markdown and LaTeX files atomically."""
-    write_text_atomic(csv_path, table.wide().to_csv(index=False, float_format="%.6g", lineterminator="\n"))
+    write_text_atomic(csv_path, table.wide().to_csv(index=False, float_format="%.10g", lineterminator="\n"))
     write_text_atomic(md_path, to_markdown(table))
     write_text_atomic(tex_path, to_latex(table))
 

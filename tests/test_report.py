@@ -1,0 +1,255 @@
+"""Aggregation, tables, figures and report targets, on synthetic metric files with the contract columns."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_report_synth import seg_frame, write_seg_tree, write_vlm_tree
+
+from medfm_robust.errors import DataError
+from medfm_robust.io import write_json_atomic, write_parquet_atomic
+from medfm_robust.report import palette
+from medfm_robust.report.aggregate import BootstrapSettings, hierarchical_mean, paired_drops
+from medfm_robust.report.build import SEG_TABLES, read_sidecars, run_tables
+from medfm_robust.report.figures import SEG_PANELS, draw_figures, vlm_panel_names
+from medfm_robust.report.tables import Table, format_cell, to_latex, to_markdown
+from medfm_robust.report.targets import ReportTargets
+
+UNIT = ("model", "strategy", "dataset")
+PARAMS = {
+    "bootstrap_samples": 200,
+    "ci": 0.95,
+    "seed": 0,
+    "segmentation_metric": "iou",
+    "top_k": 15,
+    "in_band_only": False,
+    "vlm_metrics": {"vqa": "correct", "caption": "rouge_l", "grounding": "iou"},
+}
+
+
+def _obs(rows):
+    return pd.DataFrame(
+        rows, columns=["model", "strategy", "dataset", "image_id", "perturbation", "level", "value"]
+    )
+
+
+def test_hierarchy_weights_levels_types_and_datasets_equally():
+    # dataset A: type t1 has 2 images at level 1 and 1 image at level 2; type t2 one image.
+    # dataset B: one value. Pooled mean would weight A's rows 4:1; the hierarchy does not.
+    obs = _obs(
+        [
+            ("m", "s", "A", "a1", "t1", 1, 0.1),
+            ("m", "s", "A", "a2", "t1", 1, 0.3),
+            ("m", "s", "A", "a1", "t1", 2, 0.6),
+            ("m", "s", "A", "a1", "t2", 1, 1.0),
+            ("m", "s", "B", "b1", "t1", 1, 0.0),
+        ]
+    )
+    off = BootstrapSettings(samples=0)
+    by_ds = hierarchical_mean(obs, ["dataset"], UNIT, ["dataset"], off).set_index("dataset")
+    t1 = ((0.1 + 0.3) / 2 + 0.6) / 2  # level means, then mean over levels
+    assert by_ds.loc["A", "mean"] == pytest.approx((t1 + 1.0) / 2)
+    assert by_ds.loc["A", "n"] == 4 and by_ds.loc["A", "n_images"] == 2
+    top = hierarchical_mean(obs, ["strategy"], UNIT, ["dataset"], off)
+    assert top["mean"].iloc[0] == pytest.approx(((t1 + 1.0) / 2 + 0.0) / 2)
+    assert top["n"].iloc[0] == 5 and top["n_runs"].iloc[0] == 2
+    assert np.isnan(top["ci_low"].iloc[0])
+    per_level = hierarchical_mean(obs, ["level"], UNIT, ["dataset"], off).set_index("level")
+    # level 1: dataset A = mean over types (0.2, 1.0), dataset B = 0.0, then mean over datasets
+    assert per_level.loc[1, "mean"] == pytest.approx(((0.2 + 1.0) / 2 + 0.0) / 2)
+
+
+def test_bootstrap_is_seeded_and_brackets_the_mean():
+    frame = pd.concat(
+        [
+            seg_frame("m", "full", "d1", "clean", n_images=12),
+            seg_frame("m", "full", "d1", "gaussian_noise", n_images=12),
+        ]
+    )
+    _clean, drops = paired_drops(frame, "iou", UNIT)
+    drops = drops.rename(columns={"drop": "value"})
+    a = hierarchical_mean(drops, ["strategy"], UNIT, ["dataset"], BootstrapSettings(300, 0.95, 1))
+    b = hierarchical_mean(drops, ["strategy"], UNIT, ["dataset"], BootstrapSettings(300, 0.95, 1))
+    c = hierarchical_mean(drops, ["strategy"], UNIT, ["dataset"], BootstrapSettings(300, 0.95, 2))
+    pd.testing.assert_frame_equal(a, b)
+    assert (a["ci_low"].iloc[0], a["ci_high"].iloc[0]) != (c["ci_low"].iloc[0], c["ci_high"].iloc[0])
+    assert a["ci_low"].iloc[0] < a["mean"].iloc[0] < a["ci_high"].iloc[0]
+    # a narrower confidence level gives a narrower interval
+    n = hierarchical_mean(drops, ["strategy"], UNIT, ["dataset"], BootstrapSettings(300, 0.5, 1))
+    assert n["ci_high"].iloc[0] - n["ci_low"].iloc[0] < a["ci_high"].iloc[0] - a["ci_low"].iloc[0]
+    # row order does not matter
+    shuffled = drops.sample(frac=1.0, random_state=3)
+    pd.testing.assert_frame_equal(
+        a, hierarchical_mean(shuffled, ["strategy"], UNIT, ["dataset"], BootstrapSettings(300, 0.95, 1))
+    )
+
+
+def test_paired_drops_need_the_clean_row_of_the_same_image():
+    frame = pd.concat(
+        [seg_frame("m", "full", "d1", "clean", n_images=3), seg_frame("m", "full", "d1", "hair", n_images=4)]
+    )
+    with pytest.raises(DataError, match="without a clean row"):
+        paired_drops(frame, "iou", UNIT, source="x.parquet")
+    ok = pd.concat(
+        [seg_frame("m", "full", "d1", "clean", n_images=4), seg_frame("m", "full", "d1", "hair", 4)]
+    )
+    clean, drops = paired_drops(ok, "iou", UNIT)
+    assert len(clean) == 4 and len(drops) == 12
+    np.testing.assert_allclose(drops["drop"], drops["clean"] - drops["perturbed"])
+    _, banded = paired_drops(ok, "iou", UNIT, in_band_only=True)
+    assert len(banded) == int(ok.loc[ok["perturbation"] != "clean", "in_band"].sum())
+
+
+def test_bad_metric_file_names_the_file(tmp_path):
+    bad = tmp_path / "bad.parquet"
+    write_parquet_atomic(bad, seg_frame("m", "s", "d", "clean").drop(columns=["iou"]))
+    with pytest.raises(DataError, match=r"bad\.parquet.*iou"):
+        run_tables("segmentation", [str(bad)], tmp_path / "t", tmp_path / "t/c.parquet", PARAMS)
+    junk = tmp_path / "junk.parquet"
+    junk.write_bytes(b"not parquet")
+    with pytest.raises(DataError, match=r"junk\.parquet"):
+        run_tables("segmentation", [str(junk)], tmp_path / "t", tmp_path / "t/c.parquet", PARAMS)
+
+
+def test_sidecar_strategy_must_match_its_file(tmp_path):
+    side = tmp_path / "tiny_sam" / "d1" / "lora.json"
+    write_json_atomic(side, {"strategy": "full", "trainable_params": 5})
+    with pytest.raises(DataError, match=r"lora\.json.*strategy"):
+        read_sidecars([str(side)])
+    write_json_atomic(side, {"strategy": "lora"})
+    with pytest.raises(DataError, match="trainable"):
+        read_sidecars([str(side)])
+
+
+@pytest.fixture(scope="module")
+def seg_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("seg")
+    metrics, sidecars = write_seg_tree(root, models=("tiny_sam", "lite_medsam"))
+    written = run_tables(
+        "segmentation", metrics, root / "tables", root / "tables/cells.parquet", PARAMS, sidecars
+    )
+    return root, written
+
+
+def test_segmentation_tables_written_in_three_formats(seg_run):
+    root, written = seg_run
+    assert {p.name for p in written} == {f"{t}.{e}" for t in SEG_TABLES for e in ("csv", "md", "tex")}
+    t1 = pd.read_csv(root / "tables/table1_segmentation.csv")
+    assert len(t1) == 6  # 2 models x 3 strategies
+    for d in ("demo_derm", "demo_mri"):
+        for col in ("clean", "dB", "dM"):
+            assert {f"{d} {col}", f"{d} {col}_ci_low", f"{d} {col}_ci_high", f"{d} {col}_n"} <= set(
+                t1.columns
+            )
+    row = t1[(t1["model"] == "tiny_sam") & (t1["strategy"] == "lora")].iloc[0]
+    assert row["demo_derm clean_n"] == 6
+    assert row["demo_derm dB_n"] == 6 * 3 * 2  # images x levels x base types
+    assert row["trainable_params"] == 1000 and row["trainable_share"] == pytest.approx(0.01)
+    assert t1.loc[t1["strategy"] == "zero_shot", "trainable_params"].eq(0).all()
+    # medical types were made twice as damaging as base ones in the synthetic data
+    assert (t1["avg dM"] > t1["avg dB"]).all()
+    tex = (root / "tables/table1_segmentation.tex").read_text()
+    assert all(k in tex for k in ("\\toprule", "\\midrule", "\\bottomrule", "demo\\_derm dB"))
+    md = (root / "tables/table1_segmentation.md").read_text()
+    assert "n=36" in md and "LoRA" in md and "| 1.0K | 1.00% |" in md
+
+
+def test_rankings_follow_the_synthetic_effects(seg_run):
+    root, _ = seg_run
+    rank = pd.read_csv(root / "tables/strategy_ranking.csv")
+    assert list(rank["strategy"]) == ["full", "zero_shot", "lora"]
+    assert list(rank["rank"]) == [1, 2, 3]
+    top = pd.read_csv(root / "tables/top_perturbations.csv")
+    assert list(top["category"][:2]) == ["medical", "medical"] and len(top) == 4
+    sev = pd.read_csv(root / "tables/severity_levels.csv")
+    assert (sev["L1"] < sev["L2"]).all() and (sev["L2"] < sev["L3"]).all()
+    adv = pd.read_csv(root / "tables/adversarial.csv")
+    assert {"FGSM L1", "PGD L3"} <= set(adv.columns)
+
+
+def test_vlm_tables(tmp_path):
+    paths = write_vlm_tree(tmp_path)
+    run_tables("vlm", paths, tmp_path / "tables", tmp_path / "tables/vlm.parquet", PARAMS)
+    t = pd.read_csv(tmp_path / "tables/vlm_clean_vs_perturbed.csv")
+    assert len(t) == 6 and set(t["metric"]) == {"correct", "rouge_l", "iou"}
+    np.testing.assert_allclose(t["clean"] - t["perturbed"], t["absolute drop"], atol=1e-8)
+    np.testing.assert_allclose(t["relative drop %"], 100 * t["absolute drop"] / t["clean"], rtol=1e-7)
+    per = pd.read_csv(tmp_path / "tables/vlm_perturbation_drop.csv")
+    assert set(per["perturbation"]) == {"gaussian_noise", "contrast"} and {"vqa", "caption"} <= set(
+        per.columns
+    )
+    lv = pd.read_csv(tmp_path / "tables/vlm_level_drop.csv")
+    assert {"L1", "L2"} <= set(lv.columns)
+    bad = dict(PARAMS, vlm_metrics={"vqa": "correct"})
+    with pytest.raises(DataError, match="caption"):
+        run_tables("vlm", paths, tmp_path / "t2", tmp_path / "t2/c.parquet", bad)
+
+
+def test_cell_formats():
+    assert format_cell(0.12345, 0.1, 0.2, 7) == "0.123 [0.100, 0.200] n=7"
+    assert format_cell(0.5, float("nan"), float("nan"), 3) == "0.500 n=3"
+    assert format_cell(float("nan"), 0, 0, 0) == "–"
+    cells = pd.DataFrame(
+        {"k": ["a_b"], "column": ["x%"], "mean": [0.5], "ci_low": [0.4], "ci_high": [0.6], "n": [2]}
+    )
+    t = Table("t", "T & co", ["k"], cells, ["x%"])
+    assert "T \\& co" in to_latex(t) and "x\\%" in to_latex(t)
+    assert "| a b | 0.500 [0.400, 0.600] n=2 |" in to_markdown(t)
+
+
+def test_figures_all_panels(seg_run, tmp_path):
+    root, _ = seg_run
+    stems = [tmp_path / n for n in SEG_PANELS]
+    written = draw_figures("segmentation", root / "tables/cells.parquet", stems)
+    assert len(written) == 2 * len(SEG_PANELS)
+    for p in written:
+        assert p.stat().st_size > 5000
+        assert p.read_bytes()[:4] in (b"\x89PNG", b"%PDF")
+    vlm = write_vlm_tree(tmp_path / "v", tasks=("vqa", "grounding"))
+    run_tables("vlm", vlm, tmp_path / "vt", tmp_path / "vt/c.parquet", PARAMS)
+    names = vlm_panel_names(["vqa", "grounding"])
+    assert names == [
+        "fig3h_grounding_clean_vs_perturbed",
+        "fig3k_grounding_perturbations",
+        "fig3g_vqa_clean_vs_perturbed",
+        "fig3j_vqa_perturbations",
+    ]
+    out = draw_figures("vlm", tmp_path / "vt/c.parquet", [tmp_path / n for n in names])
+    assert len(out) == 8
+    with pytest.raises(DataError, match="unknown"):
+        draw_figures("segmentation", root / "tables/cells.parquet", [tmp_path / "fig9z_nope"])
+
+
+def test_palette_is_stable_and_distinct():
+    assert palette.strategy_color("lora") == "#d62728"
+    assert palette.strategy_color("my_new_strategy") == palette.strategy_color("my_new_strategy")
+    assert palette.strategy_color("a_strategy") != palette.strategy_color("b_strategy")
+    known = [palette.strategy_color(s) for s in palette.STRATEGY_ORDER]
+    assert len(set(known)) == len(known)
+    assert palette.label("dec_prompt") == "Dec-Prompt" and palette.label("odd_name") == "odd name"
+
+
+def test_report_targets_follow_the_upstream_stages():
+    seg = [
+        f"results/metrics/segmentation/tiny_sam/{s}/demo_ct/{p}.parquet"
+        for s in ("zero_shot", "lora")
+        for p in ("clean", "hair")
+    ]
+    vlm = ["results/metrics/vlm/tiny_llava/vqa/demo/clean.parquet"]
+    other = ["results/data/demo_ct/test.parquet", "results/figures/contact_sheets/ct.png"]
+    rt = ReportTargets([lambda: seg + other, lambda: [Path(v) for v in vlm]])
+    assert rt.seg_metric_files() == sorted(seg)
+    assert rt.checkpoint_sidecars() == ["results/checkpoints/tiny_sam/demo_ct/lora.json"]
+    assert rt.vlm_tasks() == ["vqa"] and rt.contact_sheet_modalities() == ["ct"]
+    tg = rt.targets()
+    assert (
+        "results/tables/table1_segmentation.tex" in tg and "results/figures/fig3j_vqa_perturbations.pdf" in tg
+    )
+    assert "results/figures/fig3k_grounding_perturbations.png" not in tg
+    assert "results/report/contact_sheets/ct.png" in tg
+    listed = ReportTargets([lambda: [*seg, "results/checkpoints/tiny_sam/demo_ct/lora.safetensors"]])
+    assert listed.checkpoint_sidecars() == ["results/checkpoints/tiny_sam/demo_ct/lora.json"]
+    assert ReportTargets([lambda: other]).targets() == ["results/report/contact_sheets/ct.png"]

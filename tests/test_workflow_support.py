@@ -1,0 +1,194 @@
+"""Helpers for the workflow tests: isolated repository copies, Snakemake runs and dry-run parsing.
+
+Every run happens in a temporary copy of the repository (tracked and untracked-but-not-ignored files), so
+the repository's own ``results/`` is never touched. The copy's ``src/`` is put first on ``PYTHONPATH``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+SNAKEMAKE = str(VENV_BIN / "snakemake")
+CI_CONFIG = "tests/config/ci.yaml"
+
+
+def copy_repo(dest: Path) -> Path:
+    """Copy the working tree's tracked and untracked-but-not-ignored files to ``dest``."""
+    files = (
+        subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True, capture_output=True
+        )
+        .stdout.decode()
+        .split("\0")
+    )
+    for rel in filter(None, files):
+        src = REPO / rel
+        if not src.is_file():
+            continue
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, target)
+    return dest
+
+
+def clone_run(src: Path, dest: Path) -> Path:
+    """Copy a completed run (files, results and Snakemake metadata) keeping modification times."""
+    shutil.copytree(src, dest, symlinks=True)
+    return dest
+
+
+def env_for(workdir: Path, extra_path: Path | None = None) -> dict[str, str]:
+    """Environment for a Snakemake run in ``workdir`` (its src first on PYTHONPATH, offline HF)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(workdir / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    path = [str(VENV_BIN), env.get("PATH", "")]
+    if extra_path is not None:
+        path.insert(0, str(extra_path))
+    env["PATH"] = os.pathsep.join(path)
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", MPLBACKEND="Agg")
+    return env
+
+
+def snakemake(
+    workdir: Path, *args: str, timeout: float = 600, check: bool = True, extra_path: Path | None = None
+) -> subprocess.CompletedProcess:
+    """Run Snakemake in ``workdir`` with the CI config (under a hard timeout that kills the process group)."""
+    cmd = [SNAKEMAKE, "--configfile", CI_CONFIG, *args]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=workdir,
+        env=env_for(workdir, extra_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        raise AssertionError(
+            f"snakemake {' '.join(args)} timed out after {timeout} s:\n{out[-4000:]}"
+        ) from None
+    result = subprocess.CompletedProcess(cmd, proc.returncode, out, "")
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed (rc={proc.returncode}):\n{out[-6000:]}")
+    return result
+
+
+@dataclass(frozen=True)
+class Job:
+    """One planned job: rule name and wildcards (its identity), plus its resources."""
+
+    rule: str
+    wildcards: tuple[tuple[str, str], ...]
+    local: bool = False
+    resources: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+    outputs: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def key(self) -> tuple[str, tuple[tuple[str, str], ...]]:
+        return (self.rule, self.wildcards)
+
+    def resource(self, name: str) -> str | None:
+        return dict(self.resources).get(name)
+
+
+_RULE = re.compile(r"^(local)?rule (\S+):$")
+
+
+def _pairs(text: str, sep: str = "=") -> tuple[tuple[str, str], ...]:
+    out = []
+    for part in re.split(r",\s*(?=[A-Za-z_][A-Za-z0-9_]*=)", text.strip()):
+        if sep in part:
+            k, v = part.split(sep, 1)
+            out.append((k.strip(), v.strip()))
+    return tuple(sorted(out))
+
+
+def parse_dryrun(text: str) -> list[Job]:
+    """Jobs listed by ``snakemake -n`` (rule blocks with ``wildcards:``, ``resources:``, ``output:``)."""
+    jobs: list[Job] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        m = _RULE.match(lines[i].strip())
+        if not m:
+            i += 1
+            continue
+        local, rule = bool(m.group(1)), m.group(2)
+        wildcards: tuple = ()
+        resources: tuple = ()
+        outputs: tuple = ()
+        i += 1
+        while i < len(lines) and lines[i].startswith("    "):
+            s = lines[i].strip()
+            if s.startswith("wildcards:"):
+                wildcards = _pairs(s[len("wildcards:") :])
+            elif s.startswith("resources:"):
+                resources = _pairs(s[len("resources:") :])
+            elif s.startswith("output:"):
+                outputs = tuple(p.strip() for p in s[len("output:") :].split(","))
+            i += 1
+        jobs.append(Job(rule, wildcards, local, resources, outputs))
+    return jobs
+
+
+def planned_jobs(workdir: Path, *args: str) -> set[tuple]:
+    """Identity keys of the jobs a dry run would execute (``rule all`` excluded)."""
+    out = snakemake(workdir, "-n", *args).stdout
+    return {j.key for j in parse_dryrun(out) if j.rule != "all"}
+
+
+def dag_edges(workdir: Path) -> tuple[dict[str, tuple], list[tuple[str, str]]]:
+    """The full job DAG (``--forceall --dag``): node id -> job key, and (parent, child) edges."""
+    dot = snakemake(workdir, "--forceall", "--dag", "--quiet", "all").stdout
+    nodes: dict[str, tuple] = {}
+    edges: list[tuple[str, str]] = []
+    for line in dot.splitlines():
+        m = re.match(r'^\s*(\d+)\[label = "([^"]*)"', line)
+        if m:
+            parts = m.group(2).split("\\n")
+            wc = tuple(sorted(tuple(p.split(": ", 1)) for p in parts[1:] if ": " in p))
+            nodes[m.group(1)] = (parts[0], wc)
+            continue
+        m = re.match(r"^\s*(\d+)\s*->\s*(\d+)", line)
+        if m:
+            edges.append((m.group(1), m.group(2)))
+    return nodes, edges
+
+
+def with_descendants(seeds: set[tuple], nodes: dict[str, tuple], edges: list[tuple[str, str]]) -> set[tuple]:
+    """``seeds`` (job keys) plus every job downstream of them, without ``rule all``."""
+    children: dict[str, list[str]] = {}
+    for a, b in edges:
+        children.setdefault(a, []).append(b)
+    ids = [n for n, key in nodes.items() if key in seeds]
+    seen = set(ids)
+    while ids:
+        for c in children.get(ids.pop(), []):
+            if c not in seen:
+                seen.add(c)
+                ids.append(c)
+    return {nodes[n] for n in seen if nodes[n][0] != "all"}
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.5) -> bool:
+    """Poll ``predicate`` until true or ``timeout`` seconds passed."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
