@@ -108,7 +108,7 @@ def _kvasir(root: Path, n: int) -> None:
 
 def _brain(root: Path, n: int) -> None:
     for i in range(1, n + 1):
-        img, msk = fixture_sample("mri", str(i), (64, 64))
+        img, msk = fixture_sample("mri", str(i), (60, 76))
         image16 = img.astype(np.int16) * 12  # a 12-bit-like MRI range beyond 8 bits
         folder = "brainTumorDataPublic_1-766" if i <= max(n // 2, 1) else "brainTumorDataPublic_767-1532"
         write_matlab_v73(root / folder / f"{i}.mat", image16, msk, label=1 + i % 3)
