@@ -184,6 +184,31 @@ def with_descendants(seeds: set[tuple], nodes: dict[str, tuple], edges: list[tup
     return {nodes[n] for n in seen if nodes[n][0] != "all"}
 
 
+_RUNS: dict[str, tuple[Path, float]] = {}
+
+
+def completed_ci_run(tmp_path_factory) -> tuple[Path, float]:
+    """One completed run of the CI configuration per test session: (working copy, wall seconds).
+
+    Tests clone it (:func:`clone_run`) before changing anything.
+    """
+    if "ci" not in _RUNS:
+        work = copy_repo(tmp_path_factory.mktemp("ci_run") / "repo")
+        t0 = time.monotonic()
+        snakemake(work, "--workflow-profile", "profiles/local", "--cores", "2", timeout=1500)
+        _RUNS["ci"] = (work, time.monotonic() - t0)
+    return _RUNS["ci"]
+
+
+def slurm_profile_without_conda(dest: Path) -> Path:
+    """A copy of ``profiles/slurm`` without ``software-deployment-method`` (no conda here)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    text = (REPO / "profiles/slurm/config.yaml").read_text().splitlines()
+    kept = [line for line in text if not line.startswith("software-deployment-method")]
+    (dest / "config.yaml").write_text("\n".join(kept) + "\n")
+    return dest
+
+
 def wait_for(predicate, timeout: float, interval: float = 0.5) -> bool:
     """Poll ``predicate`` until true or ``timeout`` seconds passed."""
     end = time.monotonic() + timeout
