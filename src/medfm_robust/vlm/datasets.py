@@ -26,6 +26,11 @@ column          type              meaning
 ``box``         list<int32>[4]    grounding target ``[x_min, y_min, x_max, y_max]`` in pixels of the stored
                                   image, **inclusive** max (the project's box convention); null otherwise
 ``source``      str               provenance (file path / record id in the publisher's files)
+``mask_png``    binary or null    target mask (PNG, {0, 255}) when known (demo and mask-based grounding);
+                                  label-moving perturbations move it and the box is recomputed from it
+``canonical_id`` str              ``{dataset}/{image_id}`` when the image is a canonical-shard image (demo):
+                                  its perturbed versions come from ``results/perturbed/{dataset}/*.parquet``;
+                                  ``""`` otherwise
 =============== ================= ===========================================================================
 """
 
@@ -55,7 +60,8 @@ MODALITIES = (
 LETTERS = "ABCDEFGH"
 SAMPLE_COLUMNS = (
     "sample_id", "dataset", "task", "modality", "split", "image_id", "image_png", "height", "width",
-    "question", "question_type", "options", "answer", "reference", "box", "source",
+    "question", "question_type", "options", "answer", "reference", "box", "source", "mask_png",
+    "canonical_id",
 )
 
 # Publisher modality labels -> our modalities. Keys are the label with everything but letters removed and
@@ -142,6 +148,8 @@ def to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
         df[col] = df[col].astype("int32")
     df["options"] = [list(o) if o is not None else [] for o in df["options"]]
     df["box"] = [None if b is None else [int(v) for v in b] for b in df["box"]]
+    df["mask_png"] = [m if isinstance(m, bytes | bytearray) else None for m in df["mask_png"]]
+    df["canonical_id"] = [c if isinstance(c, str) else "" for c in df["canonical_id"]]
     return df.sort_values("sample_id", kind="stable").reset_index(drop=True)
 
 
@@ -155,7 +163,7 @@ def sample_schema() -> Any:
         ("image_png", pa.binary()), ("height", pa.int32()), ("width", pa.int32()),
         ("question", pa.string()), ("question_type", pa.string()), ("options", pa.list_(pa.string())),
         ("answer", pa.string()), ("reference", pa.string()), ("box", pa.list_(pa.int32(), 4)),
-        ("source", pa.string()),
+        ("source", pa.string()), ("mask_png", pa.binary()), ("canonical_id", pa.string()),
     ])
 
 
@@ -178,6 +186,7 @@ def read_samples(path: str | Path) -> pd.DataFrame:
         raise DataError(f"{p}: not a VLM sample table (missing columns {missing})")
     df["options"] = [list(o) if o is not None else [] for o in df["options"]]
     df["box"] = [None if b is None else [int(v) for v in b] for b in df["box"]]
+    df["mask_png"] = [m if isinstance(m, bytes | bytearray) else None for m in df["mask_png"]]
     return df
 
 
@@ -515,13 +524,22 @@ def read_mecovqa(
                 log.info("%s: detected box convention %s", path, fmt)
         for idx, item, box, img, png, h, w, question, mask in parsed:
             where = f"{path}[{idx}]"
+            mask_png = None
             if box is not None:
                 pix = normalise_box(box, fmt, w, h, where=where)
             else:
                 mpath = root / str(mask)
-                pix = box_from_mask(read_image(mpath) if mpath.is_file() else _missing(mpath, where))
+                marr = read_image(mpath) if mpath.is_file() else _missing(mpath, where)
+                if marr.ndim == 3:
+                    marr = marr.max(axis=2)
+                if marr.shape != (h, w):
+                    raise DataError(
+                        f"{where}: mask {mpath} is {marr.shape[1]}x{marr.shape[0]}, the image {w}x{h}"
+                    )
+                pix = box_from_mask(marr)
                 if pix is None:
                     raise DataError(f"{where}: mask {mpath} is empty")
+                mask_png = encode_png(np.where(marr > 0, 255, 0).astype(np.uint8))
             mod = _mecovqa_modality(item, img, modality, modality_map, where)
             sid = str(item.get("id", f"{split}_{idx}"))
             rows.append({
@@ -530,6 +548,7 @@ def read_mecovqa(
                 "image_id": str(item["image"]), "image_png": png, "height": h, "width": w,
                 "question": question, "question_type": "grounding", "options": [], "answer": box_text(pix),
                 "reference": box_text(pix), "box": pix, "source": f"{files[split]}[{idx}]",
+                "mask_png": mask_png, "canonical_id": "",
             })
     if not rows:
         raise DataError(f"{root}: no usable MeCoVQA grounding records")
@@ -603,122 +622,165 @@ def sample_splits(df: pd.DataFrame, sampling: Mapping[str, Any], *, dataset: str
 # ------------------------------------------------------------------------------------------------ demo
 
 CAPTION_QUESTION = "Describe this medical image in one sentence."
-DEFAULT_ORGANS: dict[str, str] = {
-    "dermoscopy": "skin", "mri": "brain", "ct": "abdomen", "xray": "chest", "ultrasound": "breast",
-    "endoscopy": "colon", "fundus": "retina", "oct": "retina", "pathology": "tissue",
-    "angiography": "vessels",
-}
-ORGAN_VOCAB = ("skin", "brain", "abdomen", "chest", "breast", "colon", "retina", "tissue", "vessels", "head",
-               "liver", "kidney")
-QUADRANTS = ("upper left", "upper right", "lower left", "lower right")
-SIZES = ("very small", "small", "medium", "large")
-SIZE_EDGES = (0.02, 0.06, 0.15)  # fraction of the image area covered by the mask
+SIDES = ("left", "right", "center")
+SIZE_CLASSES = ("small", "medium", "large")
 CAPTION_TEMPLATES = (
-    "{Modality} image of the {organ} showing a {size} lesion in the {quadrant} region.",
-    "{Modality} of the {organ} with a {size} lesion in the {quadrant} area.",
-    "A {size} {quadrant} lesion on a {modality} image of the {organ}.",
+    "{Modality} image of the {organ} showing a {size} {finding} in the {position} part of the image.",
+    "{Modality} of the {organ} with a {size} {finding} located {position_phrase}.",
+    "{Modality} image of the {organ}: a {size} {finding} {position_phrase}.",
 )
 
 
-def lesion_attributes(mask: np.ndarray) -> tuple[str, str] | None:
-    """(quadrant, size class) of a mask (``H x W``, foreground ``> 0``); None when the mask is empty.
+def _organ_vocab() -> tuple[str, ...]:
+    from medfm_robust.data.demo import ORGAN_BY_MODALITY
 
-    Quadrant from the foreground centroid relative to the image centre; size from the covered fraction
-    of the image against :data:`SIZE_EDGES`.
+    return tuple(sorted({*ORGAN_BY_MODALITY.values(), "head", "brain"}))
+
+
+def demo_organ_finding(
+    source: str, modality: str, organs: Mapping[str, str] | None = None
+) -> tuple[str, str]:
+    """(organ, target name) of canonical dataset ``source`` for the demo templates.
+
+    ``organs`` (config ``vlm.datasets.<name>.organs``) wins; MNI152 sources show the brain (mask: brain),
+    Shepp-Logan phantoms a head (mask: a phantom structure); otherwise
+    :data:`medfm_robust.data.demo.ORGAN_BY_MODALITY` / ``FINDING_BY_MODALITY``.
     """
-    fg = np.asarray(mask) > 0
-    if not fg.any():
-        return None
-    ys, xs = np.nonzero(fg)
-    h, w = fg.shape
-    vert = "upper" if ys.mean() < (h - 1) / 2 else "lower"
-    horiz = "left" if xs.mean() < (w - 1) / 2 else "right"
-    frac = fg.mean()
-    size = SIZES[int(np.searchsorted(SIZE_EDGES, frac, side="right"))]
-    return f"{vert} {horiz}", size
+    from medfm_robust.data.demo import FINDING_BY_MODALITY, ORGAN_BY_MODALITY
+
+    low = source.lower()
+    if "mni" in low:
+        organ, finding = "brain", "brain tissue"
+    elif "shepp" in low:
+        organ, finding = "head", "highlighted structure"
+    elif modality in ORGAN_BY_MODALITY:
+        organ, finding = ORGAN_BY_MODALITY[modality], FINDING_BY_MODALITY[modality]
+    else:
+        raise DataError(f"{source}: no demo organ for modality '{modality}'")
+    if organs and source in organs:
+        organ = organs[source]
+    return organ, finding
+
+
+def _position(facts: Mapping[str, Any]) -> tuple[str, str]:
+    """(``upper left``-style position, phrase such as ``in the upper left``/``in the centre``)."""
+    parts = [p for p in (facts["vertical"], facts["side"]) if p not in ("middle", "center")]
+    pos = " ".join(parts) if parts else "central"
+    return pos, (f"in the {pos} part" if parts else "in the centre")
 
 
 def _mc(correct: str, vocab: Sequence[str], rng: np.random.Generator, n: int = 4) -> tuple[list[str], str]:
-    """Options (correct + distinct distractors from ``vocab``, shuffled) and the correct letter."""
+    """Options (correct + up to ``n - 1`` distinct distractors from ``vocab``, shuffled), correct letter."""
     distractors = [v for v in dict.fromkeys(vocab) if v != correct]
-    picks = list(rng.choice(len(distractors), size=min(n - 1, len(distractors)), replace=False))
+    picks = rng.choice(len(distractors), size=min(n - 1, len(distractors)), replace=False)
     options = [correct] + [distractors[int(i)] for i in picks]
-    order = rng.permutation(len(options))
-    options = [options[int(i)] for i in order]
+    options = [options[int(i)] for i in rng.permutation(len(options))]
     return options, LETTERS[options.index(correct)]
 
 
 def demo_rows_for_image(
-    rec: Mapping[str, Any], *, dataset: str, organ: str, tasks: Iterable[str], seed: int
+    rec: Mapping[str, Any], *, dataset: str, tasks: Iterable[str], seed: int,
+    organs: Mapping[str, str] | None = None, canonical: bool = True,
 ) -> list[dict[str, Any]]:
-    """VQA (modality, organ, side, size), caption and grounding samples for one canonical image row.
+    """VQA (modality, organ, side, size), caption and grounding samples for one image record.
 
     ``rec`` is a canonical-shard row (``image_id``, ``dataset``, ``modality``, ``split``, ``image_png``,
-    ``mask_png``, ``box``, ``height``, ``width``). Images without foreground get only the modality and
-    organ questions and a caption without the lesion clause; no grounding sample.
+    ``mask_png``, ``height``, ``width``) or a showcase record (``mask_png`` None, ``canonical=False``).
+    Mask facts come from :func:`medfm_robust.data.demo.describe_mask`. Without a mask (or an empty one)
+    only the modality (and, for canonical images, organ) question and a lesion-free caption are made.
+    Options, answer letters and caption templates are drawn from ``rng_for`` keyed by the image and question.
     """
+    from medfm_robust.data.demo import describe_mask
+
     tasks = set(tasks)
-    mask = decode_png(rec["mask_png"], source=f"{rec['dataset']}/{rec['image_id']}") if rec.get(
+    source = str(rec["dataset"])
+    mask = decode_png(rec["mask_png"], source=f"{source}/{rec['image_id']}") if rec.get(
         "mask_png") is not None else None
-    attrs = lesion_attributes(mask) if mask is not None else None
+    facts = describe_mask(mask) if mask is not None and (np.asarray(mask) > 0).any() else None
     modality = str(rec["modality"])
-    base_id = f"{rec['dataset']}/{rec['image_id']}"
+    organ, finding = demo_organ_finding(source, modality, organs) if canonical else ("", "")
+    base_id = f"{source}/{rec['image_id']}"
     common = {
         "dataset": dataset, "modality": modality, "split": str(rec["split"]), "image_id": base_id,
         "image_png": rec["image_png"], "height": int(rec["height"]), "width": int(rec["width"]),
-        "source": f"results/data/{rec['dataset']}/{rec['split']}.parquet#{rec['image_id']}",
+        "source": (f"results/data/{source}/{rec['split']}.parquet#{rec['image_id']}" if canonical
+                   else str(rec.get("source", ""))),
+        "mask_png": None, "canonical_id": base_id if canonical else "",
     }
     rows: list[dict[str, Any]] = []
     mname = MODALITY_NAMES[modality]
     if "vqa" in tasks:
-        questions = [
-            ("modality", "Which imaging modality was used to acquire this image?", mname,
-             list(MODALITY_NAMES.values())),
-            ("organ", "Which organ or body region is shown in this image?", organ, ORGAN_VOCAB),
-        ]
-        if attrs is not None:
+        questions = [("modality", "Which imaging modality was used to acquire this image?", mname,
+                      list(MODALITY_NAMES.values()))]
+        if canonical:
+            questions.append(
+                ("organ", "Which organ or body region is shown in this image?", organ, _organ_vocab())
+            )
+        if facts is not None:
             questions += [
-                ("side", "In which part of the image is the lesion located?", attrs[0], QUADRANTS),
-                ("size", "How large is the lesion relative to the image?", attrs[1], SIZES),
+                ("side", f"On which side of the image is the {finding}?", facts["side"], SIDES),
+                ("size", f"How large is the {finding} relative to the image?", facts["size_class"],
+                 SIZE_CLASSES),
             ]
         for qtype, question, correct, vocab in questions:
-            rng = rng_for("vlm_demo_vqa", base_id, qtype, global_seed=seed)
-            options, letter = _mc(correct, vocab, rng)
+            options, letter = _mc(correct, vocab, rng_for("vlm_demo_vqa", base_id, qtype, global_seed=seed))
             rows.append({**common, "sample_id": f"{base_id}#{qtype}", "task": "vqa", "question": question,
                          "question_type": qtype, "options": options, "answer": letter, "reference": correct,
                          "box": None})
     if "caption" in tasks:
-        rng = rng_for("vlm_demo_caption", base_id, global_seed=seed)
-        if attrs is not None:
+        if facts is not None:
+            pos, phrase = _position(facts)
+            rng = rng_for("vlm_demo_caption", base_id, global_seed=seed)
             tmpl = CAPTION_TEMPLATES[int(rng.integers(len(CAPTION_TEMPLATES)))]
-            caption = tmpl.format(Modality=mname, modality=mname, organ=organ, size=attrs[1],
-                                  quadrant=attrs[0])
+            caption = tmpl.format(Modality=mname, modality=mname, organ=organ, size=facts["size_class"],
+                                  finding=finding, position=pos, position_phrase=phrase)
+        elif canonical:
+            caption = f"{mname} image of the {organ}."
         else:
-            caption = f"{mname} image of the {organ} without a visible lesion."
+            caption = f"{mname} image."
         caption = caption[0].upper() + caption[1:]
         rows.append({**common, "sample_id": base_id, "task": "caption", "question": CAPTION_QUESTION,
                      "question_type": "caption", "options": [], "answer": caption, "reference": caption,
                      "box": None})
-    if "grounding" in tasks and mask is not None:
-        box = box_from_mask(mask)
-        if box is not None:
-            rows.append({**common, "sample_id": base_id, "task": "grounding",
-                         "question": f"Locate the lesion in this {mname} image.",
-                         "question_type": "grounding",
-                         "options": [], "answer": box_text(box), "reference": box_text(box), "box": box})
+    if "grounding" in tasks and facts is not None:
+        box = [int(v) for v in facts["box"]]
+        rows.append({**common, "sample_id": base_id, "task": "grounding",
+                     "question": f"Locate the {finding} in this {mname} image.", "question_type": "grounding",
+                     "options": [], "answer": box_text(box), "reference": box_text(box), "box": box,
+                     "mask_png": rec["mask_png"]})
     return rows
+
+
+def showcase_records(max_size: int | None = 256) -> list[dict[str, Any]]:
+    """The data stage's showcase images (real images without masks) as test-split image records.
+
+    Images larger than ``max_size`` (longest side) are downsized with anti-aliasing, keeping the dtype.
+    """
+    from skimage.transform import resize
+
+    from medfm_robust.data.demo import showcase_images
+
+    recs = []
+    for name, (modality, image) in sorted(showcase_images().items()):
+        img = np.asarray(image)
+        h, w = img.shape[:2]
+        if max_size is not None and max(h, w) > max_size:
+            scale = max_size / max(h, w)
+            shape = (max(1, round(h * scale)), max(1, round(w * scale)), *img.shape[2:])
+            img = np.clip(np.rint(resize(img.astype(np.float64), shape, order=1, anti_aliasing=True,
+                                         preserve_range=True)), 0, np.iinfo(img.dtype).max).astype(img.dtype)
+        recs.append({"image_id": name, "dataset": "showcase", "modality": modality, "split": "test",
+                     "image_png": encode_png(img), "mask_png": None, "height": img.shape[0],
+                     "width": img.shape[1], "source": f"medfm_robust.data.demo.showcase_images:{name}"})
+    return recs
 
 
 def build_demo(
     shards: Sequence[str | Path], *, dataset: str, task: str, seed: int,
-    organs: Mapping[str, str] | None = None,
+    organs: Mapping[str, str] | None = None, showcase: bool = True, showcase_size: int | None = 256,
 ) -> pd.DataFrame:
-    """A demo sample table for ``task`` from canonical shards ``results/data/{ds}/{split}.parquet``.
-
-    Splits follow the canonical splits. ``organs`` maps a canonical dataset name to its organ (default
-    by modality from :data:`DEFAULT_ORGANS`; dataset names containing ``brain``/``mni`` -> brain,
-    ``shepp``/``head`` -> head).
-    """
+    """A demo sample table for ``task`` from canonical shards ``results/data/{ds}/{split}.parquet``
+    (splits follow the canonical splits) plus, with ``showcase``, the showcase images (test split)."""
     if task not in TASKS:
         raise ConfigError(f"unknown VLM task '{task}' (one of {TASKS})")
     rows: list[dict[str, Any]] = []
@@ -731,24 +793,13 @@ def build_demo(
             if col not in df.columns:
                 raise DataError(f"{path}: canonical shard lacks column '{col}'")
         for rec in df.to_dict("records"):
-            organ = _demo_organ(str(rec["dataset"]), str(rec["modality"]), organs)
-            rows.extend(demo_rows_for_image(rec, dataset=dataset, organ=organ, tasks=[task], seed=seed))
+            rows.extend(demo_rows_for_image(rec, dataset=dataset, tasks=[task], seed=seed, organs=organs))
+    if showcase:
+        for rec in showcase_records(showcase_size):
+            rows.extend(demo_rows_for_image(rec, dataset=dataset, tasks=[task], seed=seed, canonical=False))
     if not rows:
         raise DataError(f"no demo {task} samples could be built from {list(shards)}")
     return to_frame(rows)
-
-
-def _demo_organ(source: str, modality: str, organs: Mapping[str, str] | None) -> str:
-    if organs and source in organs:
-        return organs[source]
-    low = source.lower()
-    if "brain" in low or "mni" in low:
-        return "brain"
-    if "shepp" in low or "head" in low:
-        return "head"
-    if modality not in DEFAULT_ORGANS:
-        raise DataError(f"{source}: unknown modality '{modality}'")
-    return DEFAULT_ORGANS[modality]
 
 
 # ------------------------------------------------------------------------------------------ top level
@@ -776,7 +827,8 @@ def build_sample_table(
     if task not in dataset_tasks(spec):
         raise ConfigError(f"vlm.datasets.{name}: adapter '{adapter}' does not provide task '{task}'")
     if adapter == "demo":
-        df = build_demo(shards, dataset=name, task=task, seed=seed, organs=spec.get("organs"))
+        df = build_demo(shards, dataset=name, task=task, seed=seed, organs=spec.get("organs"),
+                        showcase=spec.get("showcase", True), showcase_size=spec.get("showcase_size", 256))
     else:
         if not spec.get("path"):
             raise ConfigError(f"vlm.datasets.{name}.path: required for adapter '{adapter}'")
