@@ -1,0 +1,434 @@
+"""Robustness evaluation of one (model, strategy, dataset): clean, every perturbation shard, FGSM and PGD.
+
+Two entry points, one per workflow job:
+
+* :func:`evaluate_dataset` scores the clean test images once and every level of every given perturbation
+  shard, writing ``clean.parquet`` and one ``{perturbation}.parquet`` each;
+* :func:`evaluate_attacks` runs FGSM and PGD at every level and writes ``fgsm.parquet`` and ``pgd.parquet``.
+
+Rows follow ``docs/ARCHITECTURE.md`` (segmentation metrics). Images are scored at their stored size
+(prediction ``logit > 0`` against the ground-truth mask ``> 0``). Each distinct image goes through the image
+encoder at most once per encoder weights (through :class:`medfm_robust.seg.cache.EmbeddingEncoder`); the
+decoder runs in batches. The evaluated subset is the first ``max_images`` test images in ``image_id``
+order (all when ``None``), the same in every mode.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from medfm_robust.errors import DataError
+from medfm_robust.io import array_hash, decode_png, write_parquet_atomic
+from medfm_robust.metrics.segmentation import NSD_TOLERANCE_PX, segmentation_scores
+from medfm_robust.seg.attacks import ATTACKS, AttackSettings, run_attack
+from medfm_robust.seg.cache import EmbeddingEncoder
+from medfm_robust.seg.models import PromptableSegmenter, images_to_batch
+from medfm_robust.seg.prompts import BoxJitter, box_from_mask, jitter_box
+
+log = logging.getLogger(__name__)
+
+METRIC_COLUMNS = (
+    "model",
+    "strategy",
+    "dataset",
+    "modality",
+    "image_id",
+    "perturbation",
+    "category",
+    "level",
+    "ssim",
+    "in_band",
+    "iou",
+    "dice",
+    "nsd",
+    "hd95",
+    "checkpoint_hash",
+)
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """Settings of an evaluation job.
+
+    ``batch_size``: images per encoder/decoder batch; ``max_images``: first N test images by id (None = all);
+    ``jitter``: box jitter; ``cache_dir``: embedding cache root (None disables it); ``device``: ``auto``
+    (CUDA when available), ``cpu`` or ``cuda``; ``threads``: torch CPU threads (None = torch default);
+    ``seed``: global seed (PGD random start); ``nsd_tolerance``: NSD tolerance in pixels.
+    """
+
+    batch_size: int = 16
+    max_images: int | None = None
+    jitter: BoxJitter = field(default_factory=BoxJitter)
+    cache_dir: str | None = None
+    device: str = "auto"
+    threads: int | None = None
+    seed: int = 0
+    nsd_tolerance: float = NSD_TOLERANCE_PX
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """What is evaluated: model, strategy and checkpoints (``finetuned`` None for ``zero_shot``)."""
+
+    model: str
+    strategy: str
+    base_checkpoint: str | None
+    finetuned: str | None = None
+
+
+@dataclass
+class Sample:
+    """One image to score: stored pixels, boolean GT mask, box prompt and row metadata."""
+
+    image_id: str
+    image: np.ndarray
+    mask: np.ndarray
+    box: np.ndarray
+    meta: dict[str, Any]
+    image_hash: str = ""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Inputs
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_model(run: RunIdentity, device: torch.device) -> PromptableSegmenter:
+    """The evaluated model in ``eval()`` mode: base checkpoint plus, for trained strategies, the fine-tuned
+    tensors (through ``medfm_robust.seg.checkpoint.load_for_eval``, LoRA merged)."""
+    from medfm_robust.seg.checkpoint import load_for_eval
+
+    model = load_for_eval(run.model, run.base_checkpoint, run.finetuned, run.strategy, device=device)
+    return model.eval()  # type: ignore[return-value]
+
+
+def _read_table(path: str | Path, columns: Sequence[str]) -> pd.DataFrame:
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: shard not found")
+    table = pd.read_parquet(p)
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise DataError(f"{p}: missing column(s) {', '.join(missing)}")
+    return table
+
+
+def load_test_samples(
+    test_shard: str | Path, dataset: str, max_images: int | None, jitter: BoxJitter
+) -> list[Sample]:
+    """Clean test images of ``dataset`` (first ``max_images`` by ``image_id``), with GT masks and boxes.
+
+    The stored ``box`` must equal the tight box of the stored mask (the contract of the canonical shard).
+    """
+    table = _read_table(test_shard, ("image_id", "dataset", "modality", "image_png", "mask_png", "box"))
+    table = table.sort_values("image_id", kind="stable").reset_index(drop=True)
+    if max_images is not None:
+        table = table.iloc[:max_images]
+    if table.empty:
+        raise DataError(f"{test_shard}: no test images for dataset {dataset}")
+    samples = []
+    for row in table.itertuples(index=False):
+        src = f"{test_shard} [{row.image_id}]"
+        image = decode_png(row.image_png, source=src)
+        mask = decode_png(row.mask_png, source=src) > 0
+        if mask.ndim != 2 or mask.shape != image.shape[:2]:
+            raise DataError(f"{src}: mask shape {mask.shape} differs from image {image.shape[:2]}")
+        tight = box_from_mask(mask) if mask.any() else None
+        if tight is None:
+            raise DataError(f"{src}: empty ground-truth mask (no box prompt)")
+        if [int(v) for v in row.box] != tight.tolist():
+            raise DataError(
+                f"{src}: stored box {list(row.box)} is not the tight box {tight.tolist()} of the mask"
+            )
+        box = jitter_box(tight, mask.shape, jitter, dataset, row.image_id)
+        meta = {
+            "modality": row.modality,
+            "perturbation": "clean",
+            "category": "clean",
+            "level": 0,
+            "ssim": 1.0,
+            "in_band": True,
+        }
+        samples.append(Sample(row.image_id, image, mask, box, meta, array_hash(image)))
+    return samples
+
+
+def load_perturbed_samples(
+    shard: str | Path, perturbation: str, clean: Mapping[str, Sample], jitter: BoxJitter, dataset: str
+) -> list[Sample]:
+    """Rows of a perturbed shard for the selected clean images, in shard order (image id, level).
+
+    The GT mask is the shard's ``mask_png`` when set (label-moving types), else the clean mask; the box is the
+    shard's ``box`` (the moved one for label-moving types, else it must equal the clean box). Every selected
+    image must have rows, and every row must belong to a test image.
+    """
+    cols = (
+        "image_id",
+        "perturbation",
+        "category",
+        "level",
+        "image_png",
+        "mask_png",
+        "box",
+        "ssim",
+        "in_band",
+    )
+    table = _read_table(shard, cols)
+    selected = table[table["image_id"].isin(clean.keys())]
+    absent = sorted(set(clean) - set(selected["image_id"]))
+    if absent:
+        raise DataError(f"{shard}: no rows for test image(s) {', '.join(absent[:5])}")
+    names = set(table["perturbation"])
+    if names != {perturbation}:
+        raise DataError(f"{shard}: column 'perturbation' holds {sorted(names)}, expected '{perturbation}'")
+    selected = selected.sort_values(["image_id", "level"], kind="stable")
+    samples = []
+    for row in selected.itertuples(index=False):
+        src = f"{shard} [{row.image_id} level {row.level}]"
+        base = clean[row.image_id]
+        image = decode_png(row.image_png, source=src)
+        if image.shape[:2] != base.mask.shape:
+            raise DataError(
+                f"{src}: image size {image.shape[:2]} differs from the clean image {base.mask.shape}"
+            )
+        box = np.asarray([int(v) for v in row.box], dtype=np.int64)
+        if row.mask_png is not None:
+            mask = decode_png(row.mask_png, source=src) > 0
+            if mask.shape != base.mask.shape:
+                raise DataError(
+                    f"{src}: moved mask size {mask.shape} differs from the image {base.mask.shape}"
+                )
+            h, w = mask.shape
+            if not (0 <= box[0] <= box[2] < w and 0 <= box[1] <= box[3] < h):
+                raise DataError(f"{src}: box {box.tolist()} outside the {w} x {h} image")
+            box_f = jitter_box(box, mask.shape, jitter, dataset, row.image_id)
+        else:
+            mask = base.mask
+            if box.tolist() != box_from_mask(mask).tolist():
+                raise DataError(f"{src}: box {box.tolist()} differs from the clean box of a non-moving type")
+            box_f = base.box
+        meta = {
+            "modality": base.meta["modality"],
+            "perturbation": perturbation,
+            "category": row.category,
+            "level": int(row.level),
+            "ssim": float(row.ssim),
+            "in_band": bool(row.in_band),
+        }
+        samples.append(Sample(row.image_id, image, mask, box_f, meta, array_hash(image)))
+    return samples
+
+
+# ----------------------------------------------------------------------------------------------------
+# Scoring
+
+
+def _batches(samples: Sequence[Sample], batch_size: int) -> Iterator[list[Sample]]:
+    """Consecutive batches of images of one size (order kept within each size group)."""
+    groups: dict[tuple[int, ...], list[Sample]] = {}
+    for s in samples:
+        groups.setdefault(tuple(s.image.shape), []).append(s)
+    for group in groups.values():
+        for i in range(0, len(group), batch_size):
+            yield group[i : i + batch_size]
+
+
+def _boxes(batch: Sequence[Sample]) -> torch.Tensor:
+    return torch.from_numpy(np.stack([s.box for s in batch]).astype(np.float32))
+
+
+@torch.no_grad()
+def predict_masks(
+    model: PromptableSegmenter, encoder: EmbeddingEncoder, batch: Sequence[Sample]
+) -> np.ndarray:
+    """Boolean predictions ``B x H x W`` for one batch (one encoder pass per image not in the cache)."""
+    x = images_to_batch([s.image for s in batch])
+    emb = encoder.encode(x, [s.image_hash for s in batch])
+    hw = (int(x.shape[-2]), int(x.shape[-1]))
+    logits = model.decode(emb, _boxes(batch).to(emb.device), hw)
+    return (logits[:, 0] > 0).cpu().numpy()
+
+
+def _row(
+    run: RunIdentity, dataset: str, checkpoint_hash: str, sample: Sample, scores: Mapping[str, float]
+) -> dict[str, Any]:
+    return {
+        "model": run.model,
+        "strategy": run.strategy,
+        "dataset": dataset,
+        "image_id": sample.image_id,
+        **sample.meta,
+        **scores,
+        "checkpoint_hash": checkpoint_hash,
+    }
+
+
+def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
+    frame["level"] = frame["level"].astype("int8")
+    frame["in_band"] = frame["in_band"].astype(bool)
+    for col in ("ssim", "iou", "dice", "nsd", "hd95"):
+        frame[col] = frame[col].astype("float64")
+    return frame
+
+
+def score_samples(
+    model: PromptableSegmenter,
+    encoder: EmbeddingEncoder,
+    samples: Sequence[Sample],
+    run: RunIdentity,
+    dataset: str,
+    settings: EvalSettings,
+    desc: str,
+) -> pd.DataFrame:
+    """Metric rows of ``samples`` (in their order)."""
+    scores: dict[int, dict[str, float]] = {}
+    index = {id(s): i for i, s in enumerate(samples)}
+    with tqdm(total=len(samples), desc=desc, unit="img", leave=False) as bar:
+        for batch in _batches(samples, settings.batch_size):
+            for s, pred in zip(batch, predict_masks(model, encoder, batch), strict=True):
+                scores[index[id(s)]] = segmentation_scores(pred, s.mask, settings.nsd_tolerance)
+            bar.update(len(batch))
+    ckpt = getattr(model, "checkpoint_hash", "")
+    return _frame([_row(run, dataset, ckpt, s, scores[i]) for i, s in enumerate(samples)])
+
+
+def _prepare(
+    run: RunIdentity, settings: EvalSettings, model: PromptableSegmenter | None
+) -> tuple[PromptableSegmenter, torch.device]:
+    if settings.threads:
+        torch.set_num_threads(int(settings.threads))
+    device = resolve_device(settings.device)
+    model = load_model(run, device) if model is None else model.to(device).eval()
+    log.info(
+        "model %s / %s on %s (checkpoint %s)",
+        run.model,
+        run.strategy,
+        device,
+        getattr(model, "checkpoint_hash", "?")[:16],
+    )
+    return model, device
+
+
+def evaluate_dataset(
+    run: RunIdentity,
+    dataset: str,
+    test_shard: str | Path,
+    perturbed: Mapping[str, str | Path],
+    outputs: Mapping[str, str | Path],
+    settings: EvalSettings,
+    model: PromptableSegmenter | None = None,
+) -> dict[str, int]:
+    """Score the clean test images and every level of every perturbation shard; write one Parquet each.
+
+    ``perturbed``: perturbation name -> shard path; ``outputs``: ``clean`` and every perturbation name ->
+    Parquet path. Returns the number of rows written per output and the encoder statistics. ``model``: an
+    already built model (tests, benchmarks) instead of loading ``run``'s checkpoints.
+    """
+    expected = {"clean", *perturbed}
+    if set(outputs) != expected:
+        raise DataError(f"outputs {sorted(outputs)} must be exactly {sorted(expected)}")
+    model, _ = _prepare(run, settings, model)
+    encoder = EmbeddingEncoder(model, settings.cache_dir)
+    clean = load_test_samples(test_shard, dataset, settings.max_images, settings.jitter)
+    by_id = {s.image_id: s for s in clean}
+    counts: dict[str, int] = {}
+    frame = score_samples(model, encoder, clean, run, dataset, settings, f"{dataset} clean")
+    write_parquet_atomic(outputs["clean"], frame)
+    counts["clean"] = len(frame)
+    for name in tqdm(sorted(perturbed), desc=f"{run.model}/{run.strategy}/{dataset}", unit="shard"):
+        samples = load_perturbed_samples(perturbed[name], name, by_id, settings.jitter, dataset)
+        frame = score_samples(model, encoder, samples, run, dataset, settings, f"{dataset} {name}")
+        write_parquet_atomic(outputs[name], frame)
+        counts[name] = len(frame)
+    n_eval = sum(counts.values())
+    log.info(
+        "%d image evaluations, %d encoder passes (%.3f per evaluated image), %d cache hits",
+        n_eval,
+        encoder.stats.encoded,
+        encoder.stats.encoded / max(n_eval, 1),
+        encoder.stats.cache_hits,
+    )
+    counts["encoder_passes"] = encoder.stats.encoded
+    counts["cache_hits"] = encoder.stats.cache_hits
+    return counts
+
+
+def _ssim_u8(a: np.ndarray, b: np.ndarray) -> float:
+    """The project's SSIM (``medfm_robust.perturb.ssim``) between two 8-bit images."""
+    from medfm_robust.perturb.ssim import ssim
+
+    return float(ssim(a, b))
+
+
+def evaluate_attacks(
+    run: RunIdentity,
+    dataset: str,
+    test_shard: str | Path,
+    outputs: Mapping[str, str | Path],
+    settings: EvalSettings,
+    attack: AttackSettings,
+    model: PromptableSegmenter | None = None,
+) -> dict[str, int]:
+    """FGSM and PGD at every level on the clean test subset; one Parquet per attack (``outputs``).
+
+    Rows: category ``adversarial``, ``level`` 1..n, ``ssim`` between the 8-bit clean and adversarial RGB
+    images, ``in_band`` True (the budget is exact by construction). ``model``: an already built model
+    (tests, benchmarks) instead of loading ``run``'s checkpoints.
+    """
+    if set(outputs) != set(ATTACKS):
+        raise DataError(f"outputs {sorted(outputs)} must be exactly {list(ATTACKS)}")
+    model, device = _prepare(run, settings, model)
+    clean = load_test_samples(test_shard, dataset, settings.max_images, settings.jitter)
+    counts = {}
+    for name in ATTACKS:
+        rows: list[dict[str, Any]] = []
+        for level in tqdm(attack.levels, desc=f"{dataset} {name}", unit="level", leave=False):
+            for batch in _batches(clean, settings.batch_size):
+                x = images_to_batch([s.image for s in batch]).to(device)
+                gt = torch.from_numpy(np.stack([s.mask for s in batch])[:, None]).to(device)
+                boxes = _boxes(batch).to(device)
+                keys = [(dataset, s.image_id) for s in batch]
+                x_adv = run_attack(model, name, level, attack, x, boxes, gt, keys, settings.seed)
+                with torch.no_grad():
+                    preds = (model(x_adv, boxes)[:, 0] > 0).cpu().numpy()
+                adv_u8 = np.round(x_adv.permute(0, 2, 3, 1).cpu().numpy() * 255).astype(np.uint8)
+                clean_u8 = np.round(x.expand(-1, 3, -1, -1).permute(0, 2, 3, 1).cpu().numpy() * 255)
+                for i, s in enumerate(batch):
+                    meta = {
+                        **s.meta,
+                        "perturbation": name,
+                        "category": "adversarial",
+                        "level": level,
+                        "ssim": _ssim_u8(clean_u8[i].astype(np.uint8), adv_u8[i]),
+                        "in_band": True,
+                    }
+                    scores = segmentation_scores(preds[i], s.mask, settings.nsd_tolerance)
+                    rows.append(
+                        _row(
+                            run,
+                            dataset,
+                            getattr(model, "checkpoint_hash", ""),
+                            Sample(s.image_id, s.image, s.mask, s.box, meta),
+                            scores,
+                        )
+                    )
+        frame = _frame(rows).sort_values(["image_id", "level"], kind="stable").reset_index(drop=True)
+        write_parquet_atomic(outputs[name], frame)
+        counts[name] = len(frame)
+    return counts
