@@ -46,18 +46,27 @@ def _folder_spec(root: Path) -> dict:
 
 
 def test_splits_are_order_independent_and_follow_fractions() -> None:
-    ids = [f"case{i:04d}" for i in range(2000)]
+    ids = [f"case{i:04d}" for i in range(1000)]
     a = shards.assign_splits("ds", ids, FRACTIONS)
     shuffled = ids[:]
     random.Random(1).shuffle(shuffled)
     assert shards.assign_splits("ds", shuffled, FRACTIONS) == a
     counts = {s: sum(v == s for v in a.values()) for s in shards.SPLITS}
-    assert abs(counts["train"] / 2000 - 0.6) < 0.04 and abs(counts["test"] / 2000 - 0.2) < 0.04
-    # one image's split depends on its own id only (adding images never moves existing ones)
-    b = shards.assign_splits("ds", [*ids, "extra1", "extra2"], FRACTIONS)
-    assert all(b[i] == a[i] for i in ids)
-    assert all(a[i] == shards.split_of("ds", i, FRACTIONS) for i in ids[:50])
+    assert counts == {"train": 600, "val": 200, "test": 200}
     assert shards.assign_splits("other", ids, FRACTIONS) != a
+    # a few more images move only images next to a boundary
+    b = shards.assign_splits("ds", [*ids, "extra1", "extra2"], FRACTIONS)
+    assert sum(b[i] != a[i] for i in ids) <= 4
+
+
+def test_split_sizes_round_to_the_fractions() -> None:
+    assert shards.split_sizes(48, FRACTIONS) == {"train": 29, "val": 10, "test": 9}
+    assert shards.split_sizes(16, {"train": 0.5, "val": 0.25, "test": 0.25}) == {
+        "train": 8,
+        "val": 4,
+        "test": 4,
+    }
+    assert shards.split_sizes(5, {"train": 1.0, "val": 0.0, "test": 0.0}) == {"train": 5, "val": 0, "test": 0}
 
 
 def test_tiny_datasets_never_leave_a_split_empty() -> None:

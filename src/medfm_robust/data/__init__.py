@@ -16,7 +16,7 @@ from medfm_robust.data.demo import (
 from medfm_robust.data.fixtures import build_fixture_resources
 from medfm_robust.data.ingest import check_dataset_paths, ingest_dataset
 from medfm_robust.data.registry import ADAPTERS, get_adapter
-from medfm_robust.data.shards import SHARD_SCHEMA, SPLITS, assign_splits, decode_row, read_shard, split_of
+from medfm_robust.data.shards import SHARD_SCHEMA, SPLITS, assign_splits, decode_row, read_shard, split_sizes
 
 __all__ = [
     "ADAPTERS",
@@ -33,6 +33,6 @@ __all__ = [
     "ingest_dataset",
     "read_shard",
     "showcase_images",
-    "split_of",
+    "split_sizes",
     "synthetic_sample",
 ]

@@ -155,43 +155,43 @@ def check_fractions(fractions: Mapping[str, float]) -> dict[str, float]:
     return fr
 
 
-def split_of(dataset: str, image_id: str, fractions: Mapping[str, float]) -> str:
-    """The split of one image from a hash of ``(dataset, image_id)`` alone (file order never matters)."""
+def split_sizes(n: int, fractions: Mapping[str, float]) -> dict[str, int]:
+    """Images per split for ``n`` images: largest-remainder rounding of ``fraction * n``.
+
+    When ``n`` allows it, every split with a positive fraction gets at least one image (taken from the
+    largest split), so tiny datasets still have train, val and test images.
+    """
     fr = check_fractions(fractions)
-    u = unit_hash("split", dataset, image_id)
-    edge = 0.0
-    for name in SPLITS:
-        edge += fr[name]
-        if u < edge:
-            return name
-    return max(SPLITS, key=lambda s: (fr[s] > 0, SPLITS.index(s)))
+    raw = {s: fr[s] * n for s in SPLITS}
+    sizes = {s: int(np.floor(raw[s] + 1e-9)) for s in SPLITS}
+    by_remainder = sorted(SPLITS, key=lambda s: (-(raw[s] - sizes[s]), SPLITS.index(s)))
+    for s in by_remainder[: n - sum(sizes.values())]:
+        sizes[s] += 1
+    for s in SPLITS:
+        if fr[s] > 0 and sizes[s] == 0:
+            donor = max(SPLITS, key=lambda d: (sizes[d], -SPLITS.index(d)))
+            if sizes[donor] > 1:
+                sizes[donor] -= 1
+                sizes[s] += 1
+    return sizes
 
 
 def assign_splits(dataset: str, image_ids: Iterable[str], fractions: Mapping[str, float]) -> dict[str, str]:
-    """Assign every image id to train/val/test with :func:`split_of`.
+    """Assign every image id to train/val/test from a hash of ``(dataset, image_id)``.
 
-    Tiny datasets could leave a split with a positive fraction empty; then (and only then) the image
-    whose hash lies closest to that split's hash band is moved there from a split holding more than one
-    image. The result depends on the set of ids, never on their order.
+    Images are ordered by ``unit_hash("split", dataset, image_id)``; the first ``sizes['train']`` go to
+    train, the next ``sizes['val']`` to val, the rest to test (:func:`split_sizes`), so the split sizes
+    follow the configured fractions exactly and the result never depends on file order. Adding images
+    moves at most a few images that sit next to a split boundary in hash order.
     """
-    fr = check_fractions(fractions)
-    ids = sorted(set(image_ids))
-    out = {i: split_of(dataset, i, fr) for i in ids}
-    lows = dict(zip(SPLITS, np.cumsum([0.0, *(fr[s] for s in SPLITS[:-1])]), strict=True))
-    for target in SPLITS:
-        if fr[target] <= 0 or target in out.values():
-            continue
-        counts = {s: sum(v == s for v in out.values()) for s in SPLITS}
-        donors = [i for i in ids if counts[out[i]] > 1]
-        if not donors:
-            break
-        lo, hi = lows[target], lows[target] + fr[target]
-
-        def distance(i: str, lo: float = lo, hi: float = hi) -> tuple[float, str]:
-            u = unit_hash("split", dataset, i)
-            return (max(lo - u, u - hi, 0.0), i)
-
-        out[min(donors, key=distance)] = target
+    ids = sorted(set(image_ids), key=lambda i: (unit_hash("split", dataset, i), i))
+    sizes = split_sizes(len(ids), fractions)
+    out: dict[str, str] = {}
+    start = 0
+    for name in SPLITS:
+        for i in ids[start : start + sizes[name]]:
+            out[i] = name
+        start += sizes[name]
     return out
 
 
