@@ -7,7 +7,14 @@ from medfm_robust.metrics.segmentation import (
     normalized_surface_dice,
     segmentation_scores,
 )
-from medfm_robust.metrics.vlm import box_iou, grounding_summary, score_outputs, summarise, vqa_accuracy
+from medfm_robust.metrics.vlm import (
+    box_iou,
+    grounding_summary,
+    score_outputs,
+    score_samples,
+    summarise,
+    vqa_accuracy,
+)
 
 __all__ = ["dice", "hd95", "iou", "normalized_surface_dice", "segmentation_scores"]
-__all__ += ["box_iou", "grounding_summary", "score_outputs", "summarise", "vqa_accuracy"]
+__all__ += ["box_iou", "grounding_summary", "score_outputs", "score_samples", "summarise", "vqa_accuracy"]

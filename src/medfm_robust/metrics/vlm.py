@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from medfm_robust.metrics.captions import CAPTION_METRICS, caption_scores
-from medfm_robust.vlm.parsing import parse_answer
+from medfm_robust.vlm.parsing import Parsed, parse_answer
 from medfm_robust.vlm.prompts import format_box
 
 IOU_THRESHOLD = 0.5
@@ -60,6 +60,44 @@ def grounding_summary(ious: Sequence[float], threshold: float = IOU_THRESHOLD) -
     if not arr.size:
         return {"mean_iou": float("nan"), "acc_iou50": float("nan")}
     return {"mean_iou": float(arr.mean()), "acc_iou50": float((arr >= threshold).mean())}
+
+
+def score_samples(
+    task: str,
+    rows: Sequence[Mapping[str, Any]],
+    parsed: Sequence[Parsed],
+    *,
+    caption_tokenizer: str = "simple",
+    meteor: bool = False,
+) -> dict[str, np.ndarray]:
+    """Task score columns for parsed outputs of ``rows`` (sample/condition records, same order).
+
+    vqa -> ``correct``; caption -> ``bleu1..bleu4``, ``rouge_l``, ``cider`` (+ ``meteor``), each group of
+    rows with one (``perturbation``, ``level``) scored as one corpus; grounding -> ``iou``, ``hit``
+    (IoU >= 0.5). Unparseable outputs score as wrong / 0.
+    """
+    if len(rows) != len(parsed):
+        raise ValueError(f"{len(parsed)} parsed outputs for {len(rows)} rows")
+    if task == "vqa":
+        hits = [p.ok and p.value == str(r["answer"]) for p, r in zip(parsed, rows, strict=True)]
+        return {"correct": np.array(hits, dtype=bool)}
+    if task == "caption":
+        names = (*CAPTION_METRICS, *(["meteor"] if meteor else []))
+        cols = {k: np.zeros(len(rows)) for k in names}
+        groups: dict[tuple[str, int], list[int]] = {}
+        for i, r in enumerate(rows):
+            groups.setdefault((str(r.get("perturbation", "clean")), int(r.get("level", 0))), []).append(i)
+        for _, idx in sorted(groups.items()):
+            sc = caption_scores([str(rows[i]["reference"]) for i in idx], [parsed[i].text for i in idx],
+                                tokenizer=caption_tokenizer, meteor=meteor)
+            for k in names:
+                cols[k][idx] = sc.per_sample[k]
+        return cols
+    if task == "grounding":
+        ious = np.array([box_iou(p.value if p.ok else None, r.get("box"))
+                         for p, r in zip(parsed, rows, strict=True)], dtype=np.float64)
+        return {"iou": ious, "hit": ious >= IOU_THRESHOLD}
+    raise ValueError(f"unknown VLM task '{task}'")
 
 
 def score_outputs(
@@ -101,25 +139,15 @@ def score_outputs(
     })
     if task == "vqa":
         out["reference"] = cond["answer"].astype(str).to_numpy()
-        out["correct"] = [p.ok and p.value == ans for p, ans in zip(parsed, out["reference"], strict=True)]
     elif task == "caption":
         out["reference"] = cond["reference"].astype(str).to_numpy()
-        hyps = [p.text for p in parsed]
-        cols = {k: np.zeros(len(out)) for k in (*CAPTION_METRICS, *(["meteor"] if meteor else []))}
-        for _, idx in out.groupby(["perturbation", "level"], sort=True).indices.items():
-            sc = caption_scores([out["reference"].iloc[i] for i in idx], [hyps[i] for i in idx],
-                                tokenizer=caption_tokenizer, meteor=meteor)
-            for k in cols:
-                cols[k][idx] = sc.per_sample[k]
-        for k, v in cols.items():
-            out[k] = v
     elif task == "grounding":
-        refs = [None if b is None else [int(v) for v in b] for b in cond["box"]]
-        out["reference"] = [format_box(b) if b is not None else "" for b in refs]
-        out["iou"] = [box_iou(p.value if p.ok else None, b) for p, b in zip(parsed, refs, strict=True)]
-        out["hit"] = out["iou"] >= IOU_THRESHOLD
+        out["reference"] = [format_box(b) if b is not None else "" for b in cond["box"]]
     else:
         raise ValueError(f"unknown VLM task '{task}'")
+    for col, values in score_samples(task, records, parsed, caption_tokenizer=caption_tokenizer,
+                                     meteor=meteor).items():
+        out[col] = values
     if judge_scores is not None:
         if len(judge_scores) != len(out):
             raise ValueError("judge_scores must have one entry per sample")
