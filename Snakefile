@@ -5,7 +5,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The embedded default, unless a config file is given on the command line (which then replaces it
+# instead of being merged into it: otherwise a small config would inherit all of the default's datasets).
+if not workflow.config_settings.configfiles:
+
+    configfile: "config/config.yaml"
 
 
 report: "report/workflow.rst"
