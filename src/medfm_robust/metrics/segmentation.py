@@ -29,11 +29,19 @@ _STRUCTURE = np.ones((3, 3), dtype=bool)
 
 
 def _pair(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean masks cropped to the bounding box of their union plus one pixel (metrics are unchanged:
+    pixels beyond the crop are background, as pixels beyond the image edge are)."""
     p = np.asarray(pred) > 0
     g = np.asarray(gt) > 0
     if p.shape != g.shape or p.ndim != 2:
         raise DataError(f"prediction {p.shape} and ground truth {g.shape} must be H x W arrays of one shape")
-    return p, g
+    union = p | g
+    rows = np.flatnonzero(union.any(axis=1))
+    if rows.size == 0:
+        return p[:0, :0], g[:0, :0]
+    cols = np.flatnonzero(union.any(axis=0))
+    crop = (slice(max(rows[0] - 1, 0), rows[-1] + 2), slice(max(cols[0] - 1, 0), cols[-1] + 2))
+    return p[crop], g[crop]
 
 
 def iou(pred: np.ndarray, gt: np.ndarray) -> float:
@@ -56,21 +64,18 @@ def surface(mask: np.ndarray) -> np.ndarray:
     return m & ~ndimage.binary_erosion(m, structure=_STRUCTURE, border_value=0)
 
 
-def _distance_to(surf: np.ndarray) -> np.ndarray:
-    """Euclidean distance of every pixel to the nearest ``True`` pixel of ``surf`` (non-empty)."""
-    return ndimage.distance_transform_edt(~surf)
-
-
 def surface_distances(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distances (px) from each border pixel of P to G's border, and from each border pixel of G to P's.
 
-    Both masks must be non-empty.
+    Both masks must be non-empty. The distance transforms run on the bounding box of both masks (every
+    border pixel, hence every nearest neighbour, lies inside it), which gives the same values as on the
+    full image at a fraction of the cost for small objects.
     """
     p, g = _pair(pred, gt)
     sp, sg = surface(p), surface(g)
     if not sp.any() or not sg.any():
         raise DataError("surface distances need two non-empty masks")
-    return _distance_to(sg)[sp], _distance_to(sp)[sg]
+    return ndimage.distance_transform_edt(~sg)[sp], ndimage.distance_transform_edt(~sp)[sg]
 
 
 def normalized_surface_dice(pred: np.ndarray, gt: np.ndarray, tolerance: float = NSD_TOLERANCE_PX) -> float:
@@ -106,6 +111,7 @@ def hd95(pred: np.ndarray, gt: np.ndarray) -> float:
 def segmentation_scores(pred: np.ndarray, gt: np.ndarray,
                         tolerance: float = NSD_TOLERANCE_PX) -> dict[str, float]:
     """All four metrics of one image: ``{"iou", "dice", "nsd", "hd95"}`` (floats)."""
+    pred, gt = _pair(pred, gt)
     return {
         "iou": float(iou(pred, gt)),
         "dice": float(dice(pred, gt)),

@@ -9,8 +9,9 @@ Two entry points, one per workflow job:
 Rows follow ``docs/ARCHITECTURE.md`` (segmentation metrics). Images are scored at their stored size
 (prediction ``logit > 0`` against the ground-truth mask ``> 0``). Each distinct image goes through the image
 encoder at most once per encoder weights (through :class:`medfm_robust.seg.cache.EmbeddingEncoder`); the
-decoder runs in batches. The evaluated subset is the first ``max_images`` test images in ``image_id``
-order (all when ``None``), the same in every mode.
+decoder runs in batches. The evaluated subset (:func:`select_image_ids`) is the same in every mode: test
+images that have perturbed rows come first, then the others, each group in ``image_id`` order, cut to
+``max_images`` (all when ``None``); the perturbation stage may perturb only some test images.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ METRIC_COLUMNS = (
 class EvalSettings:
     """Settings of an evaluation job.
 
-    ``batch_size``: images per encoder/decoder batch; ``max_images``: first N test images by id (None = all);
+    ``batch_size``: images per encoder/decoder batch; ``max_images``: evaluated test images (None = all,
+    see :func:`select_image_ids`);
     ``jitter``: box jitter; ``cache_dir``: embedding cache root (None disables it); ``device``: ``auto``
     (CUDA when available), ``cpu`` or ``cuda``; ``threads``: torch CPU threads (None = torch default);
     ``seed``: global seed (PGD random start); ``nsd_tolerance``: NSD tolerance in pixels.
@@ -128,17 +130,41 @@ def _read_table(path: str | Path, columns: Sequence[str]) -> pd.DataFrame:
     return table
 
 
+def select_image_ids(
+    test_shard: str | Path, perturbed: Sequence[str | Path], max_images: int | None
+) -> list[str]:
+    """The evaluated test images: those with rows in any ``perturbed`` shard first, then the others, each
+    group sorted by ``image_id``, cut to ``max_images``. Rows of a perturbed shard for an image that is not
+    in the test shard are a :class:`DataError`."""
+    test_ids = sorted(set(_read_table(test_shard, ("image_id",))["image_id"]))
+    known = set(test_ids)
+    perturbed_ids: set[str] = set()
+    for path in perturbed:
+        ids = set(pd.read_parquet(path, columns=["image_id"])["image_id"]) if Path(path).is_file() else None
+        if ids is None:
+            raise DataError(f"{path}: shard not found")
+        unknown = sorted(ids - known)
+        if unknown:
+            raise DataError(f"{path}: rows for image(s) not in the test shard {test_shard}: {unknown[:5]}")
+        perturbed_ids |= ids
+    ordered = [i for i in test_ids if i in perturbed_ids] + [i for i in test_ids if i not in perturbed_ids]
+    return ordered if max_images is None else ordered[:max_images]
+
+
 def load_test_samples(
-    test_shard: str | Path, dataset: str, max_images: int | None, jitter: BoxJitter
+    test_shard: str | Path, dataset: str, image_ids: Sequence[str] | None, jitter: BoxJitter
 ) -> list[Sample]:
-    """Clean test images of ``dataset`` (first ``max_images`` by ``image_id``), with GT masks and boxes.
+    """Clean test images ``image_ids`` of ``dataset`` (all when None), sorted by id, with GT masks and boxes.
 
     The stored ``box`` must equal the tight box of the stored mask (the contract of the canonical shard).
     """
     table = _read_table(test_shard, ("image_id", "dataset", "modality", "image_png", "mask_png", "box"))
+    if image_ids is not None:
+        missing = sorted(set(image_ids) - set(table["image_id"]))
+        if missing:
+            raise DataError(f"{test_shard}: image(s) {missing[:5]} not in the test shard")
+        table = table[table["image_id"].isin(set(image_ids))]
     table = table.sort_values("image_id", kind="stable").reset_index(drop=True)
-    if max_images is not None:
-        table = table.iloc[:max_images]
     if table.empty:
         raise DataError(f"{test_shard}: no test images for dataset {dataset}")
     samples = []
@@ -174,8 +200,8 @@ def load_perturbed_samples(
     """Rows of a perturbed shard for the selected clean images, in shard order (image id, level).
 
     The GT mask is the shard's ``mask_png`` when set (label-moving types), else the clean mask; the box is the
-    shard's ``box`` (the moved one for label-moving types, else it must equal the clean box). Every selected
-    image must have rows, and every row must belong to a test image.
+    shard's ``box`` (the moved one for label-moving types, else it must equal the clean box). Rows of
+    images outside ``clean`` are left out (see :func:`select_image_ids`).
     """
     cols = (
         "image_id",
@@ -190,11 +216,8 @@ def load_perturbed_samples(
     )
     table = _read_table(shard, cols)
     selected = table[table["image_id"].isin(clean.keys())]
-    absent = sorted(set(clean) - set(selected["image_id"]))
-    if absent:
-        raise DataError(f"{shard}: no rows for test image(s) {', '.join(absent[:5])}")
     names = set(table["perturbation"])
-    if names != {perturbation}:
+    if names and names != {perturbation}:
         raise DataError(f"{shard}: column 'perturbation' holds {sorted(names)}, expected '{perturbation}'")
     selected = selected.sort_values(["image_id", "level"], kind="stable")
     samples = []
@@ -345,7 +368,8 @@ def evaluate_dataset(
         raise DataError(f"outputs {sorted(outputs)} must be exactly {sorted(expected)}")
     model, _ = _prepare(run, settings, model)
     encoder = EmbeddingEncoder(model, settings.cache_dir)
-    clean = load_test_samples(test_shard, dataset, settings.max_images, settings.jitter)
+    ids = select_image_ids(test_shard, list(perturbed.values()), settings.max_images)
+    clean = load_test_samples(test_shard, dataset, ids, settings.jitter)
     by_id = {s.image_id: s for s in clean}
     counts: dict[str, int] = {}
     frame = score_samples(model, encoder, clean, run, dataset, settings, f"{dataset} clean")
@@ -380,12 +404,16 @@ def evaluate_attacks(
     run: RunIdentity,
     dataset: str,
     test_shard: str | Path,
+    perturbed: Sequence[str | Path],
     outputs: Mapping[str, str | Path],
     settings: EvalSettings,
     attack: AttackSettings,
     model: PromptableSegmenter | None = None,
 ) -> dict[str, int]:
     """FGSM and PGD at every level on the clean test subset; one Parquet per attack (``outputs``).
+
+    ``perturbed``: the dataset's perturbed shards, read only to select the same images as
+    :func:`evaluate_dataset` (:func:`select_image_ids`).
 
     Rows: category ``adversarial``, ``level`` 1..n, ``ssim`` between the 8-bit clean and adversarial RGB
     images, ``in_band`` True (the budget is exact by construction). ``model``: an already built model
@@ -394,7 +422,8 @@ def evaluate_attacks(
     if set(outputs) != set(ATTACKS):
         raise DataError(f"outputs {sorted(outputs)} must be exactly {list(ATTACKS)}")
     model, device = _prepare(run, settings, model)
-    clean = load_test_samples(test_shard, dataset, settings.max_images, settings.jitter)
+    ids = select_image_ids(test_shard, perturbed, settings.max_images)
+    clean = load_test_samples(test_shard, dataset, ids, settings.jitter)
     counts = {}
     for name in ATTACKS:
         rows: list[dict[str, Any]] = []
