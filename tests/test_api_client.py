@@ -27,6 +27,8 @@ from medfm_robust.vlm.api import (
     client_from_config,
     generate_batch,
     image_to_png,
+    judge_scores,
+    parse_judge_score,
 )
 
 KEY_ENV = "MEDFM_TEST_API_KEY"
@@ -67,10 +69,11 @@ class FakeServer:
                     return self._send(400, {"error": {"message": "bad image"}})
                 time.sleep(outer.delay)
                 prompt = body["messages"][-1]["content"][0]["text"]
+                reply = action[4:] if action.startswith("say:") else f"echo {prompt}"
                 return self._send(200, {
                     "id": "cmpl", "object": "chat.completion", "created": 0, "model": body["model"],
                     "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": f"echo {prompt}"}}],
+                                 "message": {"role": "assistant", "content": reply}}],
                     "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
                 })
 
@@ -259,3 +262,19 @@ def test_killed_run_resumes_without_repeating_finished_requests(tmp_path: Path) 
         assert srv.hits - hits_first == n - finished  # a repeated run pays nothing
     finally:
         srv.close()
+
+
+def test_llm_judge_scores_through_the_cached_client(server: FakeServer, tmp_path: Path) -> None:
+    server.script = ["say:1", "say:0.5", "say:Score: 7/10"]
+    client = make_client(server, tmp_path / "cache", max_concurrency=1)
+    scores = judge_scores(client, "caption", questions=["q"] * 3, references=["CT of the chest."] * 3,
+                          predictions=["CT chest", "MRI", "x"], progress=False)
+    assert scores == [1.0, 0.5, None] and server.hits == 3
+    assert server.bodies[0]["messages"][0]["role"] == "system"
+    assert len(server.bodies[0]["messages"][1]["content"]) == 1  # text only, no image
+    again = judge_scores(client, "caption", questions=["q"] * 3, references=["CT of the chest."] * 3,
+                         predictions=["CT chest", "MRI", "x"], progress=False)
+    assert again == scores and server.hits == 3
+    assert parse_judge_score("0.75") == 0.75 and parse_judge_score("no") is None
+    with pytest.raises(ConfigError, match="grounding"):
+        judge_scores(client, "grounding", questions=[], references=[], predictions=[])

@@ -394,3 +394,55 @@ def generate_batch(
                         temperature=temperature)
             for img, p in zip(images, prompts, strict=True)]
     return [r.text or "" for r in client.complete_many(reqs, progress=progress)]
+
+
+# ------------------------------------------------------------------------------------------- LLM judge
+
+JUDGE_SYSTEM = "You are a strict grader of answers about medical images. Reply with one number only."
+JUDGE_PROMPTS = {
+    "vqa": ("Question:\n{question}\n\nReference answer: {reference}\nModel answer: {prediction}\n\n"
+            "Score 1 if the model answer means the same as the reference answer, otherwise 0. "
+            "Reply with the number only."),
+    "caption": ("Reference description of a medical image:\n{reference}\n\nCandidate description:\n"
+                "{prediction}\n\nRate from 0 to 1 how well the candidate covers the key medical information "
+                "of the reference without adding wrong findings (1 = equivalent, 0 = unrelated or wrong). "
+                "Reply with the number only."),
+}
+
+
+def parse_judge_score(text: str | None) -> float | None:
+    """The first number in ``text`` if it lies in [0, 1], else None."""
+    import re
+
+    m = re.search(r"(?<![\w.])(\d+(?:\.\d+)?|\.\d+)", text or "")
+    if m is None:
+        return None
+    value = float(m.group(1))
+    return value if 0.0 <= value <= 1.0 else None
+
+
+def judge_scores(
+    client: APIClient, task: str, *, questions: Sequence[str], references: Sequence[str],
+    predictions: Sequence[str], max_tokens: int = 8, progress: bool = True,
+) -> list[float | None]:
+    """Optional LLM-judge scores (0-1; None when the reply has no valid number) through the cached client.
+
+    Text only (no image), temperature of the client. Like the original's DeepSeek judge but a secondary
+    metric: accuracy and BLEU/CIDEr never depend on it, and a "partial" score is not counted as correct.
+    """
+    if task not in JUDGE_PROMPTS:
+        raise ConfigError(f"config key 'vlm.judge.tasks': no judge prompt for task '{task}'")
+    if not (len(questions) == len(references) == len(predictions)):
+        raise ValueError("questions, references and predictions differ in length")
+    template = JUDGE_PROMPTS[task]
+    reqs = [ChatRequest(prompt=template.format(question=q, reference=r, prediction=p or "(empty)"),
+                        image_png=None, max_tokens=max_tokens, system=JUDGE_SYSTEM,
+                        temperature=client.temperature)
+            for q, r, p in zip(questions, references, predictions, strict=True)]
+    results = client.complete_many(reqs, progress=progress)
+    scores = [parse_judge_score(r.text) for r in results]
+    bad = sum(s is None for s in scores)
+    if bad:
+        log.warning("judge %s: %d of %d replies without a score in [0, 1]", client.endpoint.name, bad,
+                    len(scores))
+    return scores
