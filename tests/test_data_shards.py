@@ -246,3 +246,5 @@ def test_missing_dataset_folder_names_key_and_path(tmp_path: Path) -> None:
         )
     with pytest.raises(ConfigError, match=r"datasets\.f\.modality"):
         check_dataset_paths({"datasets": {"f": {"adapter": "folder", "path": str(tmp_path)}}})
+    with pytest.raises(ConfigError, match=r"data\.splits"):
+        check_dataset_paths({"data": {"splits": {"train": 0.5, "val": 0.5, "test": 0.5}}, "datasets": {}})

@@ -38,9 +38,15 @@ def dataset_root(dataset: str, spec: Mapping[str, Any]) -> Path | None:
 def check_dataset_paths(config: Mapping[str, Any]) -> None:
     """Check every real dataset's folder exists and each modality agrees with its adapter.
 
-    Raises one ``ConfigError`` listing every problem, each naming the config key and path.
+    Also checks ``data.splits``. Raises one ``ConfigError`` listing every problem, each naming the
+    config key (and the path for a missing folder).
     """
     problems = []
+    if "splits" in config.get("data", {}):
+        try:
+            check_fractions(config["data"]["splits"])
+        except ConfigError as exc:
+            problems.append(str(exc))
     for name, spec in sorted(config.get("datasets", {}).items()):
         try:
             dataset_modality(name, spec)
