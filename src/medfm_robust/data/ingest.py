@@ -14,6 +14,7 @@ from medfm_robust.data.shards import (
     SPLITS,
     PreparedSample,
     assign_splits,
+    check_fractions,
     prepare_sample,
     shard_table,
     write_shard,
