@@ -23,6 +23,7 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -119,17 +120,22 @@ def caption_scores(
     if meteor:
         if not java_available():
             raise ConfigError("METEOR needs Java (no working `java` on PATH); disable it")
-        from pycocoevalcap.meteor.meteor import Meteor
-
         m = np.zeros(n)
         if nonempty:
-            scorer = Meteor()  # a Java subprocess, stopped by the scorer's __del__
-            _, m_each = scorer.compute_score({i: gts[i] for i in nonempty}, {i: res[i] for i in nonempty})
-            del scorer
+            _, m_each = _meteor_scorer().compute_score({i: gts[i] for i in nonempty},
+                                                       {i: res[i] for i in nonempty})
             m[nonempty] = np.asarray(m_each, dtype=np.float64)
         per["meteor"] = m
         corpus["meteor"] = float(m.mean())
     return CaptionScores(corpus, per)
+
+
+@functools.cache
+def _meteor_scorer() -> Any:
+    """One METEOR scorer (a Java subprocess, ~8 s to start) per process, reused by every call."""
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    return Meteor()
 
 
 def meteor_enabled(setting: bool | str) -> bool:

@@ -1,12 +1,73 @@
-"""Sub-commands of the vlm stage (to be filled by its owner)."""
+"""Sub-commands of the vlm stage: ``vlm-samples``, ``vlm-parse``, ``vlm-api-check``."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 from typing import Any
 
 
 def register(subparsers: Any) -> None:
     """Add this stage's sub-commands to ``subparsers``."""
-    del subparsers
-    _ = argparse
+    p = subparsers.add_parser("vlm-samples", help="build one VLM sample table (dataset x task) from a config")
+    p.add_argument("--config", default="config/config.yaml", help="workflow config (default: %(default)s)")
+    p.add_argument("--dataset", required=True, help="name under vlm.datasets")
+    p.add_argument("--task", required=True, choices=["vqa", "caption", "grounding"])
+    p.add_argument("--shards", nargs="*", default=[], help="canonical shards (demo adapter)")
+    p.add_argument("--out", required=True, help="output Parquet path")
+    p.set_defaults(func=_samples)
+
+    p = subparsers.add_parser("vlm-parse", help="parse one raw model answer (debugging the parsers)")
+    p.add_argument("--task", required=True, choices=["vqa", "caption", "grounding"])
+    p.add_argument("--options", nargs="*", default=[], help="VQA options in letter order")
+    p.add_argument("--size", nargs=2, type=int, metavar=("W", "H"), default=(256, 256), help="image size")
+    p.add_argument("--convention", default="pixel", help="box convention (pixel, norm1, norm1000, yxyx1000)")
+    p.add_argument("text", help="the raw answer")
+    p.set_defaults(func=_parse)
+
+    p = subparsers.add_parser("vlm-api-check", help="show API endpoints, key variables and cache size")
+    p.add_argument("--config", default="config/config.yaml", help="workflow config (default: %(default)s)")
+    p.set_defaults(func=_api_check)
+
+
+def _samples(args: argparse.Namespace) -> int:
+    from medfm_robust.config import load_config
+    from medfm_robust.errors import ConfigError
+    from medfm_robust.logs import setup_logging
+    from medfm_robust.vlm.datasets import build_and_write
+
+    setup_logging()
+    cfg = load_config(args.config)
+    vlm = cfg["vlm"]
+    if args.dataset not in vlm["datasets"]:
+        raise ConfigError(f"config key 'vlm.datasets.{args.dataset}': not defined in {args.config}")
+    build_and_write(args.out, args.dataset, vlm["datasets"][args.dataset], args.task,
+                    sampling=vlm["sampling"], seed=cfg["seed"], shards=args.shards,
+                    resources_dir=cfg["resources_dir"])
+    return 0
+
+
+def _parse(args: argparse.Namespace) -> int:
+    from medfm_robust.vlm.parsing import parse_answer
+
+    sample = {"options": args.options, "width": args.size[0], "height": args.size[1]}
+    p = parse_answer(args.task, args.text, sample, args.convention)
+    print(json.dumps({"ok": p.ok, "parsed": p.text, "method": p.method}))
+    return 0 if p.ok else 1
+
+
+def _api_check(args: argparse.Namespace) -> int:
+    from medfm_robust.config import load_config
+    from medfm_robust.vlm.api import Endpoint
+
+    cfg = load_config(args.config)
+    api = cfg["vlm"]["api"]
+    root = api["cache_dir"]
+    n_cached = sum(len(files) for _, _, files in os.walk(root)) if os.path.isdir(root) else 0
+    for name in sorted(api["endpoints"]):
+        ep = Endpoint.from_config(name, api)
+        state = "set" if os.environ.get(ep.api_key_env) else "NOT SET"
+        print(f"{name}: {ep.model} at {ep.base_url}; key {ep.api_key_env} {state}; boxes {ep.box_convention}")
+    print(f"cache {root}: {n_cached} answers")
+    return 0
