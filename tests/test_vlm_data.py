@@ -292,3 +292,15 @@ def test_build_sample_table_writes_and_reads_with_sampling_and_showcase(tmp_path
         build_sample_table("demo", spec, "grounding", sampling={}, seed=0, shards=shards)
     with pytest.raises(ConfigError, match="path"):
         build_sample_table("x", {"adapter": "rocov2"}, "caption", sampling={}, seed=0)
+
+
+def test_demo_test_images_follow_the_perturbation_stage_selection(tmp_path: Path) -> None:
+    from medfm_robust.perturb.table import select_images
+
+    test_shard = _canonical(tmp_path, "demo_ct", "ct", "test", 6)
+    train_shard = _canonical(tmp_path, "demo_ct", "ct", "train", 4)
+    df = build_demo([test_shard, train_shard], dataset="demo", task="grounding", seed=5, showcase=False,
+                    perturb_max_images=2)
+    chosen = select_images(pd.read_parquet(test_shard), 2, global_seed=5)["image_id"]
+    assert sorted(df.loc[df["split"] == "test", "canonical_id"]) == sorted(f"demo_ct/{i}" for i in chosen)
+    assert (df["split"] == "train").sum() == 4  # training images are never restricted

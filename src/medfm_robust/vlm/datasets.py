@@ -778,9 +778,15 @@ def showcase_records(max_size: int | None = 256) -> list[dict[str, Any]]:
 def build_demo(
     shards: Sequence[str | Path], *, dataset: str, task: str, seed: int,
     organs: Mapping[str, str] | None = None, showcase: bool = True, showcase_size: int | None = 256,
+    perturb_max_images: int | None = None,
 ) -> pd.DataFrame:
     """A demo sample table for ``task`` from canonical shards ``results/data/{ds}/{split}.parquet``
-    (splits follow the canonical splits) plus, with ``showcase``, the showcase images (test split)."""
+    (splits follow the canonical splits) plus, with ``showcase``, the showcase images (test split).
+
+    ``perturb_max_images`` (the perturbation stage's ``perturb.max_images``): keep only the canonical test
+    images that stage perturbs (:func:`medfm_robust.perturb.table.select_images`, same seed), so every demo
+    test image's perturbed versions already exist under ``results/perturbed/`` and are reused.
+    """
     if task not in TASKS:
         raise ConfigError(f"unknown VLM task '{task}' (one of {TASKS})")
     rows: list[dict[str, Any]] = []
@@ -792,6 +798,10 @@ def build_demo(
         for col in ("image_id", "dataset", "modality", "split", "image_png", "mask_png", "height", "width"):
             if col not in df.columns:
                 raise DataError(f"{path}: canonical shard lacks column '{col}'")
+        if perturb_max_images is not None and len(df) and set(df["split"]) == {"test"}:
+            from medfm_robust.perturb.table import select_images
+
+            df = select_images(df, perturb_max_images, global_seed=seed)
         for rec in df.to_dict("records"):
             rows.extend(demo_rows_for_image(rec, dataset=dataset, tasks=[task], seed=seed, organs=organs))
     if showcase:
@@ -818,9 +828,12 @@ def dataset_tasks(spec: Mapping[str, Any]) -> list[str]:
 
 def build_sample_table(
     name: str, spec: Mapping[str, Any], task: str, *, sampling: Mapping[str, Any], seed: int,
-    shards: Sequence[str | Path] = (), resources_dir: str | Path = ".",
+    shards: Sequence[str | Path] = (), resources_dir: str | Path = ".", perturb_max_images: int | None = None,
 ) -> pd.DataFrame:
-    """Read dataset ``name`` (a ``vlm.datasets`` entry) for ``task`` and apply ``sampling``."""
+    """Read dataset ``name`` (a ``vlm.datasets`` entry) for ``task`` and apply ``sampling``.
+
+    ``shards``: canonical shards (demo adapter); ``perturb_max_images``: see :func:`build_demo`.
+    """
     adapter = spec.get("adapter")
     if adapter not in ADAPTERS:
         raise ConfigError(f"vlm.datasets.{name}.adapter: unknown adapter {adapter!r} (one of {ADAPTERS})")
@@ -828,7 +841,8 @@ def build_sample_table(
         raise ConfigError(f"vlm.datasets.{name}: adapter '{adapter}' does not provide task '{task}'")
     if adapter == "demo":
         df = build_demo(shards, dataset=name, task=task, seed=seed, organs=spec.get("organs"),
-                        showcase=spec.get("showcase", True), showcase_size=spec.get("showcase_size", 256))
+                        showcase=spec.get("showcase", True), showcase_size=spec.get("showcase_size", 256),
+                        perturb_max_images=perturb_max_images)
     else:
         if not spec.get("path"):
             raise ConfigError(f"vlm.datasets.{name}.path: required for adapter '{adapter}'")
