@@ -107,11 +107,15 @@ def mni152_slice(z: int) -> Loaded:
     """Axial slice ``z`` of the MNI152 T1 template (1 mm, nilearn's bundled copy) and its brain mask.
 
     The volume is (x, y, z) in RAS order; the slice is shown radiologically (anterior up, patient's right
-    on the image left) as ``233 x 197`` uint8 (template intensity [0, 1] x 255) and bool mask.
+    on the image left), zero-padded left and right to a ``233 x 233`` square (so resizing keeps the aspect
+    ratio), as uint8 (template intensity [0, 1] x 255) and a bool mask.
     """
     t1, brain = _mni152()
     img = np.flipud(t1[:, :, z].T)
     mask = np.flipud(brain[:, :, z].T)
+    extra = img.shape[0] - img.shape[1]
+    pad = ((0, 0), (extra // 2, extra - extra // 2))
+    img, mask = np.pad(img, pad), np.pad(mask, pad)
     return np.clip(np.rint(img * 255), 0, 255).astype(np.uint8), mask.copy()
 
 
