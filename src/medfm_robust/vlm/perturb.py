@@ -117,13 +117,16 @@ def perturb_vlm_dataset(
     exclude: Iterable[str] | None = None,
     bands: Sequence[Sequence[float]] | None = None,
     max_evals: int | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
     progress: bool = True,
 ) -> dict[str, int]:
     """Write one perturbed shard per type in ``out_paths`` (type -> path) for a VLM dataset.
 
     ``sample_paths``: the dataset's sample tables (``.../{task}.parquet``; the task is the file stem).
-    ``canonical_shards``: type -> canonical perturbed shards whose keys need no recomputation. Returns the
-    number of calibrated keys per type. Files are written even when empty (no applicable sample).
+    ``canonical_shards``: type -> canonical perturbed shards whose keys need no recomputation.
+    ``levels``, ``bands``, ``max_evals`` and per-type ``overrides`` (``param_range``, ``bands``, ``levels``,
+    ``max_evals``) are the perturbation stage's settings (``perturb.*``), so canonical and VLM outputs agree.
+    Returns the number of calibrated keys per type. Files are written even when empty.
     """
     from medfm_robust.perturb.registry import get_spec
     from medfm_robust.perturb.table import perturb_table, write_perturbed_shard
@@ -131,22 +134,24 @@ def perturb_vlm_dataset(
     samples = {Path(p).stem: read_samples(p) for p in sample_paths}
     rows = engine_rows(samples)
     counts: dict[str, int] = {}
-    kwargs: dict[str, Any] = {"bands": bands}
-    if max_evals is not None:
-        kwargs["max_evals"] = max_evals
     for name in sorted(out_paths):
         get_spec(name)
-        covered = _covered((canonical_shards or {}).get(name, []), levels)
+        kwargs: dict[str, Any] = {"bands": bands, "levels": levels}
+        if max_evals is not None:
+            kwargs["max_evals"] = max_evals
+        kwargs.update((overrides or {}).get(name, {}))
+        lv = kwargs["levels"]
+        covered = _covered((canonical_shards or {}).get(name, []), lv)
         mask = [
             _applicable(m, name, include, exclude) and (ds, iid) not in covered
             for m, ds, iid in zip(rows["modality"], rows["dataset"], rows["image_id"], strict=True)
         ]
         todo = rows[np.asarray(mask, dtype=bool)] if len(rows) else rows
-        table = perturb_table(todo, name, levels=levels, global_seed=global_seed, progress=progress, **kwargs)
+        table = perturb_table(todo, name, global_seed=global_seed, progress=progress, **kwargs)
         write_perturbed_shard(out_paths[name], table)
         counts[name] = len(todo)
         log.info("%s: calibrated %d keys x %d levels (%d covered by canonical shards)", name, len(todo),
-                 len(levels), len(covered))
+                 len(lv), len(covered))
     return counts
 
 
@@ -212,3 +217,18 @@ def conditions_for(
     cols = [*samples.columns, *[c for c in CONDITION_EXTRA if c not in samples.columns]]
     df = pd.DataFrame(out, columns=cols)
     return df.sort_values(["sample_id", "level"], kind="stable").reset_index(drop=True)
+
+
+def engine_settings(perturb_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The perturbation stage's settings (config ``perturb``) as keyword arguments of
+    :func:`perturb_vlm_dataset` (``levels``, ``bands``, ``max_evals``, ``include``, ``exclude``,
+    ``overrides``); :func:`conditions_for` needs ``levels`` (per type: ``overrides[type].levels``),
+    ``include`` and ``exclude``."""
+    return {
+        "levels": tuple(perturb_cfg.get("levels", LEVELS)),
+        "bands": perturb_cfg.get("bands"),
+        "max_evals": perturb_cfg.get("max_evals"),
+        "include": list(perturb_cfg.get("include") or []) or None,
+        "exclude": list(perturb_cfg.get("exclude") or []) or None,
+        "overrides": dict(perturb_cfg.get("overrides") or {}),
+    }
