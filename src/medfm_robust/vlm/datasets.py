@@ -474,6 +474,7 @@ def read_mecovqa(
     modality: str | None = None,
     modality_map: Mapping[str, str] | None = None,
     on_missing: str = "fail",
+    images_dir: str | None = None,
 ) -> pd.DataFrame:
     """Read MeCoVQA grounding JSON files as a grounding sample table.
 
@@ -486,8 +487,11 @@ def read_mecovqa(
     records of the file, logged). Every box is normalised to inclusive pixel ``[x0, y0, x1, y1]``.
     Modality: the record's ``modality`` field, else the SA-Med2D file-name prefix
     (``ct_``, ``mr_``, ``x_ray_``, ...), else ``modality``; unknown labels raise ``DataError``.
+    ``images_dir`` (relative to ``root``) is where ``image`` and mask paths are resolved (default ``root``;
+    MedPLIB keeps them in the SA-Med2D folder).
     """
     root = Path(root)
+    img_root = root / images_dir if images_dir else root
     files = dict(files or {"test": "MeCoVQA_Grounding_test.json"})
     rows: list[dict[str, Any]] = []
     for split in sorted(files):
@@ -508,7 +512,7 @@ def read_mecovqa(
             if "image" not in item:
                 raise DataError(f"{where}: missing field 'image'")
             question, box, mask = _record_question_and_box(item, where)
-            img = root / str(item["image"])
+            img = img_root / str(item["image"])
             if not img.is_file():
                 if on_missing == "skip":
                     continue
@@ -528,7 +532,7 @@ def read_mecovqa(
             if box is not None:
                 pix = normalise_box(box, fmt, w, h, where=where)
             else:
-                mpath = root / str(mask)
+                mpath = img_root / str(mask)
                 marr = read_image(mpath) if mpath.is_file() else _missing(mpath, where)
                 if marr.ndim == 3:
                     marr = marr.max(axis=2)
@@ -857,7 +861,7 @@ def build_sample_table(
             df = read_rocov2(root, split=spec.get("split", "test"), modality=spec.get("modality"), **common)
         else:
             df = read_mecovqa(root, files=spec.get("files"), box_format=spec.get("box_format", "auto"),
-                              modality=spec.get("modality"), **common)
+                              modality=spec.get("modality"), images_dir=spec.get("images_dir"), **common)
     return sample_splits(df, sampling, dataset=name, task=task, seed=seed)
 
 
