@@ -61,7 +61,7 @@ class EvalSettings:
     """Settings of an evaluation job.
 
     ``batch_size``: images per encoder/decoder batch; ``max_images``: evaluated test images (None = all,
-    see :func:`select_image_ids`);
+    see :func:`select_image_ids`); ``attack_max_images``: the first N of those are attacked (None = all);
     ``jitter``: box jitter; ``cache_dir``: embedding cache root (None disables it); ``device``: ``auto``
     (CUDA when available), ``cpu`` or ``cuda``; ``threads``: torch CPU threads (None = torch default);
     ``seed``: global seed (PGD random start); ``nsd_tolerance``: NSD tolerance in pixels.
@@ -69,6 +69,7 @@ class EvalSettings:
 
     batch_size: int = 16
     max_images: int | None = None
+    attack_max_images: int | None = None
     jitter: BoxJitter = field(default_factory=BoxJitter)
     cache_dir: str | None = None
     device: str = "auto"
@@ -423,6 +424,8 @@ def evaluate_attacks(
         raise DataError(f"outputs {sorted(outputs)} must be exactly {list(ATTACKS)}")
     model, device = _prepare(run, settings, model)
     ids = select_image_ids(test_shard, perturbed, settings.max_images)
+    if settings.attack_max_images is not None:
+        ids = ids[: settings.attack_max_images]
     clean = load_test_samples(test_shard, dataset, ids, settings.jitter)
     counts = {}
     for name in ATTACKS:
@@ -461,3 +464,54 @@ def evaluate_attacks(
         write_parquet_atomic(outputs[name], frame)
         counts[name] = len(frame)
     return counts
+
+
+# ----------------------------------------------------------------------------------------------------
+# Settings from the workflow's params
+
+
+def eval_settings(params: Mapping[str, Any]) -> EvalSettings:
+    """:class:`EvalSettings` from a rule's ``params.settings`` (``rules/segment.smk``: ``seg_params``)."""
+    return EvalSettings(
+        batch_size=int(params["batch_size"]),
+        max_images=params["max_images"],
+        attack_max_images=params.get("attack_max_images"),
+        jitter=BoxJitter(float(params["box_jitter"]), int(params["seed"])),
+        cache_dir=params["cache_dir"],
+        device=str(params["device"]),
+        threads=params["threads"],
+        seed=int(params["seed"]),
+        nsd_tolerance=float(params["nsd_tolerance"]),
+    )
+
+
+def attack_settings(params: Mapping[str, Any]) -> AttackSettings:
+    """:class:`AttackSettings` from the ``segmentation.attacks`` config mapping."""
+    return AttackSettings(
+        epsilons=tuple(float(e) for e in params["epsilons"]),
+        pgd_steps=tuple(int(s) for s in params["pgd_steps"]),
+        pgd_step_factor=float(params["pgd_step_factor"]),
+        random_start=bool(params["random_start"]),
+        quantize_bits=int(params["quantize_bits"]),
+    )
+
+
+def run_evaluation_job(
+    model: str,
+    strategy: str,
+    dataset: str,
+    settings: Mapping[str, Any],
+    test_shard: str,
+    finetuned: str | None,
+    perturbed: Mapping[str, str],
+    outputs: Mapping[str, str],
+    attack: Mapping[str, Any] | None = None,
+) -> dict[str, int]:
+    """One workflow job: clean + perturbed metrics (``attack`` None) or FGSM + PGD (``attack`` settings)."""
+    run = RunIdentity(model, strategy, settings["checkpoint"], finetuned)
+    cfg = eval_settings(settings)
+    if attack is None:
+        return evaluate_dataset(run, dataset, test_shard, perturbed, outputs, cfg)
+    return evaluate_attacks(
+        run, dataset, test_shard, list(perturbed.values()), outputs, cfg, attack_settings(attack)
+    )

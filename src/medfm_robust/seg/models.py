@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medfm_robust.errors import CheckpointError, ConfigError, DataError
+from medfm_robust.seg import MODEL_NAMES as _REGISTERED_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -556,6 +557,7 @@ MODEL_SPECS: dict[str, ModelSpec] = {
                           "pretrained.safetensors", "the workflow's own ~0.3 M-param SAM", build_tiny_sam),
 }
 MODEL_NAMES = tuple(MODEL_SPECS)
+assert MODEL_NAMES == _REGISTERED_NAMES, "medfm_robust.seg.MODEL_NAMES is out of date"
 
 
 # ----------------------------------------------------------------------------------------------------
