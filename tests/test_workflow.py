@@ -129,6 +129,24 @@ def test_editing_a_script_reruns_its_rules_and_descendants(ci_run, full_dag, tmp
 
 
 @pytest.mark.slow
+def test_changing_one_perturbation_reruns_only_its_shards_and_dependants(ci_run, full_dag, tmp_path):
+    nodes, edges = full_dag
+    shards = sorted(k for k in nodes.values() if k[0] == "perturb_generate")
+    assert shards, "no perturbation shard in the CI DAG"
+    name = dict(shards[len(shards) // 2][1])["perturbation"]
+    work = clone_run(ci_run[0], tmp_path / "run")
+    cfg = yaml.safe_load((work / CI_CONFIG).read_text())
+    evals = (cfg.get("perturb") or {}).get("max_evals", 14)
+
+    def edit(c):
+        c.setdefault("perturb", {}).setdefault("overrides", {})[name] = {"max_evals": evals + 3}
+
+    _edit_config(work, edit)
+    seeds = {k for k in shards if dict(k[1])["perturbation"] == name}
+    assert planned_jobs(work) == with_descendants(seeds, nodes, edges)
+
+
+@pytest.mark.slow
 def test_adding_a_dataset_adds_only_its_jobs(ci_run, tmp_path):
     work = clone_run(ci_run[0], tmp_path / "run")
     cfg = yaml.safe_load((work / CI_CONFIG).read_text())

@@ -96,6 +96,7 @@ class Job:
     local: bool = False
     resources: tuple[tuple[str, str], ...] = field(default=(), compare=False)
     outputs: tuple[str, ...] = field(default=(), compare=False)
+    inputs: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def key(self) -> tuple[str, tuple[tuple[str, str], ...]]:
@@ -131,6 +132,7 @@ def parse_dryrun(text: str) -> list[Job]:
         wildcards: tuple = ()
         resources: tuple = ()
         outputs: tuple = ()
+        inputs: tuple = ()
         i += 1
         while i < len(lines) and lines[i].startswith("    "):
             s = lines[i].strip()
@@ -140,8 +142,10 @@ def parse_dryrun(text: str) -> list[Job]:
                 resources = _pairs(s[len("resources:") :])
             elif s.startswith("output:"):
                 outputs = tuple(p.strip() for p in s[len("output:") :].split(","))
+            elif s.startswith("input:"):
+                inputs = tuple(p.strip() for p in s[len("input:") :].split(","))
             i += 1
-        jobs.append(Job(rule, wildcards, local, resources, outputs))
+        jobs.append(Job(rule, wildcards, local, resources, outputs, inputs))
     return jobs
 
 
@@ -152,20 +156,11 @@ def planned_jobs(workdir: Path, *args: str) -> set[tuple]:
 
 
 def dag_edges(workdir: Path) -> tuple[dict[str, tuple], list[tuple[str, str]]]:
-    """The full job DAG (``--forceall --dag``): node id -> job key, and (parent, child) edges."""
-    dot = snakemake(workdir, "--forceall", "--dag", "--quiet", "all").stdout
-    nodes: dict[str, tuple] = {}
-    edges: list[tuple[str, str]] = []
-    for line in dot.splitlines():
-        m = re.match(r'^\s*(\d+)\[label = "([^"]*)"', line)
-        if m:
-            parts = m.group(2).split("\\n")
-            wc = tuple(sorted(tuple(p.split(": ", 1)) for p in parts[1:] if ": " in p))
-            nodes[m.group(1)] = (parts[0], wc)
-            continue
-        m = re.match(r"^\s*(\d+)\s*->\s*(\d+)", line)
-        if m:
-            edges.append((m.group(1), m.group(2)))
+    """The full job DAG from a forced dry run: node id -> job key, and (producer, consumer) edges."""
+    jobs = parse_dryrun(snakemake(workdir, "-n", "--forceall").stdout)
+    nodes = {str(i): j.key for i, j in enumerate(jobs)}
+    producer = {out: str(i) for i, j in enumerate(jobs) for out in j.outputs}
+    edges = [(producer[f], str(i)) for i, j in enumerate(jobs) for f in j.inputs if f in producer]
     return nodes, edges
 
 
