@@ -32,6 +32,10 @@ CHOICES = [
     ("Based on the image, the abnormality is best described as very small.</s>", "D"),
     ("<end_of_turn>A<end_of_turn>", "A"),
     ("  d  ", "D"),
+    ("I would choose C.", "C"),
+    ("B is the correct answer.", "B"),
+    ("The answer is: b", "B"),
+    ("Correct option - D) very small", "D"),
 ]
 
 FAILURES = [

@@ -65,7 +65,7 @@ def parse_choice(text: str, options: Sequence[str]) -> Parsed:
     m = re.fullmatch(rf"[\s\(\[\"']*({cls})[\s\)\]\.\:,\"']*", raw)
     if m:
         found.append((m.group(1).upper(), "letter"))
-    cue = r"(?:answer|option|choice)\s*(?:is|would be|:|=|-)?\s*(?:option\s*)?[:\-]?\s*"
+    cue = r"(?:answer|option|choice|choose|select|pick)\s*(?:is|would be|:|=|-)?\s*(?:option\s*)?[:\-]?\s*"
     for m in re.finditer(rf"(?i:{cue})[\(\[]?({cls})(?![\w])", raw):
         letter = m.group(1)
         after = raw[m.end():]
@@ -74,7 +74,7 @@ def parse_choice(text: str, options: Sequence[str]) -> Parsed:
                 and (letter.islower() or letter == "A")):
             continue
         found.append((letter.upper(), "cue_letter"))
-    m = re.match(rf"^[\(\[]?({cls})[\)\]\.:](?:\s|$)", raw)
+    m = re.match(rf"^[\(\[]?({cls})[\)\]\.:](?:\s|$)", raw) or re.match(rf"^([{valid}])\s+is\b", raw)
     if m:
         found.append((m.group(1).upper(), "leading_letter"))
     for m in re.finditer(rf"[\(\[]({valid})[\)\]]", raw):
