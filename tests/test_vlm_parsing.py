@@ -36,6 +36,7 @@ CHOICES = [
     ("B is the correct answer.", "B"),
     ("The answer is: b", "B"),
     ("Correct option - D) very small", "D"),
+    ("Looking at the image, (B) fits best.", "B"),
 ]
 
 FAILURES = [
@@ -44,6 +45,7 @@ FAILURES = [
     "I cannot determine this from the image.",
     "E",
     "A or B",
+    "Either (A) or (B).",
     "Either the left kidney or the right kidney.",
     "The answer is a lesion.",
     "123",

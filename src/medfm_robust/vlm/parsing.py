@@ -77,7 +77,7 @@ def parse_choice(text: str, options: Sequence[str]) -> Parsed:
     m = re.match(rf"^[\(\[]?({cls})[\)\]\.:](?:\s|$)", raw) or re.match(rf"^([{valid}])\s+is\b", raw)
     if m:
         found.append((m.group(1).upper(), "leading_letter"))
-    for m in re.finditer(rf"[\(\[]({valid})[\)\]]", raw):
+    for m in re.finditer(rf"[\(\[]([{valid}])[\)\]]", raw):
         found.append((m.group(1), "bracket_letter"))
     letters = list(dict.fromkeys(f[0] for f in found))
     if len(letters) == 1:
