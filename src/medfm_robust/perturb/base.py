@@ -117,11 +117,15 @@ def contrast(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped
 
 
 def jpeg_round_trip(x: np.ndarray, quality: int) -> np.ndarray:
-    """JPEG-encode ``H x W x C`` float [0, 1] at 8 bits (4:2:0 chroma for colour) and decode; float32 out."""
+    """JPEG-encode ``H x W x C`` float [0, 1] at 8 bits and decode; float32 out.
+
+    Colour uses full-resolution chroma (4:4:4) above quality 50 and 4:2:0 sub-sampling at 50 and below, as
+    high-quality encoders do; so the strength grows monotonically as the quality falls.
+    """
     u8 = np.rint(np.clip(x, 0, 1) * 255).astype(np.uint8)
     im = Image.fromarray(u8[:, :, 0] if u8.shape[2] == 1 else u8)
     buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=int(quality))
+    im.save(buf, format="JPEG", quality=int(quality), subsampling=0 if quality > 50 else 2)
     buf.seek(0)
     with Image.open(buf) as dec:
         out = np.asarray(dec, dtype=np.float32) / np.float32(255)

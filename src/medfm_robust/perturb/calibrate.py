@@ -193,6 +193,7 @@ def calibrate(
     strong: tuple[float, float] | None = None  # (t, g) with s below the band
     reason = ""
     n_iter = 0
+    scanning = False
     while n_iter < max_evals:
         n_iter += 1
         p, s, ok = evaluate(t)
@@ -204,7 +205,13 @@ def calibrate(
             mild = (t, gt)
         else:
             strong = (t, gt)
-        nxt = _next_position(t, gt, target, mild, strong, points, name, level, pspec)
+        nxt = None if scanning else _next_position(t, gt, target, mild, strong, points, name, level, pspec)
+        if nxt is None and (mild is None or strong is None):
+            scanning = True  # a range end reached without crossing: scan a coarse grid (non-monotone s(t))
+            nxt = _scan_position(mild, strong, pspec, memo)
+        elif scanning:
+            scanning = False  # the scan found the other side: bracket from here
+            nxt = _next_position(t, gt, target, mild, strong, points, name, level, pspec)
         if nxt is None:
             reason = _unreachable_reason(mild, strong, t, pspec, memo, level)
             break
@@ -280,6 +287,18 @@ def _next_position(
     if pspec.integer and pspec.value(nt) == pspec.value(t):
         nt = pspec.position(pspec.value(t) + (1 if (pspec.strong > pspec.mild) == going_up else -1))
     return nt
+
+
+def _scan_position(mild: tuple[float, float] | None, strong: tuple[float, float] | None, pspec: ParamSpec,
+                   memo: dict[float, tuple[float, np.ndarray]]) -> float | None:
+    """When one range end is reached without crossing the band, the next untried point of a coarse grid
+    (from that end inwards), so a non-monotone ``s(t)`` is still searched; None when the grid is exhausted."""
+    grid = np.linspace(0.0, 1.0, 5)
+    order = grid[::-1] if strong is None else grid
+    for t in order:
+        if pspec.value(float(t)) not in memo:
+            return float(t)
+    return None
 
 
 def _same_side(pts: list[tuple[float, float]], target: float) -> bool:

@@ -45,12 +45,12 @@ def ghosting(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped
     return op
 
 
-@register("kspace_motion", family="mri", param=ParamSpec("shift", 0.05, 40.0, "peak displacement, pixels"))
+@register("kspace_motion", family="mri", param=ParamSpec("shift", 0.0002, 0.4, "peak displacement, fraction of the image size"))
 def kspace_motion(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Rigid in-plane motion during acquisition: corrupted k-space lines get the linear phase of a shift.
 
-    The phase ramp uses the frequencies of the unshifted spectrum (fftfreq), the central 8 % of lines are
-    protected (so the object does not move as a whole), and about 60 % of the other lines, in contiguous
+    The phase ramp uses the frequencies of the unshifted spectrum (fftfreq), the central 4 % of lines are
+    protected (so the object does not move as a whole), and about 75 % of the other lines, in contiguous
     segments, carry a displacement d * u (u in [-1, 1]) along a random direction. Magnitude image.
     """
     h, w = ctx.h, ctx.w
@@ -62,13 +62,14 @@ def kspace_motion(ctx: Context, rng: np.random.Generator):  # type: ignore[no-un
     seg = np.searchsorted(cuts, np.arange(h), side="right")
     u = rng.uniform(-1, 1, n_seg).astype(np.float32)
     u /= max(float(np.abs(u).max()), 1e-6)
-    active = rng.random(n_seg) < 0.6
-    active[rng.choice(n_seg, size=2, replace=False)] = True
+    active = rng.random(n_seg) < 0.75
+    active[rng.choice(n_seg, size=3, replace=False)] = True
     disp = np.where(active[seg], u[seg], 0).astype(np.float32)
-    disp[np.abs(ky) < 0.04] = 0
+    disp[np.abs(ky) < 0.02] = 0
     theta = rng.uniform(0, 2 * np.pi)
     dy, dx = np.float32(np.sin(theta)), np.float32(np.cos(theta))
-    base = (ky[:, None] * dy + kx[None, :] * dx) * disp[:, None]  # cycles per unit displacement
+    # phase (cycles) per unit of the parameter: shift (pixels) = p * size along each axis
+    base = (ky[:, None] * dy * h + kx[None, :] * dx * w) * disp[:, None]
 
     def op(p: float) -> np.ndarray:
         ph = np.exp(np.complex64(-2j * np.pi * p) * base)[:, :, None]

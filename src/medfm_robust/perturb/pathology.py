@@ -7,7 +7,6 @@ SSIM drop grow smoothly with it. Images are float32 ``H x W x C`` in [0, 1] unit
 from __future__ import annotations
 
 import numpy as np
-from skimage.color import hed2rgb, rgb2hed
 
 from medfm_robust.perturb._common import LUMA, Context, blob_layout, colour, nearest_blob_field
 from medfm_robust.perturb.registry import ParamSpec, register
@@ -20,6 +19,8 @@ def stain_variation(ctx: Context, rng: np.random.Generator):  # type: ignore[no-
 
     Grayscale input is treated as grey RGB and converted back to luminance (the change shows as intensity).
     """
+    from skimage.color import hed2rgb, rgb2hed  # imported here: skimage is slow to import
+
     rgb = ctx.x if ctx.c == 3 else np.repeat(ctx.x, 3, axis=2)
     if "hed" not in ctx.cache:
         hed0 = rgb2hed(rgb).astype(np.float32)

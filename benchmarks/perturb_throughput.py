@@ -1,0 +1,192 @@
+"""Throughput, in-band rate and calibration overhead of the SSIM-calibrated perturbation engine.
+
+On a fixed set of generated 256 x 256 images (the project's synthetic modality generators, the same
+draws every run: RGB for dermoscopy, endoscopy, fundus, pathology; grayscale for the others), every type
+applicable to the image's modality is calibrated at L1..L5 and its output PNG-encoded, on one core.
+
+Prints: in-band outputs per second, the overall and per-level in-band rate, ms per calibrated output
+(RGB and grayscale, including PNG encoding), and the calibration overhead = calibrated time divided by
+the time of one plain perturbation (random draws + apply at the final parameter + quantise) + one
+uncached SSIM + one PNG encode per output.
+
+    .venv/bin/python benchmarks/perturb_throughput.py [--n-images 3] [--json out.json]
+    .venv/bin/python benchmarks/perturb_throughput.py --fit-priors   # refit perturb/priors.json
+
+``--fit-priors`` calibrates a disjoint set of images (other indices) and writes, per type, the median
+search position of the calibrated parameter at each level (the search's starting points).
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from collections import defaultdict  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from medfm_robust.data.demo import synthetic_sample  # noqa: E402
+from medfm_robust.io import encode_png  # noqa: E402
+from medfm_robust.perturb import REGISTRY, applicable_types, calibrate  # noqa: E402
+from medfm_robust.perturb._common import Context  # noqa: E402
+from medfm_robust.perturb.registry import MODALITIES  # noqa: E402
+from medfm_robust.perturb.ssim import ssim  # noqa: E402
+from medfm_robust.seeding import seed_for  # noqa: E402
+
+PRIORS = Path(__file__).resolve().parents[1] / "src" / "medfm_robust" / "perturb" / "priors.json"
+BENCH_MODALITIES = [m for m in MODALITIES if m != "oct"]  # oct shares fundus' family and generator
+
+
+def images(n: int, size: int, offset: int = 0) -> list[tuple[str, int, np.ndarray]]:
+    """``n`` generated images per modality: (modality, index, image)."""
+    out = []
+    for mod in BENCH_MODALITIES:
+        for i in range(offset, offset + n):
+            img, _ = synthetic_sample("bench", mod, i, seed=0, size=size)
+            out.append((mod, i, img))
+    return out
+
+
+def run(n: int, size: int, offset: int = 0, types: list[str] | None = None) -> dict:
+    """Calibrate every applicable type at L1..L5 on the set; returns per-output records and timings."""
+    records = []
+    t_total = 0.0
+    for mod, idx, img in images(n, size, offset):
+        t0 = time.perf_counter()
+        ctx = Context(img)
+        t_ctx = time.perf_counter() - t0
+        names = [t for t in applicable_types(mod) if types is None or t in types]
+        t_total += t_ctx
+        for name in names:
+            for level in range(1, 6):
+                seed = seed_for("bench", mod, idx, name, level)
+                t0 = time.perf_counter()
+                res = calibrate(ctx, name, level, seed=seed)
+                png = encode_png(res.image)
+                dt = time.perf_counter() - t0 + t_ctx / (len(names) * 5)
+                t_total += dt - t_ctx / (len(names) * 5)
+                records.append({"modality": mod, "index": idx, "type": name, "level": level, "rgb": img.ndim == 3,
+                                "in_band": res.in_band, "ssim": res.ssim, "param": res.param, "evals": res.n_evals,
+                                "seconds": dt, "seed": seed, "png_bytes": len(png), "reason": res.reason})
+    return {"records": records, "seconds": t_total}
+
+
+def baseline(records: list[dict], size: int) -> float:
+    """Seconds for plain perturbation + SSIM + PNG encode of every record at its final parameter."""
+    cache: dict[tuple[str, int], np.ndarray] = {}
+    total = 0.0
+    for r in records:
+        key = (r["modality"], r["index"])
+        if key not in cache:
+            cache[key] = synthetic_sample("bench", r["modality"], r["index"], seed=0, size=size)[0]
+        img = cache[key]
+        spec = REGISTRY[r["type"]]
+        t0 = time.perf_counter()
+        ctx = Context.__new__(Context)  # the plain path: no SSIM reference, no search
+        _light_context(ctx, img)
+        op = spec.prepare(ctx, np.random.default_rng(r["seed"]))
+        out = ctx.quantise(op(r["param"]))
+        ssim(img, out)
+        encode_png(out)
+        total += time.perf_counter() - t0
+    return total
+
+
+def _light_context(ctx: Context, img: np.ndarray) -> None:
+    """A Context without the SSIM reference (what a plain perturbation needs)."""
+    from medfm_robust.perturb.ssim import dtype_range
+
+    ctx.image, ctx.dtype, ctx.maxval = img, img.dtype, dtype_range(img.dtype)
+    ctx.x = img.reshape(*img.shape[:2], -1).astype(np.float32) / np.float32(ctx.maxval)
+    ctx.h, ctx.w, ctx.c = ctx.x.shape
+    border = np.concatenate([ctx.x[0], ctx.x[-1], ctx.x[:, 0], ctx.x[:, -1]], axis=0)
+    ctx.bg = np.median(border, axis=0).astype(np.float32)
+    ctx.cache = {}
+
+
+def summarise(res: dict, base_seconds: float | None) -> dict:
+    recs = res["records"]
+    n = len(recs)
+    inb = sum(r["in_band"] for r in recs)
+    per_level = {lv: statistics.mean(r["in_band"] for r in recs if r["level"] == lv) for lv in range(1, 6)}
+    by_type: dict[str, list[bool]] = defaultdict(list)
+    for r in recs:
+        by_type[r["type"]].append(r["in_band"])
+    rgb = [r["seconds"] for r in recs if r["rgb"]]
+    gray = [r["seconds"] for r in recs if not r["rgb"]]
+    out = {
+        "outputs": n,
+        "in_band_rate": inb / n,
+        "in_band_per_second": inb / res["seconds"],
+        "per_level_in_band": per_level,
+        "ms_per_output": 1000 * res["seconds"] / n,
+        "ms_per_rgb_output": 1000 * statistics.mean(rgb) if rgb else None,
+        "ms_per_gray_output": 1000 * statistics.mean(gray) if gray else None,
+        "mean_evals": statistics.mean(r["evals"] for r in recs),
+        "worst_types": sorted(((statistics.mean(v), k) for k, v in by_type.items()))[:6],
+        "misses": [f"{r['modality']}#{r['index']} {r['type']} L{r['level']}: {r['reason']}"
+                   for r in recs if not r["in_band"]],
+    }
+    if base_seconds is not None:
+        out["baseline_ms_per_output"] = 1000 * base_seconds / n
+        out["calibration_overhead"] = res["seconds"] / base_seconds
+    return out
+
+
+def fit_priors(n: int, size: int) -> dict[str, list[float]]:
+    """Median search position of the calibrated parameter per (type, level) on images ``1000..``."""
+    res = run(n, size, offset=1000)
+    pos: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in res["records"]:
+        if r["in_band"]:
+            pos[r["type"]][r["level"]].append(REGISTRY[r["type"]].param.position(r["param"]))
+    priors = {}
+    for name in REGISTRY:
+        vals = [statistics.median(pos[name][lv]) if pos[name][lv] else None for lv in range(1, 6)]
+        if all(v is not None for v in vals):
+            priors[name] = [round(float(v), 4) for v in np.maximum.accumulate(np.array(vals, float))]
+    return priors
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n-images", type=int, default=3, help="images per modality (default 3)")
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--types", help="comma-separated subset of types")
+    ap.add_argument("--json", help="also write the summary as JSON here")
+    ap.add_argument("--fit-priors", action="store_true", help=f"refit {PRIORS.name} instead of benchmarking")
+    args = ap.parse_args()
+    if args.fit_priors:
+        priors = fit_priors(args.n_images, args.size)
+        PRIORS.write_text(json.dumps(priors, indent=1, sort_keys=True) + "\n")
+        print(f"wrote {len(priors)} priors to {PRIORS}")
+        return
+    types = args.types.split(",") if args.types else None
+    res = run(args.n_images, args.size, types=types)
+    base = baseline(res["records"], args.size)
+    summary = summarise(res, base)
+    print(f"outputs                      {summary['outputs']}")
+    print(f"in-band rate                 {summary['in_band_rate']:.4f}")
+    print("in-band rate per level       " + " ".join(f"L{k} {v:.3f}" for k, v in summary["per_level_in_band"].items()))
+    print(f"in-band outputs per second   {summary['in_band_per_second']:.1f}")
+    print(f"ms per output (all)          {summary['ms_per_output']:.2f}")
+    print(f"ms per RGB / gray output     {summary['ms_per_rgb_output']:.2f} / {summary['ms_per_gray_output']:.2f}")
+    print(f"baseline ms per output       {summary['baseline_ms_per_output']:.2f}")
+    print(f"calibration overhead         {summary['calibration_overhead']:.2f}")
+    print(f"mean evaluations per output  {summary['mean_evals']:.2f}")
+    print(f"worst types                  {summary['worst_types']}")
+    for m in summary["misses"][:30]:
+        print("  miss:", m)
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
