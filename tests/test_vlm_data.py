@@ -304,3 +304,24 @@ def test_demo_test_images_follow_the_perturbation_stage_selection(tmp_path: Path
     chosen = select_images(pd.read_parquet(test_shard), 2, global_seed=5)["image_id"]
     assert sorted(df.loc[df["split"] == "test", "canonical_id"]) == sorted(f"demo_ct/{i}" for i in chosen)
     assert (df["split"] == "train").sum() == 4  # training images are never restricted
+
+
+def test_dataset_modalities_decide_the_perturbation_files() -> None:
+    from medfm_robust.vlm.datasets import MODALITIES, dataset_modalities, demo_sources
+    from medfm_robust.vlm.perturb import vlm_perturbations
+
+    cfg = {"datasets": {"a": {"adapter": "demo", "modality": "dermoscopy"}, "b": {"adapter": "demo",
+                                                                                  "modality": "xray"}}}
+    assert demo_sources({"adapter": "demo"}, cfg) == ["a", "b"]
+    assert dataset_modalities({"adapter": "demo", "sources": ["a"], "showcase": False}, cfg) == ["dermoscopy"]
+    assert set(dataset_modalities({"adapter": "demo"}, cfg)) == {"dermoscopy", "xray", "ct", "fundus", "mri",
+                                                                 "pathology"}
+    assert dataset_modalities({"adapter": "rocov2"}, cfg) == list(MODALITIES)
+    with pytest.raises(ConfigError, match="sources"):
+        demo_sources({"adapter": "demo", "sources": ["zzz"]}, cfg)
+    from medfm_robust.perturb import REGISTRY
+
+    derm = vlm_perturbations(["dermoscopy"])
+    assert {n for n, sp in REGISTRY.items() if sp.category == "base"} <= set(derm)
+    assert all(REGISTRY[n].category == "base" or "dermoscopy" in REGISTRY[n].modalities for n in derm)
+    assert set(vlm_perturbations(["dermoscopy", "xray"])) > set(derm)

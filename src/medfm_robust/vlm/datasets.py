@@ -830,6 +830,33 @@ def dataset_tasks(spec: Mapping[str, Any]) -> list[str]:
     return [ADAPTER_TASK[adapter]]
 
 
+SHOWCASE_MODALITIES = ("ct", "fundus", "mri", "pathology")  # of medfm_robust.data.demo.showcase_images
+
+
+def demo_sources(spec: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
+    """Canonical datasets feeding a demo VLM dataset: ``spec['sources']`` or every ``datasets`` key."""
+    sources = list(spec.get("sources") or sorted(config.get("datasets", {})))
+    unknown = [s for s in sources if s not in config.get("datasets", {})]
+    if unknown:
+        raise ConfigError(f"vlm.datasets.*.sources: {unknown} are not keys of `datasets`")
+    return sources
+
+
+def dataset_modalities(spec: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
+    """Modalities a VLM dataset can contain (this decides which perturbation files it gets).
+
+    Demo: its source datasets' modalities plus the showcase ones. Real datasets: every modality, since
+    their modalities are only known once the publisher's files are read (files of types whose modalities
+    are absent are written empty)."""
+    if spec.get("adapter") == "demo":
+        mods = {config["datasets"][s]["modality"] for s in demo_sources(spec, config)
+                if config["datasets"][s].get("modality")}
+        if spec.get("showcase", True):
+            mods.update(SHOWCASE_MODALITIES)
+        return [m for m in MODALITIES if m in mods]
+    return list(MODALITIES)
+
+
 def build_sample_table(
     name: str, spec: Mapping[str, Any], task: str, *, sampling: Mapping[str, Any], seed: int,
     shards: Sequence[str | Path] = (), resources_dir: str | Path = ".", perturb_max_images: int | None = None,
