@@ -165,3 +165,38 @@ def test_every_paper_dataset_ingests_from_the_fixture(resources: Path, tmp_path:
         spec = {**spec, "path": str(resources / Path(spec["path"]).relative_to("resources"))}
         report = ingest_dataset(name, spec, DATA, tmp_path / name, progress=False)
         assert report["n_kept"] >= 3, name
+
+
+def test_brain_tumor_older_v5_mat_files_are_read_too(tmp_path: Path) -> None:
+    from scipy.io import savemat
+
+    img = np.arange(12, dtype=np.int16).reshape(3, 4) * 100
+    mask = np.zeros((3, 4), np.uint8)
+    mask[1, 2] = 1
+    savemat(tmp_path / "1.mat", {"cjdata": {"image": img, "tumorMask": mask, "label": 2.0}})
+    image, m = read_brain_tumor_mat(tmp_path / "1.mat")
+    np.testing.assert_array_equal(image, img.astype(np.uint16))
+    assert m.sum() == 1 and m[1, 2]
+    savemat(tmp_path / "2.mat", {"cjdata": {"image": img}})
+    with pytest.raises(DataError, match=r"2\.mat: field cjdata\.tumorMask"):
+        read_brain_tumor_mat(tmp_path / "2.mat")
+
+
+def test_glaucoma_label_map_layout(tmp_path: Path) -> None:
+    root = tmp_path / "refuge"
+    yy, xx = np.mgrid[0:50, 0:60]
+    r = np.hypot(yy - 25, xx - 30)
+    label = np.full((50, 60), 255, np.uint8)
+    label[r < 12] = 128
+    label[r < 5] = 0
+    for i in range(3):
+        save(root / "images" / f"g{i:04d}.jpg", fixture_sample("fundus", f"r{i}", (50, 60))[0])
+        save(root / "masks" / f"g{i:04d}.png", label)
+    disc, cup = _items("glaucoma_disc", root), _items("glaucoma_cup", root)
+    assert sorted(disc) == ["g0000", "g0001", "g0002"] == sorted(cup)
+    _, d = disc["g0001"].load()
+    _, c = cup["g0001"].load()
+    np.testing.assert_array_equal(d, r < 12)
+    np.testing.assert_array_equal(c, r < 5)
+    with pytest.raises(DataError, match="full-fundus"):
+        _items("glaucoma_disc", tmp_path / "refuge" / "images")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,7 @@ def _read_mask(path: Path, image_path: Path, threshold: int) -> np.ndarray:
     return binarise_mask(read_image(path), threshold, str(path), unit_labels=unit)
 
 
-def file_loader(image_path: Path, mask_paths: list[Path], threshold: int):
+def file_loader(image_path: Path, mask_paths: list[Path], threshold: int) -> Callable[[], Loaded]:
     """A loader reading ``image_path`` and the union of its (binarised) masks.
 
     JPEG masks are thresholded strictly above ``threshold`` (127: compression noise is never
@@ -162,15 +162,26 @@ def _to_uint(image: np.ndarray, path: Path) -> np.ndarray:
     return np.clip(image, 0, 65535).astype(np.uint16)
 
 
-def read_brain_tumor_mat(path: Path) -> Loaded:
-    """Read one figshare 1512427 ``.mat`` (MATLAB v7.3 = HDF5) file.
-
-    MATLAB stores arrays column-major, so h5py sees them transposed; both ``cjdata.image`` and
-    ``cjdata.tumorMask`` are transposed back to ``H x W``. The int16 image becomes uint16 (negative
-    values, if any, clipped to 0 and logged); the mask is ``tumorMask > 0``.
-    """
+def _read_mat_fields(path: Path) -> dict[str, np.ndarray]:
+    """``cjdata.image`` and ``cjdata.tumorMask`` as ``H x W`` arrays from a v7.3 (HDF5, via h5py, arrays
+    transposed back from MATLAB's column-major order) or an older v5 ``.mat`` file (via scipy)."""
     import h5py
 
+    if not h5py.is_hdf5(path):
+        from scipy.io import loadmat
+
+        try:
+            mat = loadmat(path, squeeze_me=True, struct_as_record=False)
+        except Exception as exc:  # scipy raises many types (MatReadError, IndexError, ...) on bad files
+            raise DataError(f"{path}: cannot read MATLAB file ({exc})") from exc
+        if "cjdata" not in mat:
+            raise DataError(f"{path}: variable cjdata not found")
+        out = {}
+        for key in ("image", "tumorMask"):
+            if not hasattr(mat["cjdata"], key):
+                raise DataError(f"{path}: field cjdata.{key} not found")
+            out[key] = np.asarray(getattr(mat["cjdata"], key))
+        return out
     try:
         fh = h5py.File(path, "r")
     except OSError as exc:
@@ -182,6 +193,18 @@ def read_brain_tumor_mat(path: Path) -> Loaded:
                 fields[key] = np.asarray(fh["cjdata"][key]).T
             except (KeyError, TypeError) as exc:
                 raise DataError(f"{path}: field cjdata.{key} not found") from exc
+    return fields
+
+
+def read_brain_tumor_mat(path: Path) -> Loaded:
+    """Read one figshare 1512427 ``.mat`` file (as published: MATLAB v7.3 = HDF5, read with h5py).
+
+    MATLAB stores arrays column-major, so h5py sees them transposed; both ``cjdata.image`` and
+    ``cjdata.tumorMask`` are transposed back to ``H x W``. The int16 image becomes uint16 (negative
+    values, if any, clipped to 0 and logged); the mask is ``tumorMask > 0``. Older v5 files are read with
+    scipy (no transposition needed there).
+    """
+    fields = _read_mat_fields(Path(path))
     image, mask = _to_uint(fields["image"], path), fields["tumorMask"]
     if image.ndim != 2 or mask.shape != image.shape:
         raise DataError(f"{path}: cjdata.tumorMask {mask.shape} does not match cjdata.image {image.shape}")
@@ -203,16 +226,50 @@ def brain_tumor(dataset: str, spec: Mapping[str, Any], root: Path | None, seed: 
     return [Item(safe_id(p.stem), _rel(p, root), _mat_loader(p)) for p in files]
 
 
-def _mat_loader(path: Path):
+def _mat_loader(path: Path) -> Callable[[], Loaded]:
     return lambda: read_brain_tumor_mat(path)
 
 
-def _smdg(dataset: str, spec: Mapping[str, Any], root: Path | None, mask_folder: str) -> list[Item]:
+# Label-map layout (REFUGE / ORIGA style): one grey mask per image with 0 = cup, 128 = disc rim,
+# 255 = background; the disc is every value below 192, the cup every value below 64.
+LABEL_MAP_LEVEL = {"optic-disc": 192, "optic-cup": 64}
+
+
+def _label_map_loader(image: Path, mask_dir: Path, part: str) -> Callable[[], Loaded]:
+    def load() -> Loaded:
+        img = read_image(image)
+        found = find_mask(image, mask_dir, "")
+        if not found:
+            raise DataError(f"{image}: no label map <stem>.* in {mask_dir}")
+        lm = read_image(found[0])
+        lm = lm.max(axis=2) if lm.ndim == 3 else lm
+        if lm.shape != img.shape[:2]:
+            raise DataError(
+                f"{found[0]}: label map size {lm.shape} differs from image {image} {img.shape[:2]}"
+            )
+        return img, lm < LABEL_MAP_LEVEL[part]
+
+    return load
+
+
+def _glaucoma(dataset: str, spec: Mapping[str, Any], root: Path | None, part: str) -> list[Item]:
+    """SMDG (``full-fundus/`` + ``optic-disc/`` + ``optic-cup/``) or a label-map layout (``images/`` +
+    ``masks/`` or REFUGE's ``Disc_Cup_Masks/``), detected from the folders present."""
     root = _need(root)
     img_dir = _subdir(root, "full-fundus")
-    mask_dir = _subdir(root, mask_folder)
-    if img_dir is None or mask_dir is None:
-        raise DataError(f"{root}: expected SMDG folders full-fundus/ and {mask_folder}/")
+    if img_dir is None:
+        lm_dir = _subdir(root, "masks", "Disc_Cup_Masks")
+        if (root / "images").is_dir() and lm_dir is not None:
+            return [
+                Item(safe_id(p.stem), _rel(p, root), _label_map_loader(p, lm_dir, part))
+                for p in _images_in(root / "images")
+            ]
+        raise DataError(
+            f"{root}: expected SMDG folders full-fundus/ and {part}/, or a label-map layout images/ + masks/"
+        )
+    mask_dir = _subdir(root, part)
+    if mask_dir is None:
+        raise DataError(f"{root}: SMDG folder {part}/ not found")
     images: dict[str, Path] = {}
     for p in _images_in(img_dir):
         images.setdefault(p.stem, p)
@@ -227,21 +284,24 @@ def _smdg(dataset: str, spec: Mapping[str, Any], root: Path | None, mask_folder:
     return items
 
 
-SMDG_LAYOUT = (
-    "SMDG: full-fundus/<id>.png + {mask}/<id>.png (folders may be doubled, e.g. full-fundus/full-fundus/)"
+GLAUCOMA_LAYOUT = (
+    "SMDG: full-fundus/<id>.png + {mask}/<id>.png (folders may be doubled, e.g. full-fundus/full-fundus/); "
+    "or label maps: images/<id>.* + masks/<id>.* (0 cup, 128 disc rim, 255 background)"
 )
 
 
-@register("glaucoma_disc", modality="fundus", needs_path=True, layout=SMDG_LAYOUT.format(mask="optic-disc"))
+@register(
+    "glaucoma_disc", modality="fundus", needs_path=True, layout=GLAUCOMA_LAYOUT.format(mask="optic-disc")
+)
 def glaucoma_disc(dataset: str, spec: Mapping[str, Any], root: Path | None, seed: int) -> list[Item]:
-    """SMDG glaucoma fundus photographs with an optic-disc mask (images without one are not listed)."""
-    return _smdg(dataset, spec, root, "optic-disc")
+    """Glaucoma fundus photographs with their optic-disc mask (SMDG: images without one are not listed)."""
+    return _glaucoma(dataset, spec, root, "optic-disc")
 
 
-@register("glaucoma_cup", modality="fundus", needs_path=True, layout=SMDG_LAYOUT.format(mask="optic-cup"))
+@register("glaucoma_cup", modality="fundus", needs_path=True, layout=GLAUCOMA_LAYOUT.format(mask="optic-cup"))
 def glaucoma_cup(dataset: str, spec: Mapping[str, Any], root: Path | None, seed: int) -> list[Item]:
-    """SMDG glaucoma fundus photographs with an optic-cup mask (images without one are not listed)."""
-    return _smdg(dataset, spec, root, "optic-cup")
+    """Glaucoma fundus photographs with their optic-cup mask (SMDG: images without one are not listed)."""
+    return _glaucoma(dataset, spec, root, "optic-cup")
 
 
 BUSI_CLASSES = ("benign", "malignant", "normal")
@@ -299,7 +359,7 @@ def find_mask(image: Path, mask_dir: Path, suffix: str) -> list[Path]:
     return found
 
 
-def _folder_loader(image: Path, mask_dir: Path, suffix: str, threshold: int):
+def _folder_loader(image: Path, mask_dir: Path, suffix: str, threshold: int) -> Callable[[], Loaded]:
     return lambda: file_loader(image, find_mask(image, mask_dir, suffix), threshold)()
 
 
