@@ -28,6 +28,7 @@ from medfm_robust.vlm.api import (
     generate_batch,
     image_to_png,
     judge_scores,
+    maybe_judge,
     parse_judge_score,
 )
 
@@ -278,3 +279,17 @@ def test_llm_judge_scores_through_the_cached_client(server: FakeServer, tmp_path
     assert parse_judge_score("0.75") == 0.75 and parse_judge_score("no") is None
     with pytest.raises(ConfigError, match="grounding"):
         judge_scores(client, "grounding", questions=[], references=[], predictions=[])
+
+
+def test_judge_is_off_by_default_and_uses_the_configured_endpoint(server: FakeServer, tmp_path: Path) -> None:
+    rows = [{"question": "Describe.", "options": [], "reference": "CT of the chest."}]
+    api = {"endpoints": {"j": {"base_url": server.base_url, "model": "judge", "api_key_env": KEY_ENV}},
+           "backoff_initial_s": 0.0}
+    assert maybe_judge("caption", rows, ["CT"], {"judge": {"enabled": False}, "api": api}) is None
+    on = {"judge": {"enabled": True, "tasks": ["caption"]}, "api": api}
+    assert maybe_judge("vqa", rows, ["CT"], on) is None
+    assert server.hits == 0
+    server.script = ["say:0.8"]
+    cfg = {"judge": {"enabled": True, "tasks": ["caption"], "endpoint": "j"}, "api": api}
+    assert maybe_judge("caption", rows, ["CT"], cfg, cache_dir=tmp_path / "c", progress=False) == [0.8]
+    assert server.bodies[0]["model"] == "judge"

@@ -446,3 +446,26 @@ def judge_scores(
         log.warning("judge %s: %d of %d replies without a score in [0, 1]", client.endpoint.name, bad,
                     len(scores))
     return scores
+
+
+def maybe_judge(
+    task: str, rows: Sequence[Mapping[str, Any]], predictions: Sequence[str], vlm_cfg: Mapping[str, Any], *,
+    cache_dir: str | Path | None = None, progress: bool = True,
+) -> list[float | None] | None:
+    """Judge scores per row when ``vlm.judge.enabled`` and ``task`` is in ``vlm.judge.tasks``, else None.
+
+    ``rows`` are sample/condition records (``question``, ``options``, ``reference``); ``predictions`` the raw
+    outputs. The judge endpoint is ``vlm.judge.endpoint`` in ``vlm.api.endpoints``; its key is needed only
+    when judging is enabled.
+    """
+    judge = vlm_cfg.get("judge", {})
+    if not judge.get("enabled", False) or task not in judge.get("tasks", []):
+        return None
+    from medfm_robust.vlm.prompts import build_prompt
+
+    client = client_from_config(judge.get("endpoint", "gpt_4o_mini"), vlm_cfg.get("api", {}),
+                                cache_dir=cache_dir)
+    questions = [build_prompt(task, r) for r in rows]
+    references = [str(r["reference"]) for r in rows]
+    return judge_scores(client, task, questions=questions, references=references, predictions=predictions,
+                        progress=progress)
