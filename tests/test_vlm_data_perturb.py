@@ -145,3 +145,28 @@ def test_own_grounding_samples_move_their_boxes(tmp_path: Path) -> None:
     c2 = conditions_for(samples, "grounding", "gaussian_noise", [out2], levels=(1,))
     assert [list(b) for b in c2["box"]] == [[4, 4, 15, 11], [20, 15, 35, 27]]
     assert c2["in_band"].all()
+
+
+def test_write_conditions_one_file_per_type(tmp_path: Path) -> None:
+    from medfm_robust.vlm.perturb import write_conditions
+
+    path = _own_grounding(tmp_path)
+    shard = tmp_path / "out" / "gaussian_noise.parquet"
+    perturb_vlm_dataset(
+        [path],
+        {"gaussian_noise": shard, "hair": tmp_path / "out" / "hair.parquet"},
+        levels=(2,),
+        progress=False,
+    )
+    outs = {"gaussian_noise": tmp_path / "c" / "gn.parquet", "hair": tmp_path / "c" / "hair.parquet"}
+    n = write_conditions(
+        path,
+        "grounding",
+        outs,
+        {"gaussian_noise": [shard], "hair": [tmp_path / "out" / "hair.parquet"]},
+        levels=(2,),
+    )
+    assert n == {"gaussian_noise": 2, "hair": 0}  # hair is a dermoscopy type: no MRI sample gets it
+    back = pd.read_parquet(outs["gaussian_noise"])
+    assert list(back["level"]) == [2, 2] and set(back["perturbation"]) == {"gaussian_noise"}
+    assert len(pd.read_parquet(outs["hair"])) == 0

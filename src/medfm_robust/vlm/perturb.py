@@ -232,3 +232,33 @@ def engine_settings(perturb_cfg: Mapping[str, Any]) -> dict[str, Any]:
         "exclude": list(perturb_cfg.get("exclude") or []) or None,
         "overrides": dict(perturb_cfg.get("overrides") or {}),
     }
+
+
+def write_conditions(
+    samples_path: str | Path,
+    task: str,
+    out_paths: Mapping[str, str | Path],
+    shards: Mapping[str, Sequence[str | Path]],
+    *,
+    levels: Sequence[int] = LEVELS,
+    include: Iterable[str] | None = None,
+    exclude: Iterable[str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, int]:
+    """Materialise :func:`conditions_for` as one Parquet per type (``out_paths``: type -> path), e.g.
+    ``results/vlm/perturbed/{dataset}/{task}/{type}.parquet``; ``shards``: type -> perturbed shards.
+
+    Calling :func:`conditions_for` inside the evaluation job avoids these copies of the perturbed images;
+    this is for layouts that want a file per (dataset, task, type). Returns rows written per type.
+    """
+    from medfm_robust.io import write_parquet_atomic
+
+    samples = read_samples(samples_path)
+    written: dict[str, int] = {}
+    for name in sorted(out_paths):
+        lv = (overrides or {}).get(name, {}).get("levels", levels)
+        df = conditions_for(samples, task, name, shards.get(name, []), levels=lv, include=include,
+                            exclude=exclude)
+        write_parquet_atomic(out_paths[name], df)
+        written[name] = len(df)
+    return written
