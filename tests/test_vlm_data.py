@@ -155,6 +155,20 @@ def test_read_rocov2(tmp_path: Path) -> None:
         read_rocov2(tmp_path / "bad", modality="ct")
 
 
+def test_read_rocov2_hugging_face_layout(tmp_path: Path) -> None:
+    root = tmp_path / "hf"
+    (root / "data").mkdir(parents=True)
+    img = encode_png(np.full((12, 16), 90, np.uint8))
+    pd.DataFrame({"image": [{"bytes": img, "path": None}] * 2, "image_id": ["a", "b"],
+                  "caption": ["MRI of the knee.", "Ultrasound of the liver."],
+                  "cui": [["C0024485"], ["C0041618", "C0023884"]]}).to_parquet(
+        root / "data" / "test-00000.parquet")
+    df = read_rocov2(root)
+    assert list(df["modality"]) == ["mri", "ultrasound"] and list(df["height"]) == [12, 12]
+    with pytest.raises(DataError, match="validation-"):
+        read_rocov2(root, split="val")
+
+
 # --------------------------------------------------------------------------------------------- MeCoVQA
 
 

@@ -299,12 +299,14 @@ def read_rocov2(
 ) -> pd.DataFrame:
     """Read ROCOv2 (Zenodo layout) as a caption sample table.
 
-    Layout: ``root/{split}_captions.csv`` with columns ``ID`` and ``Caption``, images
+    Layout (Zenodo): ``root/{split}_captions.csv`` with columns ``ID`` and ``Caption``, images
     ``root/{split}/{ID}.jpg`` (``.png`` also accepted), optional ``root/{split}_concepts_manual.csv`` or
     ``{split}_concepts.csv`` with columns ``ID`` and ``CUIs`` (``;``-separated UMLS CUIs) giving the
     modality through :data:`ROCO_MODALITY_CUIS` (extended by ``modality_map``: CUI -> modality). Without a
     concept file every image gets ``modality`` (which must then be set). ``split`` is ``train``,
-    ``valid``/``val`` or ``test``; the table's ``split`` is ``train``/``val``/``test``.
+    ``valid``/``val`` or ``test``; the table's ``split`` is ``train``/``val``/``test``. Without the CSV,
+    the Hugging Face layout ``root/data/{train,validation,test}-*.parquet`` (``image``, ``image_id``,
+    ``caption``, ``cui``) is read instead.
     """
     root = Path(root)
     if split not in ROCO_SPLITS:
@@ -312,14 +314,22 @@ def read_rocov2(
     pub = ROCO_SPLITS[split]
     ours = {"train": "train", "valid": "val", "test": "test"}[pub]
     cap_file = root / f"{pub}_captions.csv"
-    if not cap_file.is_file():
-        raise DataError(f"{cap_file}: ROCOv2 captions CSV not found")
-    captions = _read_csv(cap_file, ("ID", "Caption"))
     cui_modality = dict(ROCO_MODALITY_CUIS)
     for key, value in (modality_map or {}).items():
         if value not in MODALITIES:
             raise ConfigError(f"modality_map: '{key}' maps to unknown modality '{value}'")
         cui_modality[key] = value
+    if modality is not None and modality not in MODALITIES:
+        raise ConfigError(f"ROCOv2 modality '{modality}' is not one of {MODALITIES}")
+    if not cap_file.is_file():
+        hf_split = {"train": "train", "valid": "validation", "test": "test"}[pub]
+        hf_files = sorted((root / "data").glob(f"{hf_split}-*.parquet"))
+        if hf_files:
+            return _read_rocov2_hf(hf_files, dataset=dataset, split=ours, root=root,
+                                   cui_modality=cui_modality, modality=modality)
+        raise DataError(f"{cap_file}: ROCOv2 captions CSV not found (nor the Hugging Face layout "
+                        f"{root / 'data' / (hf_split + '-*.parquet')})")
+    captions = _read_csv(cap_file, ("ID", "Caption"))
     concept_modality: dict[str, str] = {}
     concept_file = next((f for f in (root / f"{pub}_concepts_manual.csv", root / f"{pub}_concepts.csv")
                          if f.is_file()), None)
@@ -336,8 +346,6 @@ def read_rocov2(
             f"{root}: no {pub}_concepts_manual.csv / {pub}_concepts.csv to derive modalities; set the "
             "dataset's `modality`"
         )
-    if modality is not None and modality not in MODALITIES:
-        raise ConfigError(f"ROCOv2 modality '{modality}' is not one of {MODALITIES}")
     rows: list[dict[str, Any]] = []
     skipped = 0
     for row in captions:
@@ -369,6 +377,49 @@ def read_rocov2(
         log.warning("%s: skipped %d ROCOv2 captions whose image is missing", root, skipped)
     if not rows:
         raise DataError(f"{cap_file}: no usable ROCOv2 captions")
+    return to_frame(rows)
+
+
+def _read_rocov2_hf(files: Sequence[Path], *, dataset: str, split: str, root: Path,
+                    cui_modality: Mapping[str, str], modality: str | None) -> pd.DataFrame:
+    """ROCOv2 in the Hugging Face layout: ``data/{split}-*.parquet`` with ``image`` (``{"bytes": ...}``),
+    ``image_id``, ``caption`` and ``cui`` (list of UMLS CUIs)."""
+    from medfm_robust.io import decode_png
+
+    rows: list[dict[str, Any]] = []
+    for f in files:
+        t = pd.read_parquet(f)
+        missing = [c for c in ("image", "image_id", "caption") if c not in t.columns]
+        if missing:
+            raise DataError(f"{f}: missing column(s) {missing} (found {list(t.columns)})")
+        for rec in t.to_dict("records"):
+            image_id = str(rec["image_id"])
+            where = f"{f}:{image_id}"
+            cuis = [str(c) for c in (rec.get("cui") if rec.get("cui") is not None else [])]
+            found = sorted({cui_modality[c] for c in cuis if c in cui_modality})
+            if len(found) > 1:
+                raise DataError(f"{where}: conflicting modality concepts {found}")
+            mod = found[0] if found else modality
+            if mod is None:
+                raise DataError(f"{where}: no modality concept for this image (set the dataset's `modality`)")
+            img = rec["image"]
+            data = img.get("bytes") if isinstance(img, Mapping) else img
+            if not data:
+                raise DataError(f"{where}: no image bytes")
+            arr = decode_png(bytes(data), source=where)
+            caption = " ".join(str(rec["caption"] or "").split())
+            if not caption:
+                raise DataError(f"{where}: empty caption")
+            rows.append({
+                "sample_id": image_id, "dataset": dataset, "task": "caption", "modality": mod, "split": split,
+                "image_id": image_id, "image_png": encode_png(arr), "height": arr.shape[0],
+                "width": arr.shape[1],
+                "question": CAPTION_QUESTION, "question_type": "caption", "options": [], "answer": caption,
+                "reference": caption, "box": None, "source": f"{f.relative_to(root)}#{image_id}",
+                "mask_png": None, "canonical_id": "",
+            })
+    if not rows:
+        raise DataError(f"{root}: no usable ROCOv2 captions in {[str(f) for f in files]}")
     return to_frame(rows)
 
 
