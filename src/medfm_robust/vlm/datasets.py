@@ -510,7 +510,7 @@ def _record_question_and_box(item: Mapping[str, Any], where: str) -> tuple[str, 
                     box = [float(n) for n in nums[:4]]
     if question is None:
         raise DataError(f"{where}: no 'question' (or human turn in 'conversations')")
-    question = " ".join(str(question).replace("<image>", " ").split())
+    question = " ".join(re.sub(r"<(?:image|im_start|im_end|Image|/Image)>", " ", str(question)).split())
     if box is None and mask is None:
         raise DataError(f"{where}: no 'box'/'bbox', 'mask' or box in the answer turn")
     return question, box, mask
