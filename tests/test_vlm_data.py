@@ -196,11 +196,11 @@ def test_read_mecovqa_flat_conversation_and_mask_records(tmp_path: Path) -> None
         {"id": "t1", "image": "images/ct_00--A--x.png", "question": "<image>\nWhere is the liver?",
          "box": [0.1, 0.2, 0.5, 0.65]},
         {"id": "t2", "image": "images/mr_00--B--y.png",
-         "conversations": [{"from": "human", "value": "<image>\nFind the tumour."},
+         "conversations": [{"from": "human", "value": "<im_start><image><im_end>\nFind the tumour."},
                            {"from": "gpt", "value": "[0.2, 0.25, 0.4, 0.5]"}]},
         {"id": "t3", "image": "images/other.png", "modality": "Ultrasound", "question": "Find it.",
          "conversations": [{"from": "human", "value": "x"},
-                           {"from": "gpt", "value": "<mask>masks/m.png</mask>"}]},
+                           {"from": "gpt", "value": "It is <SEG>.<mask>masks/m.png</mask>"}]},
     ]
     (root / "test.json").write_text(json.dumps(test))
     (root / "train.json").write_text(json.dumps([{"id": "r1", "image": "images/other.png", "question": "Q",
