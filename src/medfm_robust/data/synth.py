@@ -223,11 +223,8 @@ def xray(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
         for k in range(int(rng.integers(8, 11))):
             y0 = (0.2 + 0.07 * k) * s + rng.normal(0, 2)
             x = np.linspace(0.5 * s + side * 0.05 * s, 0.5 * s + side * 0.45 * s, int(0.4 * s))
-            y = (
-                y0
-                - 0.12 * s * np.sin(np.linspace(0, PI * 0.9, x.size))
-                + 0.04 * s * np.linspace(0, 1, x.size)
-            )
+            t = np.linspace(0, 1, x.size)
+            y = y0 - 0.04 * s * np.sin(PI * t) + rng.uniform(0.06, 0.1) * s * t**2
             paths.append(np.stack([y, x], 1).astype(np.float32))
             widths.append(np.full(x.size, rng.uniform(2.5, 4.0) * s / 256, np.float32))
         paths.append(
@@ -365,15 +362,21 @@ def fundus(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]
     cup = soften(blob(rng, size, dc, dr * rng.uniform(0.3, 0.7), irregularity=0.1), 2) * 0.5
     img = img * (1 - cup[..., None]) + np.array([1.0, 0.95, 0.85]) * cup[..., None]
     paths, widths = [], []
-    for k, ang in enumerate((-0.6, 0.6, PI - 0.6, PI + 0.6)):
-        heading = ang + rng.normal(0, 0.15) + (0 if side < 0 else PI)
-        p = random_path(rng, dc, heading, rng.uniform(0.4, 0.8) * s, 0.05)
+    toward = 0.0 if side < 0 else PI  # heading from the disc towards the macula
+    for k, (ang, bend) in enumerate(((-0.7, -1), (0.7, 1), (PI - 0.6, 1), (PI + 0.6, -1))):
+        heading = toward + ang + rng.normal(0, 0.12)
+        turn = bend * (1 if side < 0 else -1) * rng.uniform(0.004, 0.009) * 256 / s
+        p = random_path(rng, dc, heading, rng.uniform(0.4, 0.8) * s, 0.015, drift=turn)
         paths.append(p)
         widths.append(np.linspace(2.8 if k < 2 else 2.0, 0.8, len(p)).astype(np.float32) * s / 256)
         for _ in range(int(rng.integers(1, 3))):
             q = p[int(rng.integers(len(p) // 4, len(p)))]
             b = random_path(
-                rng, tuple(q), heading + rng.choice([-1, 1]) * rng.uniform(0.4, 1.0), rng.uniform(20, 80)
+                rng,
+                tuple(q),
+                heading + rng.choice([-1, 1]) * rng.uniform(0.4, 1.0),
+                rng.uniform(20, 80),
+                0.02,
             )
             paths.append(b)
             widths.append(np.linspace(1.4, 0.5, len(b)).astype(np.float32) * s / 256)
@@ -445,7 +448,7 @@ def angiography(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nda
     img = rng.uniform(0.55, 0.75) + 0.08 * fractal_noise(rng, size, (6, 16, 40))
     img += 0.06 * soften(np.abs(grid(size)[1] - rng.uniform(0.3, 0.7) * s) < 0.08 * s, 6)
     start, heading = _edge_start(rng, size)
-    main = random_path(rng, start, heading, rng.uniform(0.7, 1.1) * s, 0.04)
+    main = random_path(rng, start, heading, rng.uniform(0.7, 1.1) * s, 0.02)
     w = np.linspace(rng.uniform(3.5, 6.0), rng.uniform(1.8, 2.8), len(main)) * s / 256
     t0, span = int(rng.uniform(0.3, 0.7) * len(main)), int(rng.integers(6, 14))
     dip = np.exp(-(((np.arange(len(main)) - t0) / span) ** 2))
@@ -454,12 +457,12 @@ def angiography(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nda
     for _ in range(int(rng.integers(4, 10))):
         k = int(rng.integers(len(main) // 8, len(main) - 5))
         ang = heading + rng.choice([-1, 1]) * rng.uniform(0.4, 1.2)
-        b = random_path(rng, tuple(main[k]), ang, rng.uniform(40, 140), 0.06)
+        b = random_path(rng, tuple(main[k]), ang, rng.uniform(40, 140), 0.03)
         paths.append(b)
         widths.append(np.linspace(min(w[k] * 0.7, 2.5), 0.7, len(b)).astype(np.float32))
         if rng.random() < 0.5:
             q = b[int(rng.integers(len(b) // 3, len(b)))]
-            sb = random_path(rng, tuple(q), ang + rng.normal(0, 0.8), rng.uniform(20, 60), 0.06)
+            sb = random_path(rng, tuple(q), ang + rng.normal(0, 0.8), rng.uniform(20, 60), 0.03)
             paths.append(sb)
             widths.append(np.linspace(1.0, 0.5, len(sb)).astype(np.float32))
     cath = random_path(rng, tuple(main[0]), heading + PI + rng.normal(0, 0.2), 0.6 * s, 0.01)

@@ -101,14 +101,20 @@ def soften(mask: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def random_path(
-    rng: np.random.Generator, start: tuple[float, float], angle: float, length: float, curvature: float = 0.05
+    rng: np.random.Generator,
+    start: tuple[float, float],
+    angle: float,
+    length: float,
+    curvature: float = 0.05,
+    drift: float = 0.0,
 ) -> np.ndarray:
-    """A smooth random curve of ``length`` unit steps from ``start`` (y, x) heading ``angle`` (radians).
+    """A smooth random curve of ``length`` unit steps from ``start`` (y, x) heading ``angle`` (radians),
+    turning randomly (``curvature``) plus ``drift`` radians per step.
 
     Returns ``N x 2`` float32 points (y, x).
     """
     n = max(int(length), 2)
-    turns = ndi.gaussian_filter1d(rng.normal(0.0, curvature, n), 4) * 4
+    turns = ndi.gaussian_filter1d(rng.normal(0.0, curvature, n), 4) * 4 + drift
     heading = angle + np.cumsum(turns)
     steps = np.stack([np.sin(heading), np.cos(heading)], axis=1)
     return (np.asarray(start, np.float32) + np.cumsum(steps, axis=0)).astype(np.float32)
