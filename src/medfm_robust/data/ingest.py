@@ -12,10 +12,10 @@ from tqdm import tqdm
 from medfm_robust.data.registry import Item, dataset_modality, get_adapter
 from medfm_robust.data.shards import (
     SPLITS,
-    PreparedSample,
     assign_splits,
     check_fractions,
     prepare_sample,
+    sample_row,
     shard_table,
     write_shard,
 )
@@ -104,7 +104,7 @@ def ingest_dataset(
     size = data_cfg.get("image_size")
     cap = None if adapter.generated else spec.get("n_images")
     items = _ordered(dataset, adapter.list_items(dataset, spec, root, seed), adapter.generated)
-    kept: list[PreparedSample] = []
+    kept: list[dict[str, Any]] = []  # encoded rows (PNG bytes), not arrays, to bound memory
     empty: list[dict[str, str]] = []
     skipped: list[dict[str, str]] = []
     for it in tqdm(items, desc=f"ingest {dataset}", unit="img", disable=not progress, mininterval=2):
@@ -122,19 +122,19 @@ def ingest_dataset(
         if sample is None:
             empty.append({"image_id": it.image_id, "source": it.source})
             continue
-        kept.append(sample)
+        kept.append(sample_row(sample, dataset, modality))
     if not kept:
         raise DataError(
             f"{dataset}: no usable image (listed {len(items)}, empty masks {len(empty)}, "
             f"skipped {len(skipped)})"
         )
-    splits = assign_splits(dataset, [s.image_id for s in kept], data_cfg.get("splits", {}))
+    splits = assign_splits(dataset, [r["image_id"] for r in kept], data_cfg.get("splits", {}))
     out = Path(out_dir)
     counts = {}
     for split in SPLITS:
-        rows = [s for s in kept if splits[s.image_id] == split]
+        rows = [r for r in kept if splits[r["image_id"]] == split]
         counts[split] = len(rows)
-        write_shard(out / f"{split}.parquet", shard_table(rows, dataset, modality, split))
+        write_shard(out / f"{split}.parquet", shard_table(rows, split))
     report = {
         "dataset": dataset,
         "adapter": adapter.name,

@@ -195,22 +195,27 @@ def assign_splits(dataset: str, image_ids: Iterable[str], fractions: Mapping[str
     return out
 
 
-def shard_table(samples: Sequence[PreparedSample], dataset: str, modality: str, split: str) -> pa.Table:
-    """Build the canonical shard table for one split (rows sorted by ``image_id``)."""
-    rows = sorted(samples, key=lambda s: s.image_id)
-    cols: dict[str, list[Any]] = {name: [] for name in SHARD_SCHEMA.names}
-    for s in rows:
-        cols["image_id"].append(s.image_id)
-        cols["dataset"].append(dataset)
-        cols["modality"].append(modality)
-        cols["split"].append(split)
-        cols["image_png"].append(encode_png(s.image))
-        cols["mask_png"].append(encode_png(s.mask.astype(np.uint8) * 255))
-        cols["box"].append(list(s.box))
-        cols["height"].append(int(s.image.shape[0]))
-        cols["width"].append(int(s.image.shape[1]))
-        cols["channels"].append(1 if s.image.ndim == 2 else int(s.image.shape[2]))
-        cols["source"].append(s.source)
+def sample_row(sample: PreparedSample, dataset: str, modality: str) -> dict[str, Any]:
+    """One shard row (without ``split``): image and mask as lossless PNG bytes, box, size, source."""
+    image = sample.image
+    return {
+        "image_id": sample.image_id,
+        "dataset": dataset,
+        "modality": modality,
+        "image_png": encode_png(image),
+        "mask_png": encode_png(sample.mask.astype(np.uint8) * 255),
+        "box": list(sample.box),
+        "height": int(image.shape[0]),
+        "width": int(image.shape[1]),
+        "channels": 1 if image.ndim == 2 else int(image.shape[2]),
+        "source": sample.source,
+    }
+
+
+def shard_table(rows: Sequence[Mapping[str, Any]], split: str) -> pa.Table:
+    """The canonical shard table of one split from :func:`sample_row` rows (sorted by ``image_id``)."""
+    ordered = sorted(rows, key=lambda r: r["image_id"])
+    cols = {name: [split if name == "split" else r[name] for r in ordered] for name in SHARD_SCHEMA.names}
     return pa.table(cols, schema=SHARD_SCHEMA)
 
 
