@@ -108,12 +108,15 @@ def isic2016(dataset: str, spec: Mapping[str, Any], root: Path | None, seed: int
     root = _need(root)
     items: list[Item] = []
     for part in ISIC_PARTS:
-        img_dir = root / f"ISBI2016_ISIC_Part1_{part}_Data"
-        gt_dir = root / f"ISBI2016_ISIC_Part1_{part}_GroundTruth"
-        if not img_dir.is_dir():
+        img_dir = _subdir(root, f"ISBI2016_ISIC_Part1_{part}_Data")
+        if img_dir is None:
             continue
-        if not gt_dir.is_dir():
-            raise DataError(f"{gt_dir}: ground-truth folder missing (images are in {img_dir})")
+        gt_dir = _subdir(root, f"ISBI2016_ISIC_Part1_{part}_GroundTruth")
+        if gt_dir is None:
+            raise DataError(
+                f"{root / f'ISBI2016_ISIC_Part1_{part}_GroundTruth'}: ground-truth folder missing "
+                f"(images are in {img_dir})"
+            )
         for img in _images_in(img_dir, JPEG_EXTENSIONS):
             if not re.fullmatch(r"ISIC_\d+", img.stem):
                 continue
