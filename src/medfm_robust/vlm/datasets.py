@@ -119,6 +119,13 @@ def map_modality(label: str, *, extra: Mapping[str, str] | None = None, where: s
 # --------------------------------------------------------------------------------------------- helpers
 
 
+def _progress(items: Sequence[Any], desc: str) -> Any:
+    """A tqdm bar over ``items`` (updates at most every 2 s; quiet for short lists)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, unit="rec", mininterval=2, disable=len(items) < 1000, leave=False)
+
+
 def _png_from_file(path: Path) -> tuple[bytes, int, int]:
     arr = read_image(path)
     return encode_png(arr), int(arr.shape[0]), int(arr.shape[1])
@@ -229,7 +236,7 @@ def read_omnimedvqa(
             raise DataError(f"{file}: cannot read OmniMedVQA JSON ({exc})") from exc
         if not isinstance(items, list):
             raise DataError(f"{file}: expected a list of QA items")
-        for idx, item in enumerate(items):
+        for idx, item in enumerate(_progress(items, f"OmniMedVQA {file.name}")):
             where = f"{file}[{idx}]"
             for key in ("question", "gt_answer", "modality_type", "image_path", "option_A", "option_B"):
                 if key not in item:
@@ -348,7 +355,7 @@ def read_rocov2(
         )
     rows: list[dict[str, Any]] = []
     skipped = 0
-    for row in captions:
+    for row in _progress(captions, "ROCOv2"):
         image_id = row["ID"].strip()
         where = f"{cap_file}:{image_id}"
         img = next((p for p in (root / pub / f"{image_id}{ext}" for ext in (".jpg", ".png", ".jpeg"))
@@ -392,7 +399,7 @@ def _read_rocov2_hf(files: Sequence[Path], *, dataset: str, split: str, root: Pa
         missing = [c for c in ("image", "image_id", "caption") if c not in t.columns]
         if missing:
             raise DataError(f"{f}: missing column(s) {missing} (found {list(t.columns)})")
-        for rec in t.to_dict("records"):
+        for rec in _progress(t.to_dict("records"), f"ROCOv2 {f.name}"):
             image_id = str(rec["image_id"])
             where = f"{f}:{image_id}"
             cuis = [str(c) for c in (rec.get("cui") if rec.get("cui") is not None else [])]
@@ -558,7 +565,7 @@ def read_mecovqa(
         if not isinstance(items, list):
             raise DataError(f"{path}: expected a list of records")
         parsed: list[tuple[int, dict[str, Any], Any, Path, bytes, int, int, str, str | None]] = []
-        for idx, item in enumerate(items):
+        for idx, item in enumerate(_progress(items, f"MeCoVQA {path.name}")):
             where = f"{path}[{idx}]"
             if "image" not in item:
                 raise DataError(f"{where}: missing field 'image'")
