@@ -203,6 +203,13 @@ def test_bounded_concurrency_and_order(tmp_path: Path) -> None:
         srv.close()
 
 
+def test_identical_requests_in_a_batch_are_sent_once(server: FakeServer, tmp_path: Path) -> None:
+    client = make_client(server, tmp_path / "cache", max_concurrency=4)
+    reqs = [ChatRequest(prompt="same", image_png=IMG)] * 5 + [ChatRequest(prompt="other")]
+    out = client.complete_many(reqs, progress=False)
+    assert [r.text for r in out] == ["echo same"] * 5 + ["echo other"] and server.hits == 2
+
+
 def test_missing_key_raises_config_error_naming_variable(server: FakeServer, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(KEY_ENV)

@@ -23,7 +23,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -312,25 +312,33 @@ class APIClient:
         from tqdm.auto import tqdm
 
         keys = [self.key(r) for r in requests]
-        todo = [i for i, k in enumerate(keys) if self.cache.get(k) is None]
-        log.info("%s: %d requests, %d cached, %d to send", self.endpoint.name, len(requests),
-                 len(requests) - len(todo), len(todo))
+        first: dict[str, int] = {}
+        for i, k in enumerate(keys):
+            first.setdefault(k, i)  # identical requests in one batch are sent (and paid) once
+        todo = [k for k in first if self.cache.get(k) is None]
+        log.info("%s: %d requests (%d distinct), %d cached, %d to send", self.endpoint.name, len(requests),
+                 len(first), len(first) - len(todo), len(todo))
         if todo:
             self._get_client()  # a missing key stops here, before any work
-        results: list[ChatResult | None] = [None] * len(requests)
-        with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool, tqdm(
-            total=len(requests), desc=f"api {self.endpoint.name}", disable=not progress, leave=False
-        ) as bar:
-            futures = {pool.submit(self.complete, r): i for i, r in enumerate(requests)}
-            for fut, i in futures.items():
-                results[i] = fut.result()
-                bar.update(1)
-        out = [r for r in results if r is not None]
-        failed = [r for r in out if r.error is not None and r.error.startswith("failed after")]
+        by_key: dict[str, ChatResult] = {}
+        pool = ThreadPoolExecutor(max_workers=self.max_concurrency)
+        try:
+            with tqdm(total=len(first), desc=f"api {self.endpoint.name}", disable=not progress,
+                      leave=False) as bar:
+                futures = {pool.submit(self.complete, requests[i]): k for k, i in first.items()}
+                for fut in as_completed(futures):
+                    by_key[futures[fut]] = fut.result()  # a ConfigError (bad key) stops the batch
+                    bar.update(1)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        results = [by_key[k] for k in keys]
+        out = results
+        failed = [by_key[k] for k in first if by_key[k].error is not None
+                  and str(by_key[k].error).startswith("failed after")]
         if failed and raise_on_error:
             raise APIRequestError(
-                f"API model '{self.endpoint.name}': {len(failed)} of {len(out)} requests failed after "
-                f"retries (first: {failed[0].error}); {len(out) - len(failed)} answers are cached, re-run "
+                f"API model '{self.endpoint.name}': {len(failed)} of {len(first)} requests failed after "
+                f"retries (first: {failed[0].error}); {len(first) - len(failed)} answers are cached, re-run "
                 "to resume"
             )
         return out
