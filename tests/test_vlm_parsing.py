@@ -139,3 +139,17 @@ def test_prompts() -> None:
     with pytest.raises(ConfigError):
         build_prompt("vqa", {**SAMPLE, "options": ["only"]})
     assert box_to_convention([0, 0, 199, 99], "norm1", 200, 100) == [0.0, 0.0, 1.0, 1.0]
+
+
+def test_cli_parse(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from medfm_robust.cli import main
+
+    assert main(["vlm-parse", "--task", "vqa", "The answer is (B).", "--options", "left", "right"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"ok": True, "parsed": "B", "method": "cue_letter"}
+    assert main(["vlm-parse", "--task", "grounding", "--size", "200", "100", "--convention", "norm1",
+                 "[0.1, 0.1, 0.3, 0.5]"]) == 0
+    assert json.loads(capsys.readouterr().out)["parsed"] == "[20, 10, 59, 49]"
+    assert main(["vlm-parse", "--task", "vqa", "no idea", "--options", "left", "right"]) == 1
+    assert main(["vlm-parse", "--task", "grounding", "--convention", "xywh", "[1, 2, 3, 4]"]) == 2
