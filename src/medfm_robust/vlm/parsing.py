@@ -246,7 +246,12 @@ def box_from_convention(values: Sequence[float], convention: str, width: int, he
 
 
 def parse_box(text: str, convention: str, width: int, height: int) -> Parsed:
-    """Parse a grounding answer in the model's ``convention`` to an inclusive pixel box (floats)."""
+    """Parse a grounding answer in the model's ``convention`` to an inclusive pixel box (floats).
+
+    A JSON ``box_2d`` key is Gemini's ``[ymin, xmin, ymax, xmax]`` on 0-1000 by definition and is read as
+    ``yxyx1000`` whatever ``convention`` says (``method`` records it). Swapped corners are re-ordered and
+    the box is clamped to the image; fewer than four numbers is a parse failure.
+    """
     check_convention(convention)
     found = find_box_numbers(_SPECIAL.sub(" ", text or ""))
     if found is None:
