@@ -170,3 +170,43 @@ def test_write_conditions_one_file_per_type(tmp_path: Path) -> None:
     back = pd.read_parquet(outs["gaussian_noise"])
     assert list(back["level"]) == [2, 2] and set(back["perturbation"]) == {"gaussian_noise"}
     assert len(pd.read_parquet(outs["hair"])) == 0
+
+
+def test_oracle_answers_score_perfectly_through_the_whole_data_path(tmp_path: Path) -> None:
+    """samples -> perturbed shards -> conditions -> prompts/targets -> parsing -> metrics."""
+    from medfm_robust.metrics.vlm import conditions_from, score_outputs, summarise
+    from medfm_robust.vlm.prompts import build_prompt, target_text
+
+    shard = _canonical(tmp_path)
+    vdir = tmp_path / "vlm" / "demo"
+    tables = {}
+    for task in ("vqa", "caption", "grounding"):
+        tables[task] = build_demo([shard], dataset="demo", task=task, seed=0, showcase=False)
+        write_samples(vdir / f"{task}.parquet", tables[task])
+    outs = {"translation": tmp_path / "p" / "translation.parquet"}
+    perturb_vlm_dataset([vdir / f"{t}.parquet" for t in tables], outs, levels=(4,), progress=False)
+    for task, samples in tables.items():
+        for convention in ("pixel", "norm1000"):
+            cond = pd.concat(
+                [
+                    conditions_from(samples[samples["split"] == "test"]),
+                    conditions_for(samples, task, "translation", [outs["translation"]], levels=(4,)),
+                ],
+                ignore_index=True,
+            )
+            oracle = [target_text(task, r, convention) for r in cond.to_dict("records")]
+            assert all(build_prompt(task, r, convention) for r in cond.to_dict("records"))
+            table = score_outputs(
+                task, cond, oracle, model="oracle", model_revision="0", convention=convention
+            )
+            summ = summarise(table)
+            assert (summ["parse_failures"] == 0).all() and set(summ["perturbation"]) == {
+                "clean",
+                "translation",
+            }
+            if task == "vqa":
+                assert summ["accuracy"].eq(1.0).all()
+            elif task == "caption":
+                assert summ["bleu4"].gt(0.99).all()
+            else:  # norm1000 rounding costs a little IoU, never a hit
+                assert summ["acc_iou50"].eq(1.0).all() and summ["mean_iou"].gt(0.8).all()
