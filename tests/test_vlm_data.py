@@ -86,7 +86,7 @@ OMNI = [
     {"dataset": "Demo Set", "question_id": "q3", "question_type": "Lesion Grading",
      "question": "Grade?", "gt_answer": "grade 2", "image_path": "Images/Demo/a.png",
      "option_A": "grade 1", "option_B": "grade 2", "option_C": "grade 3",
-     "modality_type": "MR (Mag-netic Resonance Imaging)"},
+     "modality": "MR (Mag-netic Resonance Imaging)"},  # one published file spells the field like this
 ]
 
 

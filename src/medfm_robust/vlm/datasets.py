@@ -238,6 +238,10 @@ def read_omnimedvqa(
             raise DataError(f"{file}: expected a list of QA items")
         for idx, item in enumerate(_progress(items, f"OmniMedVQA {file.name}")):
             where = f"{file}[{idx}]"
+            if "modality_type" not in item and "modality" in item:
+                # One published item (Chest CT Scan.json) spells the field `modality`.
+                log.info("%s: field 'modality' read as 'modality_type'", where)
+                item = {**item, "modality_type": item["modality"]}
             for key in ("question", "gt_answer", "modality_type", "image_path", "option_A", "option_B"):
                 if key not in item:
                     raise DataError(f"{where}: missing field '{key}'")
