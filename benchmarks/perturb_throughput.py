@@ -3,6 +3,8 @@
 On a fixed set of generated 256 x 256 images (the project's synthetic modality generators, the same
 draws every run: RGB for dermoscopy, endoscopy, fundus, pathology; grayscale for the others), every type
 applicable to the image's modality is calibrated at L1..L5 and its output PNG-encoded, on one core.
+Times are CPU time of this process (``time.process_time``), which is far less disturbed than wall time on a
+shared machine; BLAS/OpenMP are limited to one thread.
 
 Prints: in-band outputs per second, the overall and per-level in-band rate, ms per calibrated output
 (RGB and grayscale, including PNG encoding), and the calibration overhead = calibrated time divided by
@@ -44,13 +46,21 @@ PRIORS = Path(__file__).resolve().parents[1] / "src" / "medfm_robust" / "perturb
 BENCH_MODALITIES = [m for m in MODALITIES if m != "oct"]  # oct shares fundus' family and generator
 
 
+def bench_image(modality: str, index: int, size: int) -> np.ndarray:
+    """One generated image; 16-bit ones (the CT generator stores HU-like values in uint16) are rescaled to
+    8 bits by their maximum, since the targets are for 8-bit RGB and grayscale images (see README)."""
+    img, _ = synthetic_sample("bench", modality, index, seed=0, size=size)
+    if img.dtype == np.uint16:
+        img = np.rint(img.astype(np.float64) * (255.0 / max(int(img.max()), 1))).astype(np.uint8)
+    return img
+
+
 def images(n: int, size: int, offset: int = 0) -> list[tuple[str, int, np.ndarray]]:
     """``n`` generated images per modality: (modality, index, image)."""
     out = []
     for mod in BENCH_MODALITIES:
         for i in range(offset, offset + n):
-            img, _ = synthetic_sample("bench", mod, i, seed=0, size=size)
-            out.append((mod, i, img))
+            out.append((mod, i, bench_image(mod, i, size)))
     return out
 
 
@@ -59,22 +69,36 @@ def run(n: int, size: int, offset: int = 0, types: list[str] | None = None) -> d
     records = []
     t_total = 0.0
     for mod, idx, img in images(n, size, offset):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         ctx = Context(img)
-        t_ctx = time.perf_counter() - t0
+        t_ctx = time.process_time() - t0
         names = [t for t in applicable_types(mod) if types is None or t in types]
         t_total += t_ctx
         for name in names:
             for level in range(1, 6):
                 seed = seed_for("bench", mod, idx, name, level)
-                t0 = time.perf_counter()
+                t0 = time.process_time()
                 res = calibrate(ctx, name, level, seed=seed)
                 png = encode_png(res.image)
-                dt = time.perf_counter() - t0 + t_ctx / (len(names) * 5)
+                dt = time.process_time() - t0 + t_ctx / (len(names) * 5)
                 t_total += dt - t_ctx / (len(names) * 5)
-                records.append({"modality": mod, "index": idx, "type": name, "level": level, "rgb": img.ndim == 3,
-                                "in_band": res.in_band, "ssim": res.ssim, "param": res.param, "evals": res.n_evals,
-                                "seconds": dt, "seed": seed, "png_bytes": len(png), "reason": res.reason})
+                records.append(
+                    {
+                        "modality": mod,
+                        "index": idx,
+                        "type": name,
+                        "level": level,
+                        "rgb": img.ndim == 3,
+                        "in_band": res.in_band,
+                        "ssim": res.ssim,
+                        "param": res.param,
+                        "evals": res.n_evals,
+                        "seconds": dt,
+                        "seed": seed,
+                        "png_bytes": len(png),
+                        "reason": res.reason,
+                    }
+                )
     return {"records": records, "seconds": t_total}
 
 
@@ -85,17 +109,17 @@ def baseline(records: list[dict], size: int) -> float:
     for r in records:
         key = (r["modality"], r["index"])
         if key not in cache:
-            cache[key] = synthetic_sample("bench", r["modality"], r["index"], seed=0, size=size)[0]
+            cache[key] = bench_image(r["modality"], r["index"], size)
         img = cache[key]
         spec = REGISTRY[r["type"]]
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         ctx = Context.__new__(Context)  # the plain path: no SSIM reference, no search
         _light_context(ctx, img)
         op = spec.prepare(ctx, np.random.default_rng(r["seed"]))
         out = ctx.quantise(op(r["param"]))
         ssim(img, out)
         encode_png(out)
-        total += time.perf_counter() - t0
+        total += time.process_time() - t0
     return total
 
 
@@ -131,8 +155,11 @@ def summarise(res: dict, base_seconds: float | None) -> dict:
         "ms_per_gray_output": 1000 * statistics.mean(gray) if gray else None,
         "mean_evals": statistics.mean(r["evals"] for r in recs),
         "worst_types": sorted(((statistics.mean(v), k) for k, v in by_type.items()))[:6],
-        "misses": [f"{r['modality']}#{r['index']} {r['type']} L{r['level']}: {r['reason']}"
-                   for r in recs if not r["in_band"]],
+        "misses": [
+            f"{r['modality']}#{r['index']} {r['type']} L{r['level']}: {r['reason']}"
+            for r in recs
+            if not r["in_band"]
+        ],
     }
     if base_seconds is not None:
         out["baseline_ms_per_output"] = 1000 * base_seconds / n
@@ -174,10 +201,16 @@ def main() -> None:
     summary = summarise(res, base)
     print(f"outputs                      {summary['outputs']}")
     print(f"in-band rate                 {summary['in_band_rate']:.4f}")
-    print("in-band rate per level       " + " ".join(f"L{k} {v:.3f}" for k, v in summary["per_level_in_band"].items()))
+    print(
+        "in-band rate per level       "
+        + " ".join(f"L{k} {v:.3f}" for k, v in summary["per_level_in_band"].items())
+    )
     print(f"in-band outputs per second   {summary['in_band_per_second']:.1f}")
     print(f"ms per output (all)          {summary['ms_per_output']:.2f}")
-    print(f"ms per RGB / gray output     {summary['ms_per_rgb_output']:.2f} / {summary['ms_per_gray_output']:.2f}")
+    print(
+        f"ms per RGB / gray output     {summary['ms_per_rgb_output']:.2f} / "
+        f"{summary['ms_per_gray_output']:.2f}"
+    )
     print(f"baseline ms per output       {summary['baseline_ms_per_output']:.2f}")
     print(f"calibration overhead         {summary['calibration_overhead']:.2f}")
     print(f"mean evaluations per output  {summary['mean_evals']:.2f}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -14,8 +16,18 @@ from medfm_robust.perturb.calibrate import DEFAULT_BANDS, in_band
 from medfm_robust.perturb.registry import FAMILIES, MODALITIES
 
 BASE = {
-    "gaussian_noise", "salt_pepper_noise", "speckle_noise", "gaussian_blur", "motion_blur", "brightness",
-    "contrast", "jpeg_compression", "pixelate", "rotation", "scale", "translation",
+    "gaussian_noise",
+    "salt_pepper_noise",
+    "speckle_noise",
+    "gaussian_blur",
+    "motion_blur",
+    "brightness",
+    "contrast",
+    "jpeg_compression",
+    "pixelate",
+    "rotation",
+    "scale",
+    "translation",
 }
 MEDICAL = {
     "dermoscopy": {"hair", "vignette", "light_reflection"},
@@ -31,8 +43,9 @@ MEDICAL = {
 LABEL_MOVING = {"rotation", "scale", "translation", "oct_motion"}
 
 
-def textured(size: int = 64, rgb: bool = False, seed: int = 0, dark: bool = False,
-             dtype: type = np.uint8) -> np.ndarray:
+def textured(
+    size: int = 64, rgb: bool = False, seed: int = 0, dark: bool = False, dtype: type = np.uint8
+) -> np.ndarray:
     """A smooth-plus-texture test image (optionally a dark background outside a disc)."""
     r = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size] / size
@@ -104,8 +117,15 @@ def test_ssim_agrees_with_skimage(shape: tuple[int, ...], dtype: type) -> None:
     a = a.astype(dtype)
     for noise in (0.01, 0.1, 0.4):
         b = np.clip(a + rng.normal(0, noise * mx, shape), 0, mx).astype(dtype)
-        ref = structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-                                    data_range=mx, channel_axis=-1 if len(shape) == 3 else None)
+        ref = structural_similarity(
+            a,
+            b,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            data_range=mx,
+            channel_axis=-1 if len(shape) == 3 else None,
+        )
         assert abs(ssim(a, b) - ref) < 1e-4
     assert ssim(a, a) == pytest.approx(1.0, abs=1e-6)
 
@@ -142,7 +162,11 @@ def test_every_type_changes_with_its_parameter(name: str) -> None:
 
 @pytest.mark.parametrize("name", list(REGISTRY))
 def test_levels_are_ordered_and_in_band(name: str) -> None:
-    images = [textured(72, rgb=False, seed=4), textured(72, rgb=True, seed=5), textured(72, seed=6, dark=True)]
+    images = [
+        textured(72, rgb=False, seed=4),
+        textured(72, rgb=True, seed=5),
+        textured(72, seed=6, dark=True),
+    ]
     means, hits = [], []
     for level in range(1, 6):
         res = [calibrate(img, name, level, seed=100 * level + i) for i, img in enumerate(images)]
@@ -151,7 +175,7 @@ def test_levels_are_ordered_and_in_band(name: str) -> None:
         for r in res:
             assert r.in_band == in_band(r.ssim, level, DEFAULT_BANDS)
             assert r.in_band or r.reason
-    assert all(a > b for a, b in zip(means, means[1:], strict=False)), (name, means)
+    assert all(a > b for a, b in itertools.pairwise(means)), (name, means)
     assert np.mean(hits) >= 0.85, (name, hits)
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from test_perturb import shape_image, textured
 
 from medfm_robust.cli import main
 from medfm_robust.io import decode_png, encode_png, read_image
@@ -23,7 +24,6 @@ from medfm_robust.perturb.table import (
     write_calibration_report,
     write_perturbed_shard,
 )
-from test_perturb import shape_image, textured
 
 
 def canonical(n: int = 5, rgb: bool = False) -> pd.DataFrame:
@@ -31,8 +31,17 @@ def canonical(n: int = 5, rgb: bool = False) -> pd.DataFrame:
     for i in range(n):
         img, mask = shape_image(64)
         img = np.roll(textured(64, rgb=rgb, seed=i), 0) if rgb else np.maximum(img, textured(64, seed=i) // 2)
-        rows.append({"image_id": f"img{i:02d}", "dataset": "toy", "modality": "dermoscopy", "split": "test",
-                     "image_png": encode_png(img), "mask_png": encode_png(mask), "box": box_from_mask(mask)})
+        rows.append(
+            {
+                "image_id": f"img{i:02d}",
+                "dataset": "toy",
+                "modality": "dermoscopy",
+                "split": "test",
+                "image_png": encode_png(img),
+                "mask_png": encode_png(mask),
+                "box": box_from_mask(mask),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -41,8 +50,12 @@ def test_table_is_identical_under_shuffling_and_sharding() -> None:
     kw = {"levels": [1, 3, 5], "global_seed": 3, "progress": False}
     whole = perturb_table(df, "translation", **kw)
     shuffled = perturb_table(df.sample(frac=1, random_state=1), "translation", **kw)
-    parts = pd.concat([perturb_table(df.iloc[[4, 0]], "translation", **kw),
-                       perturb_table(df.iloc[[3, 1, 2]], "translation", **kw)])
+    parts = pd.concat(
+        [
+            perturb_table(df.iloc[[4, 0]], "translation", **kw),
+            perturb_table(df.iloc[[3, 1, 2]], "translation", **kw),
+        ]
+    )
     parts = parts.sort_values(["image_id", "level"]).reset_index(drop=True)
     for other in (shuffled, parts):
         assert list(other["image_id"]) == list(whole["image_id"])
@@ -123,7 +136,11 @@ def _run(capsys, *argv: str) -> tuple[int, str, str]:  # type: ignore[no-untyped
 def test_cli_lists_the_registry(capsys) -> None:  # type: ignore[no-untyped-def]
     rc, out, _ = _run(capsys, "perturbations", "--json")
     data = json.loads(out)
-    assert rc == 0 and len(data) == 40 and {"name", "category", "modalities", "param", "moves_labels"} <= set(data[0])
+    assert (
+        rc == 0
+        and len(data) == 40
+        and {"name", "category", "modalities", "param", "moves_labels"} <= set(data[0])
+    )
     rc, out, _ = _run(capsys, "perturbations")
     assert rc == 0 and "kspace_motion" in out
 
@@ -132,9 +149,22 @@ def test_cli_perturb_and_ssim(tmp_path: Path, capsys) -> None:  # type: ignore[n
     img, mask = shape_image(64)
     Image.fromarray(img).save(tmp_path / "in.png")
     Image.fromarray(mask).save(tmp_path / "m.png")
-    rc, out, _ = _run(capsys, "perturb", str(tmp_path / "in.png"), str(tmp_path / "out.png"), "--type", "rotation",
-                      "--level", "3", "--seed", "4", "--mask", str(tmp_path / "m.png"), "--mask-out",
-                      str(tmp_path / "mo.png"))
+    rc, out, _ = _run(
+        capsys,
+        "perturb",
+        str(tmp_path / "in.png"),
+        str(tmp_path / "out.png"),
+        "--type",
+        "rotation",
+        "--level",
+        "3",
+        "--seed",
+        "4",
+        "--mask",
+        str(tmp_path / "m.png"),
+        "--mask-out",
+        str(tmp_path / "mo.png"),
+    )
     info = json.loads(out)
     assert rc == 0 and {"type", "level", "ssim", "param", "in_band", "band"} <= set(info)
     res = read_image(tmp_path / "out.png")
@@ -146,8 +176,16 @@ def test_cli_perturb_and_ssim(tmp_path: Path, capsys) -> None:  # type: ignore[n
     big = np.zeros((40, 40), np.uint16) + 9000
     big[10:30, 10:30] = 30000
     Image.fromarray(big).save(tmp_path / "in16.png")
-    rc, out, _ = _run(capsys, "perturb", str(tmp_path / "in16.png"), str(tmp_path / "o16.png"), "--type",
-                      "gaussian_noise", "--level", "2")
+    rc, out, _ = _run(
+        capsys,
+        "perturb",
+        str(tmp_path / "in16.png"),
+        str(tmp_path / "o16.png"),
+        "--type",
+        "gaussian_noise",
+        "--level",
+        "2",
+    )
     assert rc == 0 and read_image(tmp_path / "o16.png").dtype == np.uint16
 
 
@@ -172,8 +210,16 @@ def test_cli_errors_are_one_line_and_write_nothing(tmp_path: Path, capsys, args,
 
 def test_cli_unreadable_image(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     (tmp_path / "bad.png").write_bytes(b"not a png")
-    rc, _, err = _run(capsys, "perturb", str(tmp_path / "bad.png"), str(tmp_path / "o.png"), "--type", "hair",
-                      "--level", "1")
+    rc, _, err = _run(
+        capsys,
+        "perturb",
+        str(tmp_path / "bad.png"),
+        str(tmp_path / "o.png"),
+        "--type",
+        "hair",
+        "--level",
+        "1",
+    )
     assert rc != 0 and "bad.png" in err and not (tmp_path / "o.png").exists()
     rc, _, err = _run(capsys, "ssim", str(tmp_path / "bad.png"), str(tmp_path / "bad.png"))
     assert rc != 0 and "bad.png" in err

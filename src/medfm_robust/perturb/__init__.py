@@ -18,6 +18,7 @@ from medfm_robust.perturb import (  # noqa: F401
     xray,
     angiography,
 )
+
 # isort: on
 from medfm_robust.perturb.calibrate import DEFAULT_BANDS, CalibrationResult, calibrate, in_band
 from medfm_robust.perturb.registry import MODALITIES, REGISTRY, ParamSpec, PerturbationSpec, applicable_types

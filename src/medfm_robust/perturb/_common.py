@@ -23,6 +23,7 @@ class Context:
 
     def __init__(self, image: np.ndarray) -> None:
         image = np.asarray(image)
+        self.input_shape = image.shape  # outputs keep it (an H x W x 1 input gives H x W x 1 outputs)
         if image.ndim == 3 and image.shape[2] == 1:
             image = image[:, :, 0]
         if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
@@ -60,10 +61,12 @@ class Context:
         """Float image in [0, 1] units -> the saved integer image (clip, round; original shape and dtype)."""
         q = np.clip(y, 0.0, 1.0) * np.float32(self.maxval)
         q = np.rint(q, out=q).astype(self.dtype)
-        return q[:, :, 0] if self.image.ndim == 2 else q
+        return q.reshape(self.input_shape)
 
 
-def smooth_field(rng: np.random.Generator, h: int, w: int, n_terms: int = 6, max_cycles: float = 1.5) -> np.ndarray:
+def smooth_field(
+    rng: np.random.Generator, h: int, w: int, n_terms: int = 6, max_cycles: float = 1.5
+) -> np.ndarray:
     """A smooth random field ``H x W`` float32 scaled to [-1, 1]: a sum of low-frequency plane waves."""
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     f = np.zeros((h, w), np.float32)
@@ -78,7 +81,10 @@ def smooth_field(rng: np.random.Generator, h: int, w: int, n_terms: int = 6, max
 
 
 def nearest_blob_field(
-    ctx: Context, centres: np.ndarray, radii: np.ndarray, aspect: np.ndarray | None = None,
+    ctx: Context,
+    centres: np.ndarray,
+    radii: np.ndarray,
+    aspect: np.ndarray | None = None,
     angles: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For each pixel, the normalised offset to the nearest blob in the scaled metric.
@@ -167,8 +173,9 @@ def affine_warp(ctx: Context, inv: tuple[float, ...], fill: np.ndarray | float |
     out = np.empty_like(ctx.x)
     for c in range(ctx.c):
         im = Image.fromarray(np.ascontiguousarray(ctx.x[:, :, c]))
-        res = im.transform((ctx.w, ctx.h), Image.Transform.AFFINE, inv, Image.Resampling.BILINEAR,
-                           fillcolor=float(fillv[c]))
+        res = im.transform(
+            (ctx.w, ctx.h), Image.Transform.AFFINE, inv, Image.Resampling.BILINEAR, fillcolor=float(fillv[c])
+        )
         out[:, :, c] = np.asarray(res)
     return out
 
@@ -176,14 +183,16 @@ def affine_warp(ctx: Context, inv: tuple[float, ...], fill: np.ndarray | float |
 def affine_warp_mask(mask: np.ndarray, inv: tuple[float, ...]) -> np.ndarray:
     """The same inverse affine map on an ``H x W`` uint8 mask (nearest neighbour, 0 outside)."""
     im = Image.fromarray(np.ascontiguousarray(mask.astype(np.uint8)))
-    res = im.transform((mask.shape[1], mask.shape[0]), Image.Transform.AFFINE, inv, Image.Resampling.NEAREST,
-                       fillcolor=0)
+    res = im.transform(
+        (mask.shape[1], mask.shape[0]), Image.Transform.AFFINE, inv, Image.Resampling.NEAREST, fillcolor=0
+    )
     return np.asarray(res).copy()
 
 
-def centre_affine(ctx: Context, a: float, b: float, c: float, d: float, tx: float = 0.0, ty: float = 0.0
-                  ) -> tuple[float, ...]:
-    """Pillow inverse-affine tuple for input = M (output - centre) + centre - (tx, ty), M = [[a, b], [c, d]]."""
+def centre_affine(
+    ctx: Context, a: float, b: float, c: float, d: float, tx: float = 0.0, ty: float = 0.0
+) -> tuple[float, ...]:
+    """Pillow inverse-affine tuple: input = M (output - centre) + centre - (tx, ty), M = [[a, b], [c, d]]."""
     cx, cy = ctx.w / 2.0, ctx.h / 2.0
     return (a, b, cx - a * cx - b * cy - tx, c, d, cy - c * cx - d * cy - ty)
 
@@ -197,9 +206,10 @@ def colour(ctx: Context, rgb: tuple[float, float, float]) -> np.ndarray:
     return c if ctx.c == 3 else np.array([float(c @ LUMA)], np.float32)
 
 
-def blob_layout(ctx: Context, rng: np.random.Generator, n: int, margin: float = 0.1
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` centres ``N x 2`` (y, x) inside the image minus a margin, and radii (pixels) in [0.6, 1.4] x min side."""
+def blob_layout(
+    ctx: Context, rng: np.random.Generator, n: int, margin: float = 0.1
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` centres ``N x 2`` (y, x) in the image minus a margin, and radii in [0.6, 1.4] x min side (px)."""
     cy = rng.uniform(margin, 1 - margin, n) * ctx.h
     cx = rng.uniform(margin, 1 - margin, n) * ctx.w
     r = rng.uniform(0.6, 1.4, n) * min(ctx.h, ctx.w)

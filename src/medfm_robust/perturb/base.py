@@ -38,16 +38,22 @@ class AffineOp:
         return affine_warp_mask(mask, self.inv(p))
 
 
-@register("gaussian_noise", family="base",
-          param=ParamSpec("sigma", 0.002, 1.5, "standard deviation, fraction of the dtype range"))
+@register(
+    "gaussian_noise",
+    family="base",
+    param=ParamSpec("sigma", 0.002, 1.5, "standard deviation, fraction of the dtype range"),
+)
 def gaussian_noise(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Additive white Gaussian noise, independent per pixel and channel."""
     noise = rng_array(rng, ctx.x.shape)
     return lambda p: ctx.x + np.float32(p) * noise
 
 
-@register("salt_pepper_noise", family="base",
-          param=ParamSpec("amount", 1e-4, 1.0, "fraction of pixels set to black or white"))
+@register(
+    "salt_pepper_noise",
+    family="base",
+    param=ParamSpec("amount", 1e-4, 1.0, "fraction of pixels set to black or white"),
+)
 def salt_pepper_noise(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Impulse noise: a fraction of pixels (all channels) set to the dtype maximum (salt) or 0 (pepper)."""
     u = rng.random((ctx.h, ctx.w, 1), dtype=np.float32)
@@ -59,8 +65,7 @@ def salt_pepper_noise(ctx: Context, rng: np.random.Generator):  # type: ignore[n
     return op
 
 
-@register("speckle_noise", family="base",
-          param=ParamSpec("sigma", 0.005, 8.0, "relative standard deviation"))
+@register("speckle_noise", family="base", param=ParamSpec("sigma", 0.005, 8.0, "relative standard deviation"))
 def speckle_noise(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Multiplicative Gaussian noise x(1 + sigma n), with a 2 % floor so black regions get a little too."""
     noise = rng_array(rng, ctx.x.shape)
@@ -77,9 +82,9 @@ def gaussian_blur(ctx: Context, rng: np.random.Generator):  # type: ignore[no-un
 
 def line_kernel(length: float, angle: float, max_radius: int) -> np.ndarray:
     """Normalised anti-aliased line kernel of ``length`` pixels at ``angle`` (radians), odd square size."""
-    r = min(max_radius, int(math.ceil(length / 2)) + 1)
+    r = min(max_radius, math.ceil(length / 2) + 1)
     k = np.zeros((2 * r + 1, 2 * r + 1), np.float32)
-    n = max(2, int(math.ceil(length * 4)) + 1)
+    n = max(2, math.ceil(length * 4) + 1)
     s = np.linspace(-length / 2, length / 2, n)
     ys, xs = r + s * math.sin(angle), r + s * math.cos(angle)
     y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
@@ -99,16 +104,14 @@ def motion_blur(ctx: Context, rng: np.random.Generator):  # type: ignore[no-unty
     return lambda p: fft_filter(ctx, kernel_transfer(ctx, line_kernel(p, angle, rmax)))
 
 
-@register("brightness", family="base",
-          param=ParamSpec("offset", 0.002, 1.0, "fraction of the dtype range"))
+@register("brightness", family="base", param=ParamSpec("offset", 0.002, 1.0, "fraction of the dtype range"))
 def brightness(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Global brightness change: a constant offset (random sign), clipped to the dtype range."""
     sign = np.float32(1 if rng.random() < 0.5 else -1)
     return lambda p: ctx.x + sign * np.float32(p)
 
 
-@register("contrast", family="base",
-          param=ParamSpec("reduction", 0.002, 1.0, "fraction of contrast removed"))
+@register("contrast", family="base", param=ParamSpec("reduction", 0.002, 1.0, "fraction of contrast removed"))
 def contrast(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Contrast reduction towards the per-channel mean: mean + (x - mean)(1 - reduction)."""
     del rng
@@ -132,8 +135,11 @@ def jpeg_round_trip(x: np.ndarray, quality: int) -> np.ndarray:
     return out.reshape(x.shape)
 
 
-@register("jpeg_compression", family="base",
-          param=ParamSpec("quality", 98, 1, "JPEG quality (libjpeg)", pivot=100.0, integer=True))
+@register(
+    "jpeg_compression",
+    family="base",
+    param=ParamSpec("quality", 98, 1, "JPEG quality (libjpeg)", pivot=100.0, integer=True),
+)
 def jpeg_compression(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """JPEG compression artefacts (blocking, ringing, chroma loss); 16-bit images are compressed at 8 bits."""
     del rng
@@ -170,16 +176,24 @@ def rotation(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped
     return AffineOp(ctx, inv)
 
 
-@register("scale", family="base",
-          param=ParamSpec("factor", 0.999, 0.05, "zoom factor (< 1 shrinks)", pivot=1.0), moves_labels=True)
+@register(
+    "scale",
+    family="base",
+    param=ParamSpec("factor", 0.999, 0.05, "zoom factor (< 1 shrinks)", pivot=1.0),
+    moves_labels=True,
+)
 def scale(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Zoom-out about the image centre by the factor, bilinear, constant background fill."""
     del rng
     return AffineOp(ctx, lambda p: centre_affine(ctx, 1 / p, 0.0, 0.0, 1 / p))
 
 
-@register("translation", family="base",
-          param=ParamSpec("shift", 0.0005, 0.45, "fraction of the image size"), moves_labels=True)
+@register(
+    "translation",
+    family="base",
+    param=ParamSpec("shift", 0.0005, 0.45, "fraction of the image size"),
+    moves_labels=True,
+)
 def translation(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Sub-pixel translation in a random direction, bilinear, constant background fill."""
     theta = float(rng.uniform(0, 2 * math.pi))

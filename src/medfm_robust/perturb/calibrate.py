@@ -92,7 +92,9 @@ def check_bands(bands: Sequence[Sequence[float]] | None) -> tuple[tuple[float, f
     out = []
     for i, b in enumerate(bands):
         if len(b) != 2 or not (-1 <= float(b[0]) < float(b[1]) <= 1):
-            raise ConfigError(f"SSIM band for level {i + 1} must be [lo, hi] with -1 <= lo < hi <= 1, got {b}")
+            raise ConfigError(
+                f"SSIM band for level {i + 1} must be [lo, hi] with -1 <= lo < hi <= 1, got {b}"
+            )
         out.append((float(b[0]), float(b[1])))
     if len(out) != 5:
         raise ConfigError(f"expected 5 SSIM bands (levels 1..5), got {len(out)}")
@@ -139,8 +141,9 @@ def check_mask(mask: np.ndarray | None, image: np.ndarray, source: str = "mask")
     if m.ndim == 3:
         m = m[..., 0]
     if m.shape != image.shape[:2]:
-        raise DataError(f"{source}: mask is {m.shape[1]}x{m.shape[0]} but the image is "
-                        f"{image.shape[1]}x{image.shape[0]}")
+        raise DataError(
+            f"{source}: mask is {m.shape[1]}x{m.shape[0]} but the image is {image.shape[1]}x{image.shape[0]}"
+        )
     return np.where(m > 0, 255, 0).astype(np.uint8)
 
 
@@ -213,7 +216,7 @@ def calibrate(
             scanning = False  # the scan found the other side: bracket from here
             nxt = _next_position(t, gt, target, mild, strong, points, name, level, pspec)
         if nxt is None:
-            reason = _unreachable_reason(mild, strong, t, pspec, memo, level)
+            reason = _unreachable_reason(mild, strong, pspec, memo)
             break
         t = nxt
     else:
@@ -228,9 +231,18 @@ def calibrate(
     if spec.moves_labels and mask_u8 is not None:
         moved = np.where(op.move_mask(found, mask_u8) > 127, 255, 0).astype(np.uint8)
     return CalibrationResult(
-        name=name, level=level, image=out, mask=moved, ssim=float(s_best), param=float(found),
-        in_band=in_band(s_best, level, bands_t), reason="" if in_band(s_best, level, bands_t) else reason,
-        band=(lo, hi), seed=int(seed), n_evals=len(memo), moves_labels=spec.moves_labels,
+        name=name,
+        level=level,
+        image=out,
+        mask=moved,
+        ssim=float(s_best),
+        param=float(found),
+        in_band=in_band(s_best, level, bands_t),
+        reason="" if in_band(s_best, level, bands_t) else reason,
+        band=(lo, hi),
+        seed=int(seed),
+        n_evals=len(memo),
+        moves_labels=spec.moves_labels,
     )
 
 
@@ -244,8 +256,15 @@ def _band_distance(s: float, lo: float, hi: float) -> float:
 
 
 def _next_position(
-    t: float, gt: float, target: float, mild: tuple[float, float] | None, strong: tuple[float, float] | None,
-    points: list[tuple[float, float]], name: str, level: int, pspec: ParamSpec,
+    t: float,
+    gt: float,
+    target: float,
+    mild: tuple[float, float] | None,
+    strong: tuple[float, float] | None,
+    points: list[tuple[float, float]],
+    name: str,
+    level: int,
+    pspec: ParamSpec,
 ) -> float | None:
     """The next search position, or None when the band is unreachable / bracketed between integers."""
     if mild is not None and strong is not None:
@@ -274,23 +293,21 @@ def _next_position(
     else:
         (t1, g1), (t2, g2) = points[-2], points[-1]
         slope = (g2 - g1) / (t2 - t1) if abs(t2 - t1) > 1e-9 else 0.0
-        if slope > 0.05:
-            nt = t2 + (target - g2) / slope
-        else:
-            nt = t2 + (0.3 if going_up else -0.3)
+        nt = t2 + (target - g2) / slope if slope > 0.05 else t2 + (0.3 if going_up else -0.3)
     step = nt - t
-    if going_up:
-        step = min(max(step, 0.06), 0.6)
-    else:
-        step = max(min(step, -0.06), -0.6)
+    step = min(max(step, 0.06), 0.6) if going_up else max(min(step, -0.06), -0.6)
     nt = min(max(t + step, 0.0), 1.0)
     if pspec.integer and pspec.value(nt) == pspec.value(t):
         nt = pspec.position(pspec.value(t) + (1 if (pspec.strong > pspec.mild) == going_up else -1))
     return nt
 
 
-def _scan_position(mild: tuple[float, float] | None, strong: tuple[float, float] | None, pspec: ParamSpec,
-                   memo: dict[float, tuple[float, np.ndarray]]) -> float | None:
+def _scan_position(
+    mild: tuple[float, float] | None,
+    strong: tuple[float, float] | None,
+    pspec: ParamSpec,
+    memo: dict[float, tuple[float, np.ndarray]],
+) -> float | None:
     """When one range end is reached without crossing the band, the next untried point of a coarse grid
     (from that end inwards), so a non-monotone ``s(t)`` is still searched; None when the grid is exhausted."""
     grid = np.linspace(0.0, 1.0, 5)
@@ -310,6 +327,7 @@ def _shift_prior(t: float, gt: float, target: float, prior: Sequence[float], lev
     """Shift the prior curve (t_L at band centre g_L) horizontally through the observed point (t, gt)."""
     gs = [_g((lo + hi) / 2) for lo, hi in DEFAULT_BANDS]
     ts = list(prior)
+
     # piecewise-linear inverse of the prior curve, extrapolated at the ends
     def t_of(g: float) -> float:
         if g <= gs[0]:
@@ -327,13 +345,17 @@ def _shift_prior(t: float, gt: float, target: float, prior: Sequence[float], lev
 
 
 def _unreachable_reason(
-    mild: tuple[float, float] | None, strong: tuple[float, float] | None, t: float, pspec: ParamSpec,
-    memo: dict[float, tuple[float, np.ndarray]], level: int,
+    mild: tuple[float, float] | None,
+    strong: tuple[float, float] | None,
+    pspec: ParamSpec,
+    memo: dict[float, tuple[float, np.ndarray]],
 ) -> str:
+    """Why the band was missed, naming the parameter values tried."""
     if mild is not None and strong is not None:
-        return (f"band lies between adjacent parameter values {pspec.value(mild[0]):g} and "
-                f"{pspec.value(strong[0]):g}")
-    s = memo[pspec.value(t)][0]
+        a, b = sorted((pspec.value(mild[0]), pspec.value(strong[0])))
+        return f"band lies between adjacent {pspec.name} values {a:g} and {b:g}"
+    lo, hi = pspec.range
+    scores = [s for s, _ in memo.values()]
     if strong is None:
-        return f"too mild even at the strongest {pspec.name} {pspec.value(t):g} (SSIM {s:.3f})"
-    return f"too strong even at the mildest {pspec.name} {pspec.value(t):g} (SSIM {s:.3f})"
+        return f"too mild over the whole {pspec.name} range [{lo:g}, {hi:g}] (lowest SSIM {min(scores):.3f})"
+    return f"too strong over the whole {pspec.name} range [{lo:g}, {hi:g}] (highest SSIM {max(scores):.3f})"

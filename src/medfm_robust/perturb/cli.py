@@ -38,7 +38,9 @@ def _list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([s.to_dict() for s in REGISTRY.values()], indent=2))
         return 0
-    print(f"{'name':<20} {'category':<8} {'modalities':<28} {'parameter (range, direction)':<44} moves labels")
+    print(
+        f"{'name':<20} {'category':<8} {'modalities':<28} {'parameter (range, direction)':<44} moves labels"
+    )
     for s in REGISTRY.values():
         lo, hi = s.param.range
         par = f"{s.param.name} [{lo:g}, {hi:g}] {s.param.direction}{' int' if s.param.integer else ''}"
@@ -66,8 +68,10 @@ def _perturb(args: argparse.Namespace) -> int:
         if mask.ndim == 3:
             mask = mask[..., 0]
         if mask.shape != image.shape[:2]:
-            raise DataError(f"{args.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but {args.input} is "
-                            f"{image.shape[1]}x{image.shape[0]}")
+            raise DataError(
+                f"{args.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but {args.input} is "
+                f"{image.shape[1]}x{image.shape[0]}"
+            )
     res = calibrate(image, args.type_, args.level, seed=args.seed, mask=mask)
     write_image(args.output, res.image)
     out = res.summary()

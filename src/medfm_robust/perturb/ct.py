@@ -19,7 +19,9 @@ def _intensity_range(ctx: Context) -> tuple[float, float]:
     return ctx.cache["p1p99"]
 
 
-@register("metal_streaks", family="ct", param=ParamSpec("amplitude", 0.005, 3.0, "fraction of intensity range"))
+@register(
+    "metal_streaks", family="ct", param=ParamSpec("amplitude", 0.005, 40.0, "fraction of intensity range")
+)
 def metal_streaks(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Metal artefact: bright/dark streaks radiating from 1-3 metal objects, decaying with distance."""
     yy, xx = ctx.grid()
@@ -34,7 +36,9 @@ def metal_streaks(ctx: Context, rng: np.random.Generator):  # type: ignore[no-un
         ang = np.zeros_like(field)
         for _ in range(6):
             k = int(rng.integers(6, 40))
-            ang += np.cos(k * theta + rng.uniform(0, 2 * np.pi)).astype(np.float32) * np.float32(rng.uniform(0.5, 1))
+            ang += np.cos(k * theta + rng.uniform(0, 2 * np.pi)).astype(np.float32) * np.float32(
+                rng.uniform(0.5, 1)
+            )
         field += ang / (1 + dist / np.float32(0.15 * s))
         metal = np.maximum(metal, np.clip(np.float32(0.02 * s) - dist, 0, 1))
     field /= max(float(np.abs(field).max()), 1e-6)
@@ -49,7 +53,9 @@ def metal_streaks(ctx: Context, rng: np.random.Generator):  # type: ignore[no-un
     return op
 
 
-@register("beam_hardening", family="ct", param=ParamSpec("cupping", 0.005, 3.0, "relative central depression"))
+@register(
+    "beam_hardening", family="ct", param=ParamSpec("cupping", 0.005, 8.0, "relative central depression")
+)
 def beam_hardening(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Beam-hardening cupping: attenuation falls towards the centre of the object, so its centre darkens.
 
@@ -73,7 +79,9 @@ def beam_hardening(ctx: Context, rng: np.random.Generator):  # type: ignore[no-u
     return op
 
 
-@register("photon_starvation", family="ct", param=ParamSpec("amplitude", 0.005, 6.0, "fraction of intensity range"))
+@register(
+    "photon_starvation", family="ct", param=ParamSpec("amplitude", 0.005, 80.0, "fraction of intensity range")
+)
 def photon_starvation(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Photon starvation: noisy streaks along rays through dense regions, scaled to the intensity range.
 

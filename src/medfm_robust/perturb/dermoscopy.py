@@ -15,7 +15,7 @@ from medfm_robust.perturb.registry import ParamSpec, register
 
 @register("hair", family="dermoscopy", param=ParamSpec("hairs", 0.3, 300.0, "number of hairs (fractional)"))
 def hair(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
-    """Dark hairs: curved strands (quadratic Bezier) drawn one by one; a fractional count fades the last in."""
+    """Dark hairs: curved strands (quadratic Bezier) drawn one by one; a fractional count fades one in."""
     nmax = 300
     s = min(ctx.h, ctx.w)
     starts = rng.uniform(0, 1, (nmax, 2)) * (ctx.w, ctx.h)
@@ -50,7 +50,7 @@ def hair(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def
 
 @register("vignette", family="dermoscopy", param=ParamSpec("strength", 0.01, 60.0, "1/f^2 of the cos^4 law"))
 def vignette(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
-    """Radial fall-off of illumination (cos^4 law, 1 / (1 + v r^2)^2) from a slightly off-centre optical axis."""
+    """Radial fall-off of illumination (cos^4 law, 1 / (1 + v r^2)^2) about a slightly off-centre axis."""
     yy, xx = ctx.grid()
     cy, cx = (0.5 + rng.uniform(-0.08, 0.08, 2)) * (ctx.h, ctx.w)
     r2 = ((yy - cy) / (ctx.h / 2)) ** 2 / 2 + ((xx - cx) / (ctx.w / 2)) ** 2 / 2
@@ -62,8 +62,11 @@ def vignette(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped
     return op
 
 
-@register("light_reflection", family="dermoscopy",
-          param=ParamSpec("size", 0.003, 0.8, "glare radius, fraction of the image side"))
+@register(
+    "light_reflection",
+    family="dermoscopy",
+    param=ParamSpec("size", 0.003, 0.8, "glare radius, fraction of the image side"),
+)
 def light_reflection(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Glare from the dermatoscope light: 1-3 soft white highlights (screen blend) whose size grows."""
     n = int(rng.integers(1, 4))
@@ -76,5 +79,3 @@ def light_reflection(ctx: Context, rng: np.random.Generator):  # type: ignore[no
         return 1 - (1 - ctx.x) * (1 - glare)
 
     return op
-
-

@@ -12,8 +12,11 @@ from medfm_robust.perturb._common import Context, blob_layout, colour, nearest_b
 from medfm_robust.perturb.registry import ParamSpec, register
 
 
-@register("specular_reflection", family="endoscopy",
-          param=ParamSpec("size", 0.002, 0.4, "spot radius, fraction of the image side"))
+@register(
+    "specular_reflection",
+    family="endoscopy",
+    param=ParamSpec("size", 0.002, 0.4, "spot radius, fraction of the image side"),
+)
 def specular_reflection(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Specular highlights on wet mucosa: 6-20 sharp-edged saturated white elliptical spots."""
     n = int(rng.integers(6, 21))
@@ -27,8 +30,11 @@ def specular_reflection(ctx: Context, rng: np.random.Generator):  # type: ignore
     return op
 
 
-@register("bubbles", family="endoscopy",
-          param=ParamSpec("size", 0.002, 0.35, "bubble radius, fraction of the image side"))
+@register(
+    "bubbles",
+    family="endoscopy",
+    param=ParamSpec("size", 0.002, 0.15, "bubble radius, fraction of the image side"),
+)
 def bubbles(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Air/fluid bubbles: translucent discs with a bright rim and a specular highlight, 8-25 of them."""
     n = int(rng.integers(8, 26))
@@ -48,8 +54,11 @@ def bubbles(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-
     return op
 
 
-@register("blood", family="endoscopy",
-          param=ParamSpec("size", 0.003, 0.6, "patch radius, fraction of the image side"))
+@register(
+    "blood",
+    family="endoscopy",
+    param=ParamSpec("size", 0.003, 1.2, "patch radius, fraction of the image side"),
+)
 def blood(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Blood on the lens/mucosa: 4-10 dark-red elliptical patches that absorb green and blue."""
     n = int(rng.integers(4, 11))
@@ -65,7 +74,9 @@ def blood(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-de
     return op
 
 
-@register("overexposure", family="endoscopy", param=ParamSpec("gain", 0.01, 40.0, "extra gain at the hot spot"))
+@register(
+    "overexposure", family="endoscopy", param=ParamSpec("gain", 0.01, 40.0, "extra gain at the hot spot")
+)
 def overexposure(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Light source too close: gain rising towards a broad hot spot, saturating (blown-out) regions."""
     yy, xx = ctx.grid()
@@ -77,5 +88,3 @@ def overexposure(ctx: Context, rng: np.random.Generator):  # type: ignore[no-unt
         return ctx.x * (1 + np.float32(p) * prof)[:, :, None] + np.float32(0.01 * p) * prof[:, :, None]
 
     return op
-
-

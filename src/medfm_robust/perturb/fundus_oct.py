@@ -25,13 +25,18 @@ def _bands(ctx: Context, rng: np.random.Generator, axis: int, n: int) -> np.ndar
     return np.min(np.abs(pos[None, :] - centres[:, None]) / rel[:, None], axis=0).astype(np.float32)
 
 
-@register("shadow", family="fundus_oct", param=ParamSpec("width", 0.002, 0.6, "band half-width, fraction of width"))
+@register(
+    "shadow", family="fundus_oct", param=ParamSpec("width", 0.002, 0.6, "band half-width, fraction of width")
+)
 def shadow(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
-    """Shadowing (vessels, floaters, media opacities): 1-3 vertical bands attenuated by up to 85 % (fainter when very narrow), soft edges."""
+    """Shadowing (vessels, floaters, media opacities): 1-3 vertical bands attenuated by up to 85 %
+    (fainter when very narrow), soft edges."""
     q = _bands(ctx, rng, 1, int(rng.integers(1, 4)))
 
     def op(p: float) -> np.ndarray:
-        a = np.clip((np.float32(p) - q) / np.float32(0.25 * p + 1e-4), 0, 1) * np.float32(0.85 * min(1, p / 0.03))
+        a = np.clip((np.float32(p) - q) / np.float32(0.25 * p + 1e-4), 0, 1) * np.float32(
+            0.85 * min(1, p / 0.03)
+        )
         return ctx.x * (1 - a)[None, :, None]
 
     return op
@@ -39,7 +44,8 @@ def shadow(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-d
 
 @register("blink", family="fundus_oct", param=ParamSpec("height", 0.002, 0.6, "band half-height, fraction"))
 def blink(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
-    """Blink / signal loss: 1-3 horizontal bands where the signal drops to black (partially when very thin), short ramps."""
+    """Blink / signal loss: 1-3 horizontal bands where the signal drops to black (partially when very
+    thin), short ramps."""
     q = _bands(ctx, rng, 0, int(rng.integers(1, 4)))
 
     def op(p: float) -> np.ndarray:
@@ -80,8 +86,12 @@ class _RowShift:
         return np.where(valid, mask[rows, np.clip(src, 0, mask.shape[1] - 1)], 0).astype(np.uint8)
 
 
-@register("oct_motion", family="fundus_oct",
-          param=ParamSpec("shift", 0.0005, 0.3, "peak lateral shift, fraction of width"), moves_labels=True)
+@register(
+    "oct_motion",
+    family="fundus_oct",
+    param=ParamSpec("shift", 0.0005, 0.3, "peak lateral shift, fraction of width"),
+    moves_labels=True,
+)
 def oct_motion(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Eye motion between B-scan rows: 4-12 row blocks displaced laterally (sub-pixel), constant fill."""
     n = int(rng.integers(4, 13))
@@ -94,7 +104,7 @@ def oct_motion(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyp
 
 def disk_kernel(radius: float, max_radius: int) -> np.ndarray:
     """Normalised anti-aliased disk (pillbox) point-spread function of ``radius`` pixels, odd square size."""
-    r = min(max_radius, int(math.ceil(radius)) + 1)
+    r = min(max_radius, math.ceil(radius) + 1)
     yy, xx = np.mgrid[-r : r + 1, -r : r + 1].astype(np.float32)
     k = np.clip(np.float32(radius + 0.5) - np.sqrt(yy * yy + xx * xx), 0, 1)
     if k.sum() == 0:

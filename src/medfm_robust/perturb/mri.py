@@ -1,4 +1,4 @@
-"""MRI perturbations (3): bias_field, ghosting, kspace_motion (k-space models with correct frequency indexing).
+"""MRI perturbations (3): bias_field, ghosting, kspace_motion (k-space models, correct frequency indexing).
 
 Images are float32 ``H x W x C`` in [0, 1] units of the dtype range.
 """
@@ -11,16 +11,17 @@ from medfm_robust.perturb._common import Context, smooth_field
 from medfm_robust.perturb.registry import ParamSpec, register
 
 
-@register("bias_field", family="mri", param=ParamSpec("strength", 0.01, 3.0, "log-gain amplitude"))
+@register("bias_field", family="mri", param=ParamSpec("strength", 0.01, 6.0, "log-gain amplitude"))
 def bias_field(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
-    """Smooth multiplicative intensity inhomogeneity (RF coil bias): x exp(a f) with f a smooth field in [-1, 1]."""
+    """Smooth multiplicative intensity inhomogeneity (RF coil bias): x exp(a f), f smooth in [-1, 1]."""
     f = smooth_field(rng, ctx.h, ctx.w, n_terms=5, max_cycles=1.0)[:, :, None]
     return lambda p: ctx.x * np.exp(np.float32(p) * f)
 
 
 @register("ghosting", family="mri", param=ParamSpec("amplitude", 0.005, 2.0, "k-space line modulation"))
 def ghosting(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
-    """Periodic-motion ghosts along the phase-encoding axis: every n-th k-space line (n = 2..4) scaled by 1 - a.
+    """Periodic-motion ghosts along the phase-encoding axis: every n-th k-space line (n = 2..4) scaled by
+    1 - a.
 
     Ghost replicas appear at offsets of N/n pixels (never zero); the magnitude image is returned.
     """
@@ -45,7 +46,11 @@ def ghosting(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped
     return op
 
 
-@register("kspace_motion", family="mri", param=ParamSpec("shift", 0.0002, 0.4, "peak displacement, fraction of the image size"))
+@register(
+    "kspace_motion",
+    family="mri",
+    param=ParamSpec("shift", 0.0002, 0.4, "peak displacement, fraction of the image size"),
+)
 def kspace_motion(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Rigid in-plane motion during acquisition: corrupted k-space lines get the linear phase of a shift.
 

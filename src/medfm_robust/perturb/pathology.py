@@ -12,8 +12,11 @@ from medfm_robust.perturb._common import LUMA, Context, blob_layout, colour, nea
 from medfm_robust.perturb.registry import ParamSpec, register
 
 
-@register("stain_variation", family="pathology",
-          param=ParamSpec("strength", 0.005, 3.0, "log-scale change of the H, E, DAB concentrations"))
+@register(
+    "stain_variation",
+    family="pathology",
+    param=ParamSpec("strength", 0.005, 3.0, "log-scale change of the H, E, DAB concentrations"),
+)
 def stain_variation(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """H&E stain variation in haematoxylin-eosin-DAB space (skimage rgb2hed/hed2rgb): random scale and bias.
 
@@ -39,8 +42,11 @@ def stain_variation(ctx: Context, rng: np.random.Generator):  # type: ignore[no-
     return op
 
 
-@register("slide_bubbles", family="pathology",
-          param=ParamSpec("size", 0.005, 0.7, "bubble radius, fraction of the image side"))
+@register(
+    "slide_bubbles",
+    family="pathology",
+    param=ParamSpec("size", 0.005, 0.7, "bubble radius, fraction of the image side"),
+)
 def slide_bubbles(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Air bubbles under the coverslip: 2-5 bright washed-out discs with dark refractive rims."""
     n = int(rng.integers(2, 6))

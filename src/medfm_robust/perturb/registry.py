@@ -77,7 +77,9 @@ class ParamSpec:
     def with_range(self, lo: float, hi: float) -> ParamSpec:
         """A copy searching ``[lo, hi]`` (same direction); raises ``ConfigError`` on a bad range."""
         if not (math.isfinite(lo) and math.isfinite(hi)) or lo >= hi:
-            raise ConfigError(f"param_range for '{self.name}' must be [min, max] with min < max, got {[lo, hi]}")
+            raise ConfigError(
+                f"param_range for '{self.name}' must be [min, max] with min < max, got {[lo, hi]}"
+            )
         if self.scale == "log" and (lo - self.pivot) * (hi - self.pivot) <= 0:
             raise ConfigError(
                 f"param_range for '{self.name}' must lie strictly on one side of {self.pivot}, got {[lo, hi]}"
@@ -157,14 +159,15 @@ def register(
     param: ParamSpec,
     moves_labels: bool = False,
 ) -> Callable[[Prepare], Prepare]:
-    """Decorator registering ``prepare(ctx, rng) -> op`` under ``name``; its docstring's first line is the description."""
+    """Decorator registering ``prepare(ctx, rng) -> op`` as ``name``; its docstring's first paragraph
+    is the description."""
     if family != "base" and family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}")
 
     def deco(fn: Prepare) -> Prepare:
         if name in _REGISTRY:
             raise ValueError(f"perturbation {name!r} registered twice")
-        doc = (fn.__doc__ or "").strip().splitlines()
+        doc = " ".join((fn.__doc__ or "").strip().split("\n\n")[0].split())
         _REGISTRY[name] = PerturbationSpec(
             name=name,
             category="base" if family == "base" else "medical",
@@ -172,7 +175,7 @@ def register(
             modalities=MODALITIES if family == "base" else FAMILIES[family],
             param=param,
             moves_labels=moves_labels,
-            description=doc[0] if doc else "",
+            description=doc,
             prepare=fn,
         )
         return fn
@@ -181,7 +184,7 @@ def register(
 
 
 class _Registry(Mapping[str, PerturbationSpec]):
-    """Read-only name -> :class:`PerturbationSpec` mapping (base types first, then medical, each by family)."""
+    """Read-only name -> :class:`PerturbationSpec` mapping (base types first, then medical by family)."""
 
     def __getitem__(self, key: str) -> PerturbationSpec:
         return _REGISTRY[key]

@@ -78,12 +78,17 @@ def select_images(df: pd.DataFrame, max_images: int | None, global_seed: int = 0
     Returned sorted by ``image_id``.
     """
     if max_images is not None and len(df) > max_images:
-        keys = [unit_hash("perturb-select", d, i, global_seed) for d, i in zip(df["dataset"], df["image_id"], strict=True)]
+        keys = [
+            unit_hash("perturb-select", d, i, global_seed)
+            for d, i in zip(df["dataset"], df["image_id"], strict=True)
+        ]
         df = df.assign(_k=keys).sort_values(["_k", "image_id"]).head(max_images).drop(columns="_k")
     return df.sort_values("image_id", kind="mergesort").reset_index(drop=True)
 
 
-def _labels(row: Any, shape: tuple[int, int], source: str) -> tuple[np.ndarray | None, bool, list[int] | None]:
+def _labels(
+    row: Any, shape: tuple[int, int], source: str
+) -> tuple[np.ndarray | None, bool, list[int] | None]:
     """(mask to move, whether it is a real mask, original box) of one row."""
     box = row.get("box")
     box = None if box is None or (not isinstance(box, (list, tuple, np.ndarray))) else [int(v) for v in box]
@@ -93,7 +98,9 @@ def _labels(row: Any, shape: tuple[int, int], source: str) -> tuple[np.ndarray |
         if m.ndim == 3:
             m = m[..., 0]
         if m.shape != shape:
-            raise DataError(f"{source}: mask_png is {m.shape[1]}x{m.shape[0]} but image_png is {shape[1]}x{shape[0]}")
+            raise DataError(
+                f"{source}: mask_png is {m.shape[1]}x{m.shape[0]} but image_png is {shape[1]}x{shape[0]}"
+            )
         return np.where(m > 0, 255, 0).astype(np.uint8), True, box
     if box is not None:
         if len(box) != 4:
@@ -135,27 +142,48 @@ def perturb_table(
         mask, real_mask, box = _labels(row, image.shape[:2], source)
         for level in levels:
             seed = perturbation_seed(row["dataset"], row["image_id"], name, level, global_seed)
-            res = calibrate(ctx, name, level, seed=seed, mask=mask, bands=bands_t, param_range=param_range,
-                            max_evals=max_evals)
+            res = calibrate(
+                ctx,
+                name,
+                level,
+                seed=seed,
+                mask=mask,
+                bands=bands_t,
+                param_range=param_range,
+                max_evals=max_evals,
+            )
             out_box, out_mask = box, None
             if spec.moves_labels and mask is not None:
                 out_box = box_from_mask(res.mask)
                 if real_mask:
                     out_mask = encode_png(res.mask)
-            rows.append({
-                "image_id": str(row["image_id"]), "dataset": str(row["dataset"]), "modality": str(row["modality"]),
-                "perturbation": name, "category": spec.category, "level": level,
-                "image_png": encode_png(res.image), "mask_png": out_mask, "box": out_box,
-                "ssim": res.ssim, "param": res.param, "in_band": res.in_band, "reason": res.reason, "seed": seed,
-            })
+            rows.append(
+                {
+                    "image_id": str(row["image_id"]),
+                    "dataset": str(row["dataset"]),
+                    "modality": str(row["modality"]),
+                    "perturbation": name,
+                    "category": spec.category,
+                    "level": level,
+                    "image_png": encode_png(res.image),
+                    "mask_png": out_mask,
+                    "box": out_box,
+                    "ssim": res.ssim,
+                    "param": res.param,
+                    "in_band": res.in_band,
+                    "reason": res.reason,
+                    "seed": seed,
+                }
+            )
     table = pa.Table.from_pylist(rows, schema=PERTURBED_SCHEMA)
     return table.to_pandas()
 
 
 def write_perturbed_shard(path: str | Path, df: pd.DataFrame) -> None:
     """Write perturbed-shard rows atomically with the contract's column types."""
-    write_parquet_atomic(path, pa.Table.from_pandas(df[PERTURBED_SCHEMA.names], schema=PERTURBED_SCHEMA,
-                                                    preserve_index=False))
+    write_parquet_atomic(
+        path, pa.Table.from_pandas(df[PERTURBED_SCHEMA.names], schema=PERTURBED_SCHEMA, preserve_index=False)
+    )
 
 
 def calibration_report(shards: Sequence[pd.DataFrame]) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -174,13 +202,26 @@ def calibration_report(shards: Sequence[pd.DataFrame]) -> tuple[pd.DataFrame, di
     out = []
     for (name, level), g in allr.groupby(["perturbation", "level"], sort=True):
         q = g["param"].quantile([0.0, 0.25, 0.5, 0.75, 1.0]).to_numpy()
-        out.append({
-            "perturbation": name, "category": g["category"].iloc[0], "level": int(level), "n": len(g),
-            "in_band_rate": float(g["in_band"].mean()), "ssim_mean": float(g["ssim"].mean()),
-            "ssim_min": float(g["ssim"].min()), "ssim_max": float(g["ssim"].max()),
-            "param_min": q[0], "param_q25": q[1], "param_median": q[2], "param_q75": q[3], "param_max": q[4],
-            "misses": "; ".join(f"{r.image_id}: {r.reason}" for r in g[~g["in_band"]].itertuples())[:2000],
-        })
+        out.append(
+            {
+                "perturbation": name,
+                "category": g["category"].iloc[0],
+                "level": int(level),
+                "n": len(g),
+                "in_band_rate": float(g["in_band"].mean()),
+                "ssim_mean": float(g["ssim"].mean()),
+                "ssim_min": float(g["ssim"].min()),
+                "ssim_max": float(g["ssim"].max()),
+                "param_min": q[0],
+                "param_q25": q[1],
+                "param_median": q[2],
+                "param_q75": q[3],
+                "param_max": q[4],
+                "misses": "; ".join(f"{r.image_id}: {r.reason}" for r in g[~g["in_band"]].itertuples())[
+                    :2000
+                ],
+            }
+        )
     table = pd.DataFrame(out)
     summary = {
         "n_outputs": len(allr),
@@ -192,11 +233,16 @@ def calibration_report(shards: Sequence[pd.DataFrame]) -> tuple[pd.DataFrame, di
     return table, summary
 
 
-def write_calibration_report(shard_paths: Sequence[str | Path], csv_path: str | Path, json_path: str | Path,
-                             dataset: str = "") -> dict[str, Any]:
+def write_calibration_report(
+    shard_paths: Sequence[str | Path], csv_path: str | Path, json_path: str | Path, dataset: str = ""
+) -> dict[str, Any]:
     """Read perturbed shards, write the report as CSV and JSON (atomically); returns the JSON summary."""
-    shards = [pd.read_parquet(p, columns=["image_id", "perturbation", "category", "level", "ssim", "param",
-                                          "in_band", "reason"]) for p in shard_paths]
+    shards = [
+        pd.read_parquet(
+            p, columns=["image_id", "perturbation", "category", "level", "ssim", "param", "in_band", "reason"]
+        )
+        for p in shard_paths
+    ]
     table, summary = calibration_report(shards)
     summary = {"dataset": dataset, **summary}
     write_text_atomic(csv_path, table.to_csv(index=False, float_format="%.6g"))

@@ -11,8 +11,11 @@ from medfm_robust.perturb._common import Context
 from medfm_robust.perturb.registry import ParamSpec, register
 
 
-@register("acoustic_shadowing", family="ultrasound",
-          param=ParamSpec("width", 0.005, 1.2, "shadow half-width, fraction of the image width"))
+@register(
+    "acoustic_shadowing",
+    family="ultrasound",
+    param=ParamSpec("width", 0.005, 1.2, "shadow half-width, fraction of the image width"),
+)
 def acoustic_shadowing(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Acoustic shadows behind strongly attenuating structures: 1-2 dark bands from a depth to the bottom.
 
@@ -32,7 +35,9 @@ def acoustic_shadowing(ctx: Context, rng: np.random.Generator):  # type: ignore[
     def op(p: float) -> np.ndarray:
         m = np.ones((ctx.h, ctx.w), np.float32)
         for q, att in zip(qs, atts, strict=True):
-            lateral = np.clip((np.float32(p) - q) / np.float32(0.15 * p + 1e-3), 0, 1) * np.float32(min(1, p / 0.03))
+            lateral = np.clip((np.float32(p) - q) / np.float32(0.15 * p + 1e-3), 0, 1) * np.float32(
+                min(1, p / 0.03)
+            )
             m *= 1 - att * lateral
         return ctx.x * m[:, :, None]
 
@@ -41,8 +46,8 @@ def acoustic_shadowing(ctx: Context, rng: np.random.Generator):  # type: ignore[
 
 @register("reverberation", family="ultrasound", param=ParamSpec("amplitude", 0.01, 20.0, "echo strength"))
 def reverberation(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
-    """Reverberation: equally spaced, decaying bright echo bands below a strong interface, in a lateral region."""
-    yy, xx = ctx.grid()
+    """Reverberation: equally spaced, decaying bright echo bands below a strong interface (lateral region)."""
+    _, xx = ctx.grid()
     yi = rng.uniform(0.08, 0.3) * ctx.h
     spacing = max(6.0, rng.uniform(0.5, 0.9) * yi)
     c0 = rng.uniform(0.05, 0.35) * ctx.w
@@ -52,7 +57,9 @@ def reverberation(ctx: Context, rng: np.random.Generator):  # type: ignore[no-un
     rows = np.arange(ctx.h, dtype=np.float32)
     j = 1
     while yi + j * spacing < ctx.h + 3 * sig:
-        prof += np.float32(0.85 ** (j - 1)) * np.exp(-((rows - (yi + j * spacing)) ** 2) / np.float32(2 * sig * sig))
+        prof += np.float32(0.85 ** (j - 1)) * np.exp(
+            -((rows - (yi + j * spacing)) ** 2) / np.float32(2 * sig * sig)
+        )
         j += 1
     edge = max(2.0, 0.08 * (c1 - c0))
     lateral = np.clip(np.minimum(xx[0] - c0, c1 - xx[0]) / edge, 0, 1).astype(np.float32)

@@ -25,8 +25,9 @@ def scatter(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-
     return op
 
 
-@register("underexposure", family="xray",
-          param=ParamSpec("dose", 0.999, 0.0005, "fraction of the nominal dose"))
+@register(
+    "underexposure", family="xray", param=ParamSpec("dose", 0.999, 0.0005, "fraction of the nominal dose")
+)
 def underexposure(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Low dose: quantum mottle. Photon counts scale with dose * T, so after gain correction the noise std
     is 0.02 sqrt(T / dose) (Poisson, Gaussian approximation), largest in thin (dark) regions."""
@@ -39,8 +40,11 @@ def underexposure(ctx: Context, rng: np.random.Generator):  # type: ignore[no-un
     return op
 
 
-@register("overexposure_xray", family="xray",
-          param=ParamSpec("exposure", 1.001, 100.0, "exposure factor", pivot=1.0))
+@register(
+    "overexposure_xray",
+    family="xray",
+    param=ParamSpec("exposure", 1.001, 100.0, "exposure factor", pivot=1.0),
+)
 def overexposure_xray(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Over-exposure / detector saturation: T' = min(1, T E), so thin tissue burns out to black first."""
     del rng
@@ -55,7 +59,9 @@ def grid_lines(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyp
     period = rng.uniform(3, 8)
     theta = rng.choice([0.0, np.pi / 2]) + rng.uniform(-0.05, 0.05)
     coord = xx * np.float32(np.cos(theta)) + yy * np.float32(np.sin(theta))
-    stripe = (0.5 + 0.5 * np.cos(2 * np.pi * coord / np.float32(period) + rng.uniform(0, 2 * np.pi)))[:, :, None]
+    stripe = (0.5 + 0.5 * np.cos(2 * np.pi * coord / np.float32(period) + rng.uniform(0, 2 * np.pi)))[
+        :, :, None
+    ]
     t = 1 - ctx.x
 
     def op(p: float) -> np.ndarray:
