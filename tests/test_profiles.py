@@ -13,6 +13,7 @@ import pytest
 import yaml
 from test_workflow_support import (
     REPO,
+    SNAKEMAKE,
     clone_run,
     completed_ci_run,
     env_for,
@@ -39,12 +40,15 @@ def test_slurm_profile():
     assert SLURM["software-deployment-method"] == "conda"
     assert SLURM["slurm-status-command"] == "squeue"  # sacct hangs silently without slurmdbd
     d = SLURM["default-resources"]
-    assert d["slurm_partition"] and int(d["mem_mb"]) > 0 and int(d["runtime"]) > 0
+    assert int(d["mem_mb"]) > 0 and int(d["runtime"]) > 0
+    assert "slurm_partition" not in d  # a default partition would switch off the automatic choice
+    parts = yaml.safe_load((REPO / SLURM["slurm-partition-config"]).read_text())["partitions"]
+    assert any(p.get("max_gpu", 0) >= 1 for p in parts.values())
+    assert any(p.get("max_gpu", 0) == 0 for p in parts.values())
     for rule, res in SLURM["set-resources"].items():
-        assert "slurm_extra" not in res or not re.search(
-            r"--(gres|gpus|qos|mem|time|partition)", res["slurm_extra"]
-        )
-        assert res.get("slurm_partition"), rule
+        extra = res.get("slurm_extra", "")
+        assert not re.search(r"--(gres|gpus|qos|mem|time|partition)", extra), rule
+        assert res.get("slurm_partition") in parts, rule
 
 
 def test_rules_carry_only_portable_resources():
@@ -73,11 +77,13 @@ def test_every_gpu_rule_goes_to_the_gpu_partition(ci_jobs):
     _, jobs = ci_jobs
     gpu_rules = {j.rule for j in jobs if int(j.resource("gpu") or 0) > 0}
     assert gpu_rules, "the CI configuration has no GPU rule: the SLURM GPU routing is untested"
-    set_res = SLURM["set-resources"]
-    missing = sorted(r for r in gpu_rules if set_res.get(r, {}).get("slurm_partition") != "gpu")
-    assert not missing, f"GPU rules without `slurm_partition: gpu` in profiles/slurm: {missing}"
-    api_rules = {j.rule for j in jobs if j.resource("api_calls")}
-    assert all(int(j.resource("api_calls")) == 1 for j in jobs if j.rule in api_rules)
+    parts = yaml.safe_load((REPO / SLURM["slurm-partition-config"]).read_text())["partitions"]
+    for rule in gpu_rules:
+        pinned = SLURM["set-resources"].get(rule, {}).get("slurm_partition")
+        assert pinned is None or parts[pinned].get("max_gpu", 0) >= 1, rule
+    for j in jobs:
+        assert j.resource("slurm_partition") is None, f"{j.rule}: partition set outside the profile"
+    assert all(int(j.resource("api_calls")) == 1 for j in jobs if j.resource("api_calls"))
 
 
 FAKE = {
@@ -114,8 +120,13 @@ def test_fake_slurm_submissions(ci_jobs, tmp_path):
     """Submit one GPU job and one CPU job through profiles/slurm to fake SLURM commands."""
     work, jobs = ci_jobs
     remote = [j for j in jobs if not j.local and j.rule != "all" and j.outputs]
-    gpu = next(j for j in remote if int(j.resource("gpu") or 0) > 0)
+    gpus = [j for j in remote if int(j.resource("gpu") or 0) > 0]
+    pinned = next((j for j in gpus if j.rule in SLURM["set-resources"]), None)
+    auto = next((j for j in gpus if j.rule not in SLURM["set-resources"]), None)
+    chosen = [j for j in (pinned, auto) if j is not None]
+    assert chosen, "no GPU job in the CI configuration"
     cpu = next(j for j in remote if int(j.resource("gpu") or 0) == 0)
+    chosen.append(cpu)
     clone = clone_run(work, tmp_path / "run")
     fake_bin = tmp_path / "fakebin"
     _fake_slurm(fake_bin)
@@ -124,7 +135,7 @@ def test_fake_slurm_submissions(ci_jobs, tmp_path):
     env["FAKE_SLURM_DIR"] = str(tmp_path)
     log = tmp_path / "sbatch.log"
     cmd = [
-        str(Path(env["PATH"].split(os.pathsep)[1]) / "snakemake"),
+        SNAKEMAKE,
         "--configfile",
         "tests/config/ci.yaml",
         "--workflow-profile",
@@ -132,8 +143,7 @@ def test_fake_slurm_submissions(ci_jobs, tmp_path):
         "--slurm-init-seconds-before-status-checks",
         "1",
         "--force",
-        gpu.outputs[0],
-        cpu.outputs[0],
+        *(j.outputs[0] for j in chosen),
     ]
     proc = subprocess.Popen(
         cmd,
@@ -145,17 +155,20 @@ def test_fake_slurm_submissions(ci_jobs, tmp_path):
         start_new_session=True,
     )
     try:
-        ok = wait_for(lambda: log.exists() and len(log.read_text().splitlines()) >= 2, timeout=120)
+        ok = wait_for(lambda: log.exists() and len(log.read_text().splitlines()) >= len(chosen), timeout=120)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         out = proc.communicate()[0]
-    assert ok, f"expected two sbatch calls, got {log.read_text() if log.exists() else 'none'}:\n{out[-4000:]}"
+    assert ok, (
+        f"expected {len(chosen)} sbatch calls, got {log.read_text() if log.exists() else 'none'}:\n"
+        + out[-4000:]
+    )
     by_rule: dict[str, list[str]] = {}
     for line in log.read_text().splitlines():
         args = shlex.split(line)
         comment = args[args.index("--comment") + 1]
         by_rule.setdefault(comment.removeprefix("rule_").split("_wildcards_")[0], args)
-    assert {gpu.rule, cpu.rule} <= set(by_rule), f"sbatch calls for {sorted(by_rule)}"
+    assert {j.rule for j in chosen} <= set(by_rule), f"sbatch calls for {sorted(by_rule)}"
 
     def opt(args, name):
         for i, a in enumerate(args):
@@ -165,11 +178,14 @@ def test_fake_slurm_submissions(ci_jobs, tmp_path):
                 return a.split("=", 1)[1]
         return None
 
-    g, c = by_rule[gpu.rule], by_rule[cpu.rule]
-    gpu_partition = SLURM["set-resources"][gpu.rule]["slurm_partition"]
-    assert opt(g, "-p") == gpu_partition
-    assert opt(g, "--gpus") == "1" or (opt(g, "--gres") or "").startswith("gpu")
-    assert opt(g, "--mem") == gpu.resource("mem_mb") and opt(g, "-t") == gpu.resource("runtime")
-    assert opt(c, "-p") == SLURM["set-resources"].get(cpu.rule, SLURM["default-resources"])["slurm_partition"]
-    assert opt(c, "--gpus") is None and not (opt(c, "--gres") or "").startswith("gpu")
-    assert opt(c, "--mem") == cpu.resource("mem_mb") and opt(c, "-t") == cpu.resource("runtime")
+    parts = yaml.safe_load((REPO / SLURM["slurm-partition-config"]).read_text())["partitions"]
+    gpu_parts = {name for name, p in parts.items() if p.get("max_gpu", 0) >= 1}
+    for job in chosen[:-1]:  # the GPU jobs: a GPU, on a GPU partition
+        g = by_rule[job.rule]
+        assert opt(g, "-p") in gpu_parts, (job.rule, g)
+        assert opt(g, "--gpus") == "1" or (opt(g, "--gres") or "").startswith("gpu"), g
+        assert opt(g, "--mem") == job.resource("mem_mb") and opt(g, "-t") == job.resource("runtime"), g
+    c = by_rule[cpu.rule]
+    assert opt(c, "-p") not in gpu_parts, c
+    assert opt(c, "--gpus") is None and not (opt(c, "--gres") or "").startswith("gpu"), c
+    assert opt(c, "--mem") == cpu.resource("mem_mb") and opt(c, "-t") == cpu.resource("runtime"), c
