@@ -339,3 +339,12 @@ def test_dataset_modalities_decide_the_perturbation_files() -> None:
     assert {n for n, sp in REGISTRY.items() if sp.category == "base"} <= set(derm)
     assert all(REGISTRY[n].category == "base" or "dermoscopy" in REGISTRY[n].modalities for n in derm)
     assert set(vlm_perturbations(["dermoscopy", "xray"])) > set(derm)
+
+
+def test_demo_max_test_images_from_the_dataset_spec(tmp_path: Path) -> None:
+    shard = _canonical(tmp_path, "demo_ct", "ct", "test", 5)
+    spec = {"adapter": "demo", "showcase": False, "max_test_images": 2}
+    df = build_sample_table("demo", spec, "caption", sampling={"n_test": None}, seed=0, shards=[shard])
+    assert len(df) == 2
+    assert len(build_sample_table("demo", {**spec, "max_test_images": None}, "caption", sampling={}, seed=0,
+                                  shards=[shard])) == 5

@@ -925,7 +925,8 @@ def build_sample_table(
 ) -> pd.DataFrame:
     """Read dataset ``name`` (a ``vlm.datasets`` entry) for ``task`` and apply ``sampling``.
 
-    ``shards``: canonical shards (demo adapter); ``perturb_max_images``: see :func:`build_demo`.
+    ``shards``: canonical shards (demo adapter); ``perturb_max_images``: see :func:`build_demo` (default:
+    the demo spec's ``max_test_images``, which should equal ``perturb.max_images``).
     """
     adapter = spec.get("adapter")
     if adapter not in ADAPTERS:
@@ -935,7 +936,8 @@ def build_sample_table(
     if adapter == "demo":
         df = build_demo(shards, dataset=name, task=task, seed=seed, organs=spec.get("organs"),
                         showcase=spec.get("showcase", True), showcase_size=spec.get("showcase_size", 256),
-                        perturb_max_images=perturb_max_images)
+                        perturb_max_images=perturb_max_images if perturb_max_images is not None
+                        else spec.get("max_test_images"))
     else:
         if not spec.get("path"):
             raise ConfigError(f"vlm.datasets.{name}.path: required for adapter '{adapter}'")
