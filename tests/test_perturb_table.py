@@ -223,3 +223,31 @@ def test_cli_unreadable_image(tmp_path: Path, capsys) -> None:  # type: ignore[n
     assert rc != 0 and "bad.png" in err and not (tmp_path / "o.png").exists()
     rc, _, err = _run(capsys, "ssim", str(tmp_path / "bad.png"), str(tmp_path / "bad.png"))
     assert rc != 0 and "bad.png" in err
+
+
+# ------------------------------------------------------------------ workflow helpers
+
+
+def test_workflow_settings_carry_only_one_types_settings(repo: Path) -> None:
+    from medfm_robust.config import load_config
+    from medfm_robust.perturb import workflow as wf
+
+    cfg = load_config(repo / "config" / "config.yaml")
+    cfg["perturb"]["overrides"] = {"rotation": {"param_range": [1, 30], "levels": [5, 1]}}
+    rot, hair = wf.settings_for(cfg, "rotation"), wf.settings_for(cfg, "hair")
+    assert rot["param_range"] == [1, 30] and rot["levels"] == [1, 5]
+    assert hair["param_range"] is None and hair["levels"] == [1, 2, 3, 4, 5]
+    cfg2 = load_config(repo / "config" / "config.yaml")
+    cfg2["perturb"]["overrides"] = {"rotation": {"param_range": [2, 30]}}
+    assert wf.settings_for(cfg2, "hair") == hair  # another type's change leaves hair's params alone
+
+    cfg["perturb"]["exclude"] = ["hair"]
+    derm = next(d for d in cfg["datasets"] if cfg["datasets"][d]["modality"] == "dermoscopy")
+    types = wf.types_for(cfg, derm)
+    assert "hair" not in types and "vignette" in types and "metal_streaks" not in types
+    targets = wf.final_targets(cfg, sorted(cfg["datasets"]))
+    assert f"results/perturbed/{derm}/vignette.parquet" in targets
+    assert f"results/perturbed/{derm}/calibration_report.json" in targets
+    assert "results/figures/contact_sheets/dermoscopy.png" in targets
+    sheet = wf.sheet_inputs(cfg, sorted(cfg["datasets"]), "dermoscopy")
+    assert sheet["test"] == f"results/data/{derm}/test.parquet" and len(sheet["shards"]) == len(types)

@@ -1,0 +1,67 @@
+"""Helpers behind ``rules/perturb.smk`` (kept here so the rule file stays declarative and they are tested).
+
+Each takes the validated workflow ``config`` (with defaults filled in).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from medfm_robust.perturb.registry import applicable_types
+
+
+def types_for(config: Mapping[str, Any], dataset: str) -> list[str]:
+    """Perturbation types produced for ``dataset``: its modality's applicable types, config-filtered."""
+    cfg = config["perturb"]
+    modality = config["datasets"][dataset].get("modality")
+    if not modality:
+        return []
+    return applicable_types(modality, cfg["include"], cfg["exclude"])
+
+
+def settings_for(config: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """Only the settings one perturbation type's shards depend on (its overrides over the global ones)."""
+    cfg = config["perturb"]
+    own = cfg["overrides"].get(name, {})
+    return {
+        "levels": sorted(own.get("levels", cfg["levels"])),
+        "bands": own.get("bands", cfg["bands"]),
+        "param_range": own.get("param_range"),
+        "max_evals": own.get("max_evals", cfg["max_evals"]),
+        "max_images": cfg["max_images"],
+        "seed": config["seed"],
+    }
+
+
+def shards_of(config: Mapping[str, Any], dataset: str) -> list[str]:
+    """Every perturbed shard path of ``dataset``."""
+    return [f"results/perturbed/{dataset}/{name}.parquet" for name in types_for(config, dataset)]
+
+
+def sheet_dataset(config: Mapping[str, Any], datasets: Sequence[str], modality: str) -> str | None:
+    """The dataset shown on a modality's contact sheet: the first (sorted) dataset of that modality."""
+    names = sorted(d for d in datasets if config["datasets"][d].get("modality") == modality)
+    return names[0] if names else None
+
+
+def sheet_inputs(config: Mapping[str, Any], datasets: Sequence[str], modality: str) -> dict[str, Any]:
+    """Inputs of one contact sheet: the dataset's test shard and its perturbed shards."""
+    dataset = sheet_dataset(config, datasets, modality)
+    if dataset is None:
+        return {"test": [], "shards": []}
+    return {"test": f"results/data/{dataset}/test.parquet", "shards": shards_of(config, dataset)}
+
+
+def final_targets(config: Mapping[str, Any], datasets: Sequence[str]) -> list[str]:
+    """Every perturbed shard, calibration report (CSV + JSON) and per-modality contact sheet."""
+    targets: list[str] = []
+    modalities = set()
+    for dataset in datasets:
+        if not types_for(config, dataset):
+            continue
+        modalities.add(config["datasets"][dataset]["modality"])
+        targets += shards_of(config, dataset)
+        targets += [f"results/perturbed/{dataset}/calibration_report.{ext}" for ext in ("csv", "json")]
+    targets += [f"results/figures/contact_sheets/{m}.png" for m in sorted(modalities)]
+    return targets
