@@ -30,8 +30,14 @@ def smooth_noise(
     horizontally (sigma_x = sigma * anisotropy).
     """
     shape = (size, size) if isinstance(size, int) else tuple(size)
-    white = rng.standard_normal(shape).astype(np.float32)
-    out = ndi.gaussian_filter(white, (sigma, sigma * anisotropy), mode="wrap")
+    # Coarse textures are filtered on a grid f times smaller and upsampled bilinearly (same look, far
+    # cheaper than a wide kernel at full resolution).
+    f = 2 ** int(np.floor(np.log2(sigma / 1.5))) if sigma >= 3 else 1
+    small = (-(-shape[0] // f) + 1, -(-shape[1] // f) + 1) if f > 1 else shape
+    white = rng.standard_normal(small).astype(np.float32)
+    out = ndi.gaussian_filter(white, (sigma / f, sigma * anisotropy / f), mode="wrap")
+    if f > 1:
+        out = ndi.zoom(out, f, order=1, grid_mode=False)[: shape[0], : shape[1]]
     out -= out.mean()
     return out / (out.std() + 1e-6)
 
