@@ -3,7 +3,7 @@ showcase images without masks, and small helpers describing a mask for the VLM d
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -75,7 +75,7 @@ def demo(dataset: str, spec: Mapping[str, Any], root: Path | None, seed: int) ->
     if modality not in GENERATORS:
         raise DataError(f"dataset {dataset}: adapter 'demo' needs a modality among {', '.join(GENERATORS)}")
 
-    def loader(i: int):
+    def loader(i: int) -> Callable[[], Loaded]:
         return lambda: synthetic_sample(dataset, modality, i, seed)
 
     return [
@@ -126,7 +126,7 @@ def mni152(dataset: str, spec: Mapping[str, Any], root: Path | None, seed: int) 
     """Axial slices of the MNI152 T1 template with the template's brain mask (real anatomy, one subject
     average; ``n_images`` evenly spaced slices, at most the number of slices containing brain)."""
 
-    def loader(z: int):
+    def loader(z: int) -> Callable[[], Loaded]:
         return lambda: mni152_slice(z)
 
     return [
@@ -198,7 +198,7 @@ def shepp_logan_sample(index: int, seed: int, size: int = DEMO_SIZE) -> Loaded:
 def shepp_logan(dataset: str, spec: Mapping[str, Any], root: Path | None, seed: int) -> list[Item]:
     """Shepp-Logan phantom variants (``n_images``, 48 by default) with one ellipse as the target."""
 
-    def loader(i: int):
+    def loader(i: int) -> Callable[[], Loaded]:
         return lambda: shepp_logan_sample(i, seed)
 
     return [
