@@ -1,0 +1,181 @@
+"""Workflow helpers of ``rules/vlm.smk``: which files each VLM job reads and writes, and which settings it
+depends on (so that changing one model's or one stage's setting re-runs only what depends on it).
+
+Every function takes the validated workflow ``config``; nothing here touches files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from medfm_robust.vlm.datasets import MODALITIES, dataset_tasks
+
+Config = Mapping[str, Any]
+
+
+def alternatives(names: list[str]) -> str:
+    """A wildcard regex matching exactly ``names`` (never matching when empty)."""
+    return "|".join(sorted(names)) if names else "NO_MATCH^"
+
+
+def models(config: Config, *, kinds: tuple[str, ...] = ("local", "tiny", "api"), enabled: bool = False) -> list[str]:
+    """Model names of ``kinds`` (only enabled ones with ``enabled=True``)."""
+    return sorted(m for m, s in config["vlm"]["models"].items()
+                  if s["kind"] in kinds and (s.get("enabled", True) or not enabled))
+
+
+def sources(config: Config, dataset: str) -> list[str]:
+    """Canonical datasets feeding a demo VLM dataset (all unless ``sources`` is set); none for real ones."""
+    spec = config["vlm"]["datasets"][dataset]
+    if spec["adapter"] != "demo":
+        return []
+    return sorted(spec.get("sources") or config["datasets"])
+
+
+def modalities(config: Config, dataset: str) -> list[str]:
+    """Modalities a VLM dataset can hold (a real dataset: any, until its samples are read)."""
+    if config["vlm"]["datasets"][dataset]["adapter"] == "demo":
+        return sorted({config["datasets"][d]["modality"] for d in sources(config, dataset)})
+    return list(MODALITIES)
+
+
+def levels(config: Config) -> list[int]:
+    """Perturbation levels of the VLM inputs (``vlm.perturbations.levels``, default ``perturb.levels``)."""
+    own = config["vlm"]["perturbations"].get("levels")
+    return sorted(own or config["perturb"]["levels"])
+
+
+def types(config: Config) -> list[str]:
+    """Perturbation types of every VLM dataset (one list; a type fitting none of a dataset's samples gives
+    empty tables), in registry order."""
+    from medfm_robust.vlm.perturb import vlm_perturbations
+
+    pert = config["vlm"]["perturbations"]
+    mods = sorted({m for d in config["vlm"]["datasets"] for m in modalities(config, d)})
+    return vlm_perturbations(mods, pert["include"] or None, pert["exclude"] or None)
+
+
+def sample_inputs(config: Config, dataset: str) -> list[str] | str:
+    """Inputs of a sample table: demo -> every canonical shard of the sources; real -> the dataset folder."""
+    spec = config["vlm"]["datasets"][dataset]
+    if spec["adapter"] == "demo":
+        return [f"results/data/{d}/{s}.parquet" for d in sources(config, dataset) for s in ("train", "val", "test")]
+    path = Path(spec["path"])
+    return str(path if path.is_absolute() or path.exists() else Path(config["resources_dir"]) / path)
+
+
+def tables(config: Config, dataset: str) -> list[str]:
+    """Every sample table of a VLM dataset."""
+    return [f"results/vlm/data/{dataset}/{t}.parquet" for t in dataset_tasks(config["vlm"]["datasets"][dataset])]
+
+
+def canonical_shards(config: Config, dataset: str, perturbation: str) -> list[str]:
+    """Canonical perturbed shards of a demo dataset's sources that hold ``perturbation`` at the VLM levels
+    (reused instead of recomputed)."""
+    from medfm_robust.perturb import workflow as perturb_wf
+
+    if perturb_wf.settings_for(config, perturbation)["levels"] != levels(config):
+        return []
+    return [f"results/perturbed/{d}/{perturbation}.parquet" for d in sources(config, dataset)
+            if perturbation in perturb_wf.types_for(config, d)]
+
+
+def perturb_inputs(config: Config, dataset: str) -> dict[str, list[str]]:
+    """Inputs of ``vlm_perturb``: the sample tables and the reusable canonical shards."""
+    return {
+        "samples": tables(config, dataset),
+        "canonical": sorted({s for t in types(config) for s in canonical_shards(config, dataset, t)}),
+    }
+
+
+def perturb_params(config: Config, dataset: str) -> dict[str, Any]:
+    """Only what the perturbed inputs of one VLM dataset depend on."""
+    pert = config["vlm"]["perturbations"]
+    return {
+        "types": types(config),
+        "canonical": {t: canonical_shards(config, dataset, t) for t in types(config)},
+        "levels": levels(config),
+        "bands": config["perturb"]["bands"],
+        "max_evals": config["perturb"]["max_evals"],
+        "include": pert["include"],
+        "exclude": pert["exclude"],
+        "seed": config["seed"],
+    }
+
+
+def model_dir(config: Config, model: str) -> str | list[str]:
+    """A model's weights folder: trained tiny models under results/, real ones under resources_dir."""
+    spec = config["vlm"]["models"][model]
+    if spec["kind"] == "tiny":
+        return f"results/vlm/models/{model}"
+    if spec["kind"] == "local" and spec.get("path"):
+        path = Path(spec["path"])
+        return str(path if path.is_absolute() else Path(config["resources_dir"]) / path)
+    return []
+
+
+def uses_adapter(config: Config, model: str, task: str) -> bool:
+    """Grounding of an open model flagged ``grounding_finetune`` is evaluated with its LoRA adapter."""
+    spec = config["vlm"]["models"][model]
+    return task == "grounding" and spec["kind"] != "api" and bool(spec.get("grounding_finetune"))
+
+
+def max_new_tokens(config: Config, model: str, task: str) -> int:
+    """The model's per-task override, else ``vlm.tasks.<task>.max_new_tokens``."""
+    own = config["vlm"]["models"][model].get("max_new_tokens", {})
+    return int(own.get(task, config["vlm"]["tasks"][task]["max_new_tokens"]))
+
+
+def eval_inputs(config: Config, model: str, task: str, dataset: str) -> dict[str, Any]:
+    """Inputs of one evaluation job: weights (and adapter), sample table, VLM and canonical perturbed shards."""
+    all_types = types(config)
+    inputs: dict[str, Any] = {
+        "samples": f"results/vlm/data/{dataset}/{task}.parquet",
+        "perturbed": [f"results/vlm/perturbed/{dataset}/{t}.parquet" for t in all_types],
+        "canonical": sorted({s for t in all_types for s in canonical_shards(config, dataset, t)}),
+        "model": model_dir(config, model),
+    }
+    if uses_adapter(config, model, task):
+        inputs["adapter"] = f"results/vlm/adapters/{model}/grounding"
+    return inputs
+
+
+def eval_params(config: Config, model: str, task: str, dataset: str) -> dict[str, Any]:
+    """Only what one (model, task, dataset) evaluation depends on."""
+    pert = config["vlm"]["perturbations"]
+    return {
+        "spec": dict(config["vlm"]["models"][model]),
+        "types": types(config),
+        "canonical": {t: canonical_shards(config, dataset, t) for t in types(config)},
+        "max_new_tokens": max_new_tokens(config, model, task),
+        "levels": levels(config),
+        "include": pert["include"],
+        "exclude": pert["exclude"],
+        "resources_dir": config["resources_dir"],
+    }
+
+
+def api_params(config: Config, model: str) -> dict[str, Any]:
+    """API client settings for one model: cache, retries, its own endpoint only (no judge settings)."""
+    api = {k: v for k, v in config["vlm"]["api"].items() if k != "endpoints"}
+    api["endpoints"] = {model: config["vlm"]["api"]["endpoints"].get(model, {})}
+    return api
+
+
+def metric_outputs(config: Config, prefix: str) -> dict[str, str]:
+    """Named outputs of an evaluation job: ``clean`` plus one table per type."""
+    return {name: f"{prefix}/{name}.parquet" for name in ["clean", *types(config)]}
+
+
+def final_targets(config: Config) -> list[str]:
+    """Metric tables of every enabled model on every task of every VLM dataset it is evaluated on."""
+    targets = []
+    conditions = ["clean", *types(config)]
+    for m in models(config, enabled=True):
+        for d in sorted(config["vlm"]["datasets"]):
+            for task in dataset_tasks(config["vlm"]["datasets"][d]):
+                if task in config["vlm"]["models"][m]["tasks"]:
+                    targets += [f"results/metrics/vlm/{m}/{task}/{d}/{c}.parquet" for c in conditions]
+    return targets

@@ -1,0 +1,22 @@
+"""Snakemake adapter (rule vlm_perturb): every perturbed-input shard of one VLM dataset."""
+
+from medfm_robust.logs import run_snakemake_script
+from medfm_robust.vlm.perturb import perturb_vlm_dataset
+
+
+def main(smk) -> None:
+    s = smk.params.settings
+    perturb_vlm_dataset(
+        list(smk.input.samples),
+        dict(zip(s["types"], smk.output, strict=True)),
+        canonical_shards=s["canonical"],
+        global_seed=s["seed"],
+        levels=s["levels"],
+        include=s["include"],
+        exclude=s["exclude"],
+        bands=s["bands"],
+        max_evals=s["max_evals"],
+    )
+
+
+run_snakemake_script(snakemake, main)

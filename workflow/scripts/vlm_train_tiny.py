@@ -1,0 +1,25 @@
+"""Snakemake adapter (rule vlm_train_tiny): build and train one tiny VLM on the demo training sets."""
+
+from pathlib import Path
+
+from medfm_robust.logs import run_snakemake_script
+from medfm_robust.vlm.models import set_torch_threads
+from medfm_robust.vlm.train import train_tiny_from_tables
+
+
+def main(smk) -> None:
+    p = smk.params
+    set_torch_threads(smk.threads)
+    train_tiny_from_tables(
+        smk.wildcards.vlm_model,
+        p.spec,
+        p.training,
+        {Path(t).stem: t for t in smk.input},
+        smk.output.model,
+        smk.output.info,
+        max_new_tokens=p.max_new_tokens,
+        seed=p.seed,
+    )
+
+
+run_snakemake_script(snakemake, main)
