@@ -176,6 +176,9 @@ def conditions_for(
     from medfm_robust.perturb.registry import get_spec
 
     spec = get_spec(perturbation)
+    test = [r for r in samples[samples["split"] == "test"].to_dict("records")
+            if _applicable(r["modality"], perturbation, include, exclude)]
+    wanted = {perturbation_key(task, r) for r in test}
     index: dict[tuple[str, str, int], dict[str, Any]] = {}
     for p in shards:
         if not Path(p).is_file():
@@ -183,14 +186,12 @@ def conditions_for(
         t = pd.read_parquet(p)
         if len(t) and set(t["perturbation"]) != {perturbation}:
             raise DataError(f"{p}: holds {sorted(set(t['perturbation']))}, expected '{perturbation}'")
-        for rec in t.to_dict("records"):
+        keep = [(str(d), str(i)) in wanted for d, i in zip(t["dataset"], t["image_id"], strict=True)]
+        for rec in t[np.asarray(keep, dtype=bool)].to_dict("records") if len(t) else []:
             index[(str(rec["dataset"]), str(rec["image_id"]), int(rec["level"]))] = rec
     out: list[dict[str, Any]] = []
     dropped = 0
-    test = samples[samples["split"] == "test"]
-    for rec in test.to_dict("records"):
-        if not _applicable(rec["modality"], perturbation, include, exclude):
-            continue
+    for rec in test:
         ds, iid = perturbation_key(task, rec)
         for level in levels:
             row = index.get((ds, iid, int(level)))
