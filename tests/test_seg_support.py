@@ -1,4 +1,4 @@
-"""Shared helpers of the segmentation tests (synthetic shards, a quickly trained small SAM) and their tests."""
+"""Helpers shared by the segmentation tests (synthetic shards, a quickly trained small SAM), with tests."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from medfm_robust.seeding import rng_for
 from medfm_robust.seg.models import SamLongestSide, TinySamConfig, build_tiny_sam
 from medfm_robust.seg.prompts import box_from_mask
 
-SMALL = TinySamConfig(img_size=64, patch_size=8, embed_dim=32, depth=1, num_heads=2, prompt_dim=32,
-                      decoder_mlp=64)
+SMALL = TinySamConfig(
+    img_size=64, patch_size=8, embed_dim=32, depth=1, num_heads=2, prompt_dim=32, decoder_mlp=64
+)
 
 
 def ellipse_sample(i: int, size: int = 64, gray: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -38,18 +39,35 @@ def write_test_shard(path: Path, dataset: str, n: int, size: int = 64, modality:
     rows = []
     for i in range(n):
         img, mask = ellipse_sample(i, size)
-        rows.append({
-            "image_id": f"img{i:03d}", "dataset": dataset, "modality": modality, "split": "test",
-            "image_png": encode_png(img), "mask_png": encode_png(mask.astype(np.uint8) * 255),
-            "box": [int(v) for v in box_from_mask(mask)], "height": size, "width": size, "channels": 3,
-            "source": f"synthetic/{i}",
-        })
+        rows.append(
+            {
+                "image_id": f"img{i:03d}",
+                "dataset": dataset,
+                "modality": modality,
+                "split": "test",
+                "image_png": encode_png(img),
+                "mask_png": encode_png(mask.astype(np.uint8) * 255),
+                "box": [int(v) for v in box_from_mask(mask)],
+                "height": size,
+                "width": size,
+                "channels": 3,
+                "source": f"synthetic/{i}",
+            }
+        )
     write_parquet_atomic(path, pd.DataFrame(rows))
     return [r["image_id"] for r in rows]
 
 
-def write_perturbed_shard(path: Path, dataset: str, perturbation: str, n: int, levels: int = 3,
-                          size: int = 64, moving: bool = False, skip: set[str] | None = None) -> pd.DataFrame:
+def write_perturbed_shard(
+    path: Path,
+    dataset: str,
+    perturbation: str,
+    n: int,
+    levels: int = 3,
+    size: int = 64,
+    moving: bool = False,
+    skip: set[str] | None = None,
+) -> pd.DataFrame:
     """A perturbed shard over the images of :func:`write_test_shard`: Gaussian noise growing with the level,
     or (``moving``) a horizontal shift by ``2 * level`` pixels that moves the mask and box."""
     rows = []
@@ -69,12 +87,24 @@ def write_perturbed_shard(path: Path, dataset: str, perturbation: str, n: int, l
                 mask_png = encode_png(m.astype(np.uint8) * 255)
             else:
                 out = np.clip(img + rng.normal(0, 8 * level, img.shape), 0, 255).astype(np.uint8)
-            rows.append({
-                "image_id": image_id, "dataset": dataset, "modality": "ct", "perturbation": perturbation,
-                "category": "base", "level": np.int8(level), "image_png": encode_png(out), "mask_png": mask_png,
-                "box": [int(v) for v in box_from_mask(m)], "ssim": 1.0 - 0.1 * level, "param": float(level),
-                "in_band": level != 2, "reason": "" if level != 2 else "below band", "seed": 7,
-            })
+            rows.append(
+                {
+                    "image_id": image_id,
+                    "dataset": dataset,
+                    "modality": "ct",
+                    "perturbation": perturbation,
+                    "category": "base",
+                    "level": np.int8(level),
+                    "image_png": encode_png(out),
+                    "mask_png": mask_png,
+                    "box": [int(v) for v in box_from_mask(m)],
+                    "ssim": 1.0 - 0.1 * level,
+                    "param": float(level),
+                    "in_band": level != 2,
+                    "reason": "" if level != 2 else "below band",
+                    "seed": 7,
+                }
+            )
     frame = pd.DataFrame(rows).sort_values(["image_id", "level"]).reset_index(drop=True)
     write_parquet_atomic(path, frame)
     return frame

