@@ -248,3 +248,9 @@ def test_missing_dataset_folder_names_key_and_path(tmp_path: Path) -> None:
         check_dataset_paths({"datasets": {"f": {"adapter": "folder", "path": str(tmp_path)}}})
     with pytest.raises(ConfigError, match=r"data\.splits"):
         check_dataset_paths({"data": {"splits": {"train": 0.5, "val": 0.5, "test": 0.5}}, "datasets": {}})
+
+
+def test_modality_is_filled_in_from_the_adapter(tmp_path: Path) -> None:
+    cfg = {"datasets": {"kv": {"adapter": "kvasir_seg", "path": str(tmp_path)}, "b": {"adapter": "mni152"}}}
+    check_dataset_paths(cfg)
+    assert cfg["datasets"]["kv"]["modality"] == "endoscopy" and cfg["datasets"]["b"]["modality"] == "mri"

@@ -56,23 +56,21 @@ def test_missing_dataset_folder_stops_before_any_job(repo: Path, tmp_path: Path)
 
 def test_data_rule_runs_and_writes_shards(repo: Path, tmp_path: Path) -> None:
     build_fixture_resources(tmp_path / "resources", n=3, with_models=False)
-    cfg = {
-        "seed": 0,
-        "data": {"image_size": 64, "splits": {"train": 0.5, "val": 0.25, "test": 0.25}},
-        "datasets": {
-            "demo_xray": {"adapter": "demo", "modality": "xray", "n_images": 6},
-            "kvasir_seg": {"adapter": "kvasir_seg", "path": "resources/datasets/Kvasir-SEG"},
-        },
-    }
+    # the CI config (kept valid for every stage) plus a real-layout dataset from the fixture
+    cfg = yaml.safe_load((repo / "tests" / "config" / "ci.yaml").read_text())
+    cfg["data"]["image_size"] = 64
+    cfg["datasets"]["kvasir_seg"] = {"adapter": "kvasir_seg", "path": "resources/datasets/Kvasir-SEG"}
+    demo = sorted(d for d, s in cfg["datasets"].items() if s["adapter"] == "demo")[0]
+    expected = {demo: cfg["datasets"][demo].get("n_images") or 48, "kvasir_seg": 3}
     cfgfile = tmp_path / "cfg.yaml"
     cfgfile.write_text(yaml.safe_dump(cfg))
-    targets = [f"results/data/{d}/ingest_report.json" for d in cfg["datasets"]]
+    targets = [f"results/data/{d}/ingest_report.json" for d in expected]
     res = _snakemake(repo, tmp_path, cfgfile, "-c2", *targets)
     assert res.returncode == 0, res.stderr[-3000:]
-    for d in cfg["datasets"]:
+    for d, n_expected in expected.items():
         n = sum(
             pq.read_metadata(tmp_path / "results" / "data" / d / f"{s}.parquet").num_rows
             for s in ("train", "val", "test")
         )
-        assert n == (6 if d == "demo_xray" else 3)
+        assert n == n_expected
         assert (tmp_path / "logs" / "data_ingest" / f"{d}.log").is_file()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +36,13 @@ def dataset_root(dataset: str, spec: Mapping[str, Any]) -> Path | None:
     return Path(spec["path"])
 
 
-def check_dataset_paths(config: Mapping[str, Any]) -> None:
+def check_dataset_paths(config: MutableMapping[str, Any]) -> None:
     """Check every real dataset's folder exists and each modality agrees with its adapter.
 
-    Also checks ``data.splits``. Raises one ``ConfigError`` listing every problem, each naming the
-    config key (and the path for a missing folder).
+    A dataset whose config omits ``modality`` gets its adapter's (filled in place, like the schema's
+    defaults), so every later stage can read ``config["datasets"][name]["modality"]``. Also checks
+    ``data.splits``. Raises one ``ConfigError`` listing every problem, each naming the config key (and
+    the path for a missing folder).
     """
     problems = []
     if "splits" in config.get("data", {}):
@@ -50,7 +52,7 @@ def check_dataset_paths(config: Mapping[str, Any]) -> None:
             problems.append(str(exc))
     for name, spec in sorted(config.get("datasets", {}).items()):
         try:
-            dataset_modality(name, spec)
+            spec["modality"] = dataset_modality(name, spec)
             root = dataset_root(name, spec)
         except ConfigError as exc:
             problems.append(str(exc))
