@@ -71,25 +71,32 @@ class BootstrapSettings:
     seed: int = 0
 
 
-def read_metric_files(paths: Sequence[str], required: Sequence[str], kind: str) -> pd.DataFrame:
-    """Concatenate per-image metric Parquet files, checking that each has the ``required`` columns.
+def read_metric_files(
+    paths: Sequence[str], required: Sequence[str], kind: str, extra_columns: Sequence[str] = ()
+) -> pd.DataFrame:
+    """Concatenate per-image metric Parquet files (the ``required`` columns plus any ``extra_columns``
+    present), checking that each file has the ``required`` columns.
 
     Raises ``DataError`` naming the file and the missing column(s); an empty ``paths`` gives an empty
     frame with the required columns.
     """
-    frames = []
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables = []
     for path in paths:
         try:
-            frame = pd.read_parquet(path)
+            schema = pq.read_schema(path)
         except Exception as exc:  # pyarrow raises several types for unreadable files
             raise DataError(f"{path}: cannot read {kind} metrics Parquet ({exc})") from exc
-        missing = [c for c in required if c not in frame.columns]
+        missing = [c for c in required if c not in schema.names]
         if missing:
             raise DataError(f"{path}: {kind} metrics lack column(s) {', '.join(missing)}")
-        frames.append(frame)
-    if not frames:
+        wanted = [c for c in schema.names if c in set(required) | set(extra_columns)]
+        tables.append(pq.read_table(path, columns=wanted))
+    if not tables:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in required})
-    return pd.concat(frames, ignore_index=True)
+    return pa.concat_tables(tables, promote_options="permissive").to_pandas()
 
 
 def paired_drops(
@@ -118,7 +125,7 @@ def paired_drops(
         raises ``DataError``.
     """
     if value not in frame.columns:
-        raise DataError(f"{source}: no column '{value}' to aggregate")
+        raise DataError(f"{source}: no column '{value}' to aggregate (see config report.*metric*)")
     keys = [*unit_keys, image_key]
     data = frame.copy()
     data[value] = pd.to_numeric(data[value], errors="coerce").astype("float64")
@@ -193,16 +200,19 @@ def hierarchical_mean(
         col = np.searchsorted(images, pop_rows[image_key].astype(str).to_numpy())
         weights = _bootstrap_weights(images, pop, settings) if samples else np.zeros((0, len(images)))
         weights = np.vstack([np.ones((1, len(images))), weights])  # row 0: the point estimate
-        codes, uniques = pd.factorize(pd.MultiIndex.from_frame(pop_rows[inner]))
-        x = np.zeros((len(uniques), len(images)))
-        m = np.zeros_like(x)
-        np.add.at(x, (codes, col), pop_rows[value].to_numpy(dtype=np.float64))
-        np.add.at(m, (codes, col), 1.0)
+        keys = pop_rows[inner].reset_index(drop=True)
+        grouped = keys.groupby(inner, sort=True, dropna=False)
+        codes = grouped.ngroup().to_numpy()
+        uniques = grouped.size().index.to_frame(index=False)
+        n_groups, n_img = int(codes.max()) + 1, len(images)
+        flat = codes * n_img + col
+        x = np.bincount(flat, weights=pop_rows[value].to_numpy(dtype=np.float64), minlength=n_groups * n_img)
+        m = np.bincount(flat, minlength=n_groups * n_img).astype(np.float64)
+        x, m = x.reshape(n_groups, n_img), m.reshape(n_groups, n_img)
         with np.errstate(invalid="ignore", divide="ignore"):
             means = (x @ weights.T) / (m @ weights.T)  # (groups, 1 + samples)
         block = pd.DataFrame(means, columns=[f"b{i}" for i in range(means.shape[1])])
-        block[inner] = uniques.to_frame(index=False).to_numpy()
-        blocks.append(block)
+        blocks.append(pd.concat([uniques, block], axis=1))
     stats = pd.concat(blocks, ignore_index=True)
     rep_cols = [c for c in stats.columns if c.startswith("b")]
 

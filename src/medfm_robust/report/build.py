@@ -308,7 +308,7 @@ def vlm_tables(
     in_band_only: bool = False,
 ) -> list[Table]:
     """All VLM tables (see :data:`VLM_TABLES`); ``metrics`` maps a task to its per-sample score column."""
-    frame = read_metric_files(metric_paths, VLM_COLUMNS, "VLM")
+    frame = read_metric_files(metric_paths, VLM_COLUMNS, "VLM", extra_columns=sorted(set(metrics.values())))
     if frame.empty:
         raise DataError("VLM report: no metric rows (no VLM metric files given)")
     frame = frame.rename(columns={"sample_id": "image_id"})

@@ -55,8 +55,11 @@ class ReportTargets:
         Those the fine-tuning stage lists (a listed ``.safetensors`` implies its ``.json``); if it lists
         none, one per evaluated (model, strategy, dataset) run whose strategy is not ``zero_shot``.
         """
-        listed = {CHECKPOINT.sub(r"results/checkpoints/\1/\2/\3.json", t) for t in self.upstream()
-                  if CHECKPOINT.match(t)}
+        listed = {
+            CHECKPOINT.sub(r"results/checkpoints/\1/\2/\3.json", t)
+            for t in self.upstream()
+            if CHECKPOINT.match(t)
+        }
         if listed:
             return sorted(listed)
         runs = {SEG_METRIC.match(t).groups()[:3] for t in self.seg_metric_files()}  # type: ignore[union-attr]
@@ -90,8 +93,15 @@ class ReportTargets:
 def table_outputs(names: Sequence[str], category: str, report: Callable[..., Any]) -> dict[str, list[Any]]:
     """Output lists of a table rule; the CSVs are wrapped with Snakemake's ``report`` (caption per table)."""
     return {
-        "csv": [report(f"results/tables/{n}.csv", caption=f"../report/tables/{n}.rst", category=category,
-                       labels={"table": n}) for n in names],
+        "csv": [
+            report(
+                f"results/tables/{n}.csv",
+                caption=f"../report/tables/{n}.rst",
+                category=category,
+                labels={"table": n},
+            )
+            for n in names
+        ],
         "md": [f"results/tables/{n}.md" for n in names],
         "tex": [f"results/tables/{n}.tex" for n in names],
     }
@@ -100,13 +110,27 @@ def table_outputs(names: Sequence[str], category: str, report: Callable[..., Any
 def figure_outputs(names: Sequence[str], category: str, report: Callable[..., Any]) -> dict[str, list[Any]]:
     """Output lists of a figure rule; the PNGs are wrapped with ``report`` (caption per panel)."""
     return {
-        "png": [report(f"results/figures/{n}.png", caption=f"../report/figures/{n}.rst", category=category,
-                       labels={"panel": n}) for n in names],
+        "png": [
+            report(
+                f"results/figures/{n}.png",
+                caption=f"../report/figures/{n}.rst",
+                category=category,
+                labels={"panel": n},
+            )
+            for n in names
+        ],
         "pdf": [f"results/figures/{n}.pdf" for n in names],
     }
 
 
 def contact_sheet_outputs(modalities: Sequence[str], report: Callable[..., Any]) -> list[Any]:
     """Report copies of the perturbation contact sheets (one per modality)."""
-    return [report(f"results/report/contact_sheets/{m}.png", caption="../report/contact_sheet.rst",
-                   category="Perturbations", labels={"modality": m}) for m in modalities]
+    return [
+        report(
+            f"results/report/contact_sheets/{m}.png",
+            caption="../report/contact_sheet.rst",
+            category="Perturbations",
+            labels={"modality": m},
+        )
+        for m in modalities
+    ]
