@@ -1,0 +1,113 @@
+"""Helpers of ``rules/segment.smk`` (kept here, torch-free and tested, so the rule file stays declarative).
+
+Every function takes the validated config; none imports torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from medfm_robust.errors import ConfigError
+
+ATTACK_OUTPUTS = ("fgsm", "pgd")
+METRICS_PATTERN = "results/metrics/segmentation/{model}/{strategy}/{dataset}/{name}.parquet"
+TrainedFn = Callable[[str, str], Sequence[str]]
+
+
+def models(config: Mapping[str, Any]) -> list[str]:
+    """Configured segmentation models, sorted."""
+    return sorted(config["segmentation"]["models"])
+
+
+def datasets_for(config: Mapping[str, Any], model: str) -> list[str]:
+    """Datasets evaluated with ``model``: its ``datasets`` list, or every configured dataset."""
+    known = sorted(config["datasets"])
+    chosen = config["segmentation"]["models"][model]["datasets"]
+    if chosen is None:
+        return known
+    unknown = sorted(set(chosen) - set(known))
+    if unknown:
+        raise ConfigError(f"config key 'segmentation.models.{model}.datasets': unknown dataset(s) {unknown}")
+    return sorted(chosen)
+
+
+def perturbations_for(config: Mapping[str, Any], model: str, dataset: str) -> list[str]:
+    """Perturbation shards of ``dataset`` that ``model`` is evaluated on (the dataset's types, optionally
+    restricted by ``segmentation.models.<model>.perturbations``), sorted."""
+    from medfm_robust.perturb import REGISTRY
+    from medfm_robust.perturb.workflow import types_for
+
+    types = types_for(config, dataset)
+    chosen = config["segmentation"]["models"][model]["perturbations"]
+    if chosen is None:
+        return sorted(types)
+    unknown = sorted(set(chosen) - set(REGISTRY))
+    if unknown:
+        key = f"segmentation.models.{model}.perturbations"
+        raise ConfigError(f"config key '{key}': unknown perturbation type(s) {unknown}")
+    return sorted(t for t in types if t in chosen)
+
+
+def strategies_for(
+    config: Mapping[str, Any], model: str, dataset: str, trained: TrainedFn | None
+) -> list[str]:
+    """Strategies evaluated: the model's ``strategies`` list, or ``zero_shot`` plus what ``trained(model,
+    dataset)`` (the finetune stage's ``finetune_strategies``) returns."""
+    chosen = config["segmentation"]["models"][model]["strategies"]
+    if chosen is None:
+        chosen = ["zero_shot", *(trained(model, dataset) if trained is not None else [])]
+    return list(dict.fromkeys(chosen))
+
+
+def base_checkpoint_input(config: Mapping[str, Any], model: str) -> list[str]:
+    """The base checkpoint as an input file (none for random weights or the bundled LiteMedSAM)."""
+    ckpt = config["segmentation"]["models"][model]["checkpoint"]
+    return [] if ckpt in (None, "bundled") else [str(ckpt)]
+
+
+def finetuned_input(model: str, dataset: str, strategy: str) -> list[str]:
+    """The fine-tuned checkpoint of a trained strategy (none for ``zero_shot``)."""
+    if strategy == "zero_shot":
+        return []
+    return [f"results/checkpoints/{model}/{dataset}/{strategy}.safetensors"]
+
+
+def output_names(config: Mapping[str, Any], model: str, dataset: str) -> list[str]:
+    """Names of the evaluation job's Parquet files: ``clean`` and every evaluated perturbation."""
+    return ["clean", *perturbations_for(config, model, dataset)]
+
+
+def job_params(config: Mapping[str, Any], model: str) -> dict[str, Any]:
+    """Only the settings an evaluation job of ``model`` depends on (read by
+    :func:`medfm_robust.seg.evaluate.eval_settings`)."""
+    seg = config["segmentation"]
+    mcfg = seg["models"][model]
+    return {
+        "checkpoint": mcfg["checkpoint"],
+        "batch_size": mcfg["batch_size"],
+        "max_images": mcfg["max_images"],
+        "attack_max_images": mcfg["attack_max_images"],
+        "cache_dir": seg["cache_dir"] if mcfg["embedding_cache"] else None,
+        "device": seg["device"],
+        "threads": mcfg["threads"],
+        "box_jitter": seg["box_jitter"],
+        "nsd_tolerance": seg["nsd_tolerance"],
+        "seed": config["seed"],
+    }
+
+
+def final_targets(config: Mapping[str, Any], trained: TrainedFn | None) -> list[str]:
+    """Every metric Parquet of every configured (model, strategy, dataset)."""
+    targets = []
+    for model in models(config):
+        for dataset in datasets_for(config, model):
+            names = output_names(config, model, dataset)
+            if config["segmentation"]["models"][model]["attacks"]:
+                names += ATTACK_OUTPUTS
+            for strategy in strategies_for(config, model, dataset, trained):
+                targets += [
+                    METRICS_PATTERN.format(model=model, strategy=strategy, dataset=dataset, name=name)
+                    for name in names
+                ]
+    return targets

@@ -1,0 +1,67 @@
+"""Rule helpers of the segmentation stage (medfm_robust.seg.workflow) on validated configs."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from medfm_robust.config import load_config
+from medfm_robust.errors import ConfigError
+from medfm_robust.seg import workflow as W
+
+
+@pytest.fixture(scope="module")
+def default_cfg(repo: Path) -> dict:
+    return load_config(repo / "config" / "config.yaml")
+
+
+def test_embedded_default_targets(default_cfg: dict) -> None:
+    cfg = copy.deepcopy(default_cfg)
+    assert W.models(cfg) == ["lite_medsam", "tiny_sam"]
+    assert W.datasets_for(cfg, "tiny_sam") == sorted(cfg["datasets"])
+    assert W.datasets_for(cfg, "lite_medsam") == ["demo_dermoscopy"]
+    assert W.perturbations_for(cfg, "lite_medsam", "demo_dermoscopy") == [
+        "gaussian_blur",
+        "gaussian_noise",
+        "hair",
+    ]
+    targets = W.final_targets(cfg, lambda m, d: ["dec_only"] if (m, d) == ("tiny_sam", "demo_ct") else [])
+    lite = [t for t in targets if "/lite_medsam/" in t]
+    assert lite == [
+        f"results/metrics/segmentation/lite_medsam/zero_shot/demo_dermoscopy/{n}.parquet"
+        for n in ("clean", "gaussian_blur", "gaussian_noise", "hair")
+    ]  # lite_medsam: attacks off, strategies fixed to zero_shot
+    ct = [t for t in targets if "/tiny_sam/" in t and "/demo_ct/" in t]
+    n_ct = len(W.perturbations_for(cfg, "tiny_sam", "demo_ct")) + 3  # + clean, fgsm, pgd
+    assert len(ct) == 2 * n_ct and any("/dec_only/demo_ct/pgd.parquet" in t for t in ct)
+    assert len(set(targets)) == len(targets)
+
+
+def test_params_carry_only_the_models_settings(default_cfg: dict) -> None:
+    p = W.job_params(default_cfg, "tiny_sam")
+    assert p["checkpoint"] == "results/checkpoints/tiny_sam/pretrained.safetensors"
+    assert p["cache_dir"] is None and p["threads"] == 1 and p["attack_max_images"] == 3
+    assert W.job_params(default_cfg, "lite_medsam")["cache_dir"] == "results/cache/embeddings"
+    assert W.base_checkpoint_input(default_cfg, "lite_medsam") == []
+    assert W.finetuned_input("tiny_sam", "demo_ct", "zero_shot") == []
+    assert W.finetuned_input("tiny_sam", "demo_ct", "lora") == [
+        "results/checkpoints/tiny_sam/demo_ct/lora.safetensors"
+    ]
+
+
+def test_bad_model_settings_name_the_key(default_cfg: dict) -> None:
+    cfg = copy.deepcopy(default_cfg)
+    cfg["segmentation"]["models"]["lite_medsam"]["datasets"] = ["nope"]
+    with pytest.raises(ConfigError, match=r"segmentation\.models\.lite_medsam\.datasets.*nope"):
+        W.datasets_for(cfg, "lite_medsam")
+    cfg["segmentation"]["models"]["lite_medsam"]["perturbations"] = ["gaussian_noise", "sparkles"]
+    with pytest.raises(ConfigError, match=r"segmentation\.models\.lite_medsam\.perturbations.*sparkles"):
+        W.perturbations_for(cfg, "lite_medsam", "demo_dermoscopy")
+    bad = copy.deepcopy(default_cfg)
+    bad["segmentation"]["models"]["tiny_sam"]["strategies"] = ["zero_shot", "prompt_tuning"]
+    from medfm_robust.config import validate_config
+
+    with pytest.raises(ConfigError, match=r"segmentation\.models\.tiny_sam\.strategies"):
+        validate_config(bad)
