@@ -40,15 +40,60 @@ from medfm_robust.perturb import REGISTRY, applicable_types, calibrate  # noqa: 
 from medfm_robust.perturb._common import Context  # noqa: E402
 from medfm_robust.perturb.registry import MODALITIES  # noqa: E402
 from medfm_robust.perturb.ssim import ssim  # noqa: E402
+from medfm_robust.seeding import rng_for as seed_rng  # noqa: E402
 from medfm_robust.seeding import seed_for  # noqa: E402
 
 PRIORS = Path(__file__).resolve().parents[1] / "src" / "medfm_robust" / "perturb" / "priors.json"
 BENCH_MODALITIES = [m for m in MODALITIES if m != "oct"]  # oct shares fundus' family and generator
 
 
+RGB_MODALITIES = ("dermoscopy", "endoscopy", "fundus", "pathology")
+IMAGE_SET = "textured"  # set by --set
+
+
+def textured_image(modality: str, index: int, size: int) -> np.ndarray:
+    """A generated 8-bit image with anatomy-like smooth structures and multi-scale texture.
+
+    Smooth shading + 3-6 random elliptical structures + filtered noise at 1, 3 and 8 px (tissue texture)
+    + acquisition noise (sigma 2 grey levels); radiological modalities get a dark background outside a
+    body ellipse. RGB for dermoscopy, endoscopy, fundus and pathology (a modality-typical tint), else gray.
+    """
+    from scipy import ndimage
+
+    rng = seed_rng("bench-textured", modality, index)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    img = 0.45 + 0.15 * np.sin(2 * np.pi * (rng.uniform(0.3, 1.2) * xx + rng.uniform(0.3, 1.2) * yy))
+    for _ in range(int(rng.integers(3, 7))):
+        cy, cx, ry, rx = (
+            rng.uniform(0.2, 0.8),
+            rng.uniform(0.2, 0.8),
+            rng.uniform(0.05, 0.2),
+            rng.uniform(0.05, 0.2),
+        )
+        img += rng.uniform(-0.25, 0.25) * ((((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2) < 1)
+    img = ndimage.gaussian_filter(img, 1.5)
+    for sigma, amp in ((1.0, 0.05), (3.0, 0.06), (8.0, 0.08)):
+        n = ndimage.gaussian_filter(rng.standard_normal((size, size)), sigma)
+        img += amp * n / n.std()
+    if modality not in RGB_MODALITIES and modality != "angiography":
+        img *= (((yy - 0.5) / 0.42) ** 2 + ((xx - 0.5) / 0.38) ** 2) < 1
+    if modality in RGB_MODALITIES:
+        tint = {
+            "dermoscopy": (1.0, 0.75, 0.6),
+            "endoscopy": (1.0, 0.55, 0.45),
+            "fundus": (0.9, 0.45, 0.2),
+            "pathology": (0.85, 0.55, 0.8),
+        }[modality]
+        img = np.stack([img * t + (1 - t) * 0.3 for t in tint], -1)
+    img = img * 255 + rng.normal(0, 2.0, img.shape)
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
 def bench_image(modality: str, index: int, size: int) -> np.ndarray:
-    """One generated image; 16-bit ones (the CT generator stores HU-like values in uint16) are rescaled to
-    8 bits by their maximum, since the targets are for 8-bit RGB and grayscale images (see README)."""
+    """One image of the chosen set. ``demo``: the project's synthetic modality generator; 16-bit images
+    (its CT stores HU-like values in uint16) are rescaled to 8 bits by their maximum (see README)."""
+    if IMAGE_SET == "textured":
+        return textured_image(modality, index, size)
     img, _ = synthetic_sample("bench", modality, index, seed=0, size=size)
     if img.dtype == np.uint16:
         img = np.rint(img.astype(np.float64) * (255.0 / max(int(img.max()), 1))).astype(np.uint8)
@@ -113,26 +158,13 @@ def baseline(records: list[dict], size: int) -> float:
         img = cache[key]
         spec = REGISTRY[r["type"]]
         t0 = time.process_time()
-        ctx = Context.__new__(Context)  # the plain path: no SSIM reference, no search
-        _light_context(ctx, img)
+        ctx = Context(img, with_reference=False)  # the plain path: no cached SSIM statistics, no search
         op = spec.prepare(ctx, np.random.default_rng(r["seed"]))
         out = ctx.quantise(op(r["param"]))
         ssim(img, out)
         encode_png(out)
         total += time.process_time() - t0
     return total
-
-
-def _light_context(ctx: Context, img: np.ndarray) -> None:
-    """A Context without the SSIM reference (what a plain perturbation needs)."""
-    from medfm_robust.perturb.ssim import dtype_range
-
-    ctx.image, ctx.dtype, ctx.maxval = img, img.dtype, dtype_range(img.dtype)
-    ctx.x = img.reshape(*img.shape[:2], -1).astype(np.float32) / np.float32(ctx.maxval)
-    ctx.h, ctx.w, ctx.c = ctx.x.shape
-    border = np.concatenate([ctx.x[0], ctx.x[-1], ctx.x[:, 0], ctx.x[:, -1]], axis=0)
-    ctx.bg = np.median(border, axis=0).astype(np.float32)
-    ctx.cache = {}
 
 
 def summarise(res: dict, base_seconds: float | None) -> dict:
@@ -187,9 +219,18 @@ def main() -> None:
     ap.add_argument("--n-images", type=int, default=3, help="images per modality (default 3)")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--types", help="comma-separated subset of types")
+    ap.add_argument(
+        "--set",
+        choices=["textured", "demo"],
+        default="textured",
+        dest="image_set",
+        help="generated textured images (default) or the data stage's synthetic demo images",
+    )
     ap.add_argument("--json", help="also write the summary as JSON here")
     ap.add_argument("--fit-priors", action="store_true", help=f"refit {PRIORS.name} instead of benchmarking")
     args = ap.parse_args()
+    global IMAGE_SET
+    IMAGE_SET = args.image_set
     if args.fit_priors:
         priors = fit_priors(args.n_images, args.size)
         PRIORS.write_text(json.dumps(priors, indent=1, sort_keys=True) + "\n")

@@ -18,10 +18,11 @@ class Context:
     ``image``: ``H x W`` or ``H x W x C`` (C in 1, 3) uint8/uint16, H and W >= 11.
     Attributes: ``x`` float32 ``H x W x C`` in [0, 1] (divided by the dtype range), ``bg`` float32 ``C``
     (constant fill for content moved in from outside: the per-channel median of the 1-pixel border),
-    ``ref`` (:class:`SSIMReference`), and ``cache`` for expensive per-image quantities (FFTs, HED).
+    ``ref`` (:class:`SSIMReference`; skipped with ``with_reference=False``), and ``cache`` for expensive
+    per-image quantities (FFTs, HED).
     """
 
-    def __init__(self, image: np.ndarray) -> None:
+    def __init__(self, image: np.ndarray, *, with_reference: bool = True) -> None:
         image = np.asarray(image)
         self.input_shape = image.shape  # outputs keep it (an H x W x 1 input gives H x W x 1 outputs)
         if image.ndim == 3 and image.shape[2] == 1:
@@ -39,7 +40,7 @@ class Context:
         self.h, self.w, self.c = self.x.shape
         border = np.concatenate([self.x[0], self.x[-1], self.x[:, 0], self.x[:, -1]], axis=0)
         self.bg = np.median(border, axis=0).astype(np.float32)
-        self.ref = SSIMReference(self.image)
+        self.ref = SSIMReference(self.image) if with_reference else None  # type: ignore[assignment]
         self.cache: dict[Any, Any] = {}
 
     @property

@@ -33,11 +33,11 @@ def specular_reflection(ctx: Context, rng: np.random.Generator):  # type: ignore
 @register(
     "bubbles",
     family="endoscopy",
-    param=ParamSpec("size", 0.002, 0.15, "bubble radius, fraction of the image side"),
+    param=ParamSpec("size", 0.002, 0.1, "bubble radius, fraction of the image side"),
 )
 def bubbles(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
-    """Air/fluid bubbles: translucent discs with a bright rim and a specular highlight, 8-25 of them."""
-    n = int(rng.integers(8, 26))
+    """Air/fluid bubbles: translucent discs with a bright rim and a specular highlight, 20-45 of them."""
+    n = int(rng.integers(20, 46))
     centres, radii = blob_layout(ctx, rng, n)
     q, oy, ox = nearest_blob_field(ctx, centres, radii)
 
