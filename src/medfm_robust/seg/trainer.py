@@ -311,9 +311,9 @@ def train(
             scaler.step(optim)
             scaler.update()
             sched.step()
-            run_loss += float(loss) * len(idx)
+            run_loss += float(loss.detach()) * len(idx)
             seen += len(idx)
-            bar.set_postfix(loss=f"{float(loss):.4f}")
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
         val_loss, val_dice, _ = evaluate(
             model,
             val_data,

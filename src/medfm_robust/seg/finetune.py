@@ -1,0 +1,271 @@
+"""Fine-tuning runs: resolve one strategy's settings, train it on a dataset, write checkpoint + logs.
+
+Settings resolution (``config['finetune']``), later entries override earlier ones::
+
+    train  <-  models.<model>.train  <-  strategies.<strategy>  <-  models.<model>.overrides.<strategy>
+
+The resolved mapping (:func:`run_settings`) is exactly what a Snakemake job receives as ``params``, so
+changing one strategy's settings re-runs only that strategy.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medfm_robust.config import config_hash, deep_merge
+from medfm_robust.errors import ConfigError
+from medfm_robust.io import atomic_path, write_text_atomic
+from medfm_robust.seeding import seed_for
+from medfm_robust.seg.augment import load_split
+from medfm_robust.seg.checkpoint import save_finetuned
+from medfm_robust.seg.strategies import TRAINED_STRATEGIES, StrategySpec, apply_strategy
+from medfm_robust.seg.trainer import HISTORY_COLUMNS, TrainConfig, TrainResult, train
+
+log = logging.getLogger(__name__)
+
+STRUCTURE_KEYS = ("unfreeze_last_blocks", "lora")
+
+
+def run_settings(ft_cfg: Mapping[str, Any], model: str, strategy: str) -> dict[str, Any]:
+    """Resolved settings of one (model, strategy): ``{"train": {...}, "strategy": {...}}``.
+
+    Raises:
+        ConfigError: unknown strategy, or a model/strategy not configured under ``finetune``.
+    """
+    if strategy not in TRAINED_STRATEGIES:
+        raise ConfigError(
+            f"finetune: '{strategy}' is not a trained strategy ({', '.join(TRAINED_STRATEGIES)})"
+        )
+    models = ft_cfg.get("models", {})
+    if model not in models:
+        raise ConfigError(f"config key 'finetune.models.{model}': model not configured for fine-tuning")
+    mcfg = models[model] or {}
+    scfg = (ft_cfg.get("strategies", {}) or {}).get(strategy, {}) or {}
+    mscfg = (mcfg.get("overrides", {}) or {}).get(strategy, {}) or {}
+    train_cfg = deep_merge(ft_cfg.get("train", {}) or {}, mcfg.get("train", {}) or {})
+    train_cfg = deep_merge(train_cfg, scfg.get("train", {}) or {})
+    train_cfg = deep_merge(train_cfg, mscfg.get("train", {}) or {})
+    struct = {k: scfg[k] for k in STRUCTURE_KEYS if k in scfg}
+    struct = deep_merge(struct, {k: mscfg[k] for k in STRUCTURE_KEYS if k in mscfg})
+    spec = StrategySpec.from_config(strategy, struct)
+    return {"train": train_cfg, "strategy": spec.structure()}
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """``auto``: CUDA when available, else CPU; ``cuda`` without a GPU is a ConfigError."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"finetune.device '{requested}' but no CUDA device is available")
+    return torch.device(requested)
+
+
+def write_history_csv(path: str | Path, history: Sequence[Mapping[str, float]]) -> None:
+    """Per-epoch log (columns :data:`HISTORY_COLUMNS`), written atomically."""
+    lines = [",".join(HISTORY_COLUMNS)]
+    for row in history:
+        lines.append(",".join(str(int(row[c])) if c == "epoch" else f"{row[c]:.6g}" for c in HISTORY_COLUMNS))
+    write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+def plot_history(
+    path: str | Path,
+    history: Sequence[Mapping[str, float]],
+    title: str,
+    zero_shot_dice: float | None = None,
+    best_epoch: int | None = None,
+) -> None:
+    """Loss (train, val) and validation-Dice curves over epochs as a PNG, written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3.2))
+    ax1.plot(epochs, [r["train_loss"] for r in history], marker="o", label="train")
+    ax1.plot(epochs, [r["val_loss"] for r in history], marker="o", label="val")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("loss (BCE + Dice)")
+    ax1.legend()
+    ax2.plot(epochs, [r["val_dice"] for r in history], marker="o", color="C2", label="val Dice")
+    if zero_shot_dice is not None:
+        ax2.axhline(zero_shot_dice, color="grey", ls="--", label="before training")
+    if best_epoch:
+        ax2.axvline(best_epoch, color="C3", ls=":", label=f"selected (epoch {best_epoch})")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("validation Dice")
+    ax2.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
+    plt.close(fig)
+
+
+def state_path_for(checkpoint: str | Path) -> Path:
+    """Hidden resumable-state file beside a checkpoint (not a Snakemake output, so never deleted by it)."""
+    p = Path(checkpoint)
+    return p.with_name(f".{p.stem}.state.pt")
+
+
+def finetune_run(
+    *,
+    model_name: str,
+    base_checkpoint: str | Path | None,
+    dataset: str,
+    strategy: str,
+    train_shard: str | Path,
+    val_shard: str | Path,
+    checkpoint_out: str | Path,
+    log_csv: str | Path,
+    curve_png: str | Path,
+    settings: Mapping[str, Any],
+    global_seed: int = 0,
+    device: str = "auto",
+    keep_state: bool = True,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Fine-tune ``model_name`` with ``strategy`` on one dataset and write its checkpoint, sidecar and logs.
+
+    Args:
+        settings: :func:`run_settings` output for this (model, strategy).
+        stop_after: stop after this many epochs (simulated kill; outputs are then not written).
+
+    Returns:
+        The training result (``finished`` False when stopped early).
+    """
+    from medfm_robust.seg.models import build_model
+
+    dev = pick_device(device)
+    tcfg = TrainConfig.from_config(settings["train"])
+    spec = StrategySpec.from_config(strategy, settings["strategy"])
+    model = build_model(model_name, checkpoint=base_checkpoint, strict=True)
+    base_sha = model.checkpoint_hash
+    size = settings["train"].get("image_size")
+    train_data = load_split(train_shard, size=size, max_images=settings["train"].get("max_train_images"))
+    val_data = load_split(val_shard, size=size, max_images=settings["train"].get("max_val_images"))
+    run_key = (model_name, dataset, strategy)
+    torch.manual_seed(seed_for("finetune-init", *run_key, global_seed=global_seed))
+    report = apply_strategy(model, spec)
+    log.info(
+        "%s: %s trains %d of %d parameters (%d tensors)",
+        dataset,
+        strategy,
+        report.trainable_params,
+        report.total_params,
+        len(report.trainable_names),
+    )
+    state_path = state_path_for(checkpoint_out)
+    title = f"{model_name} / {dataset} / {strategy}"
+    result = train(
+        model,
+        train_data,
+        val_data,
+        tcfg,
+        run_key=run_key,
+        global_seed=global_seed,
+        state_path=state_path,
+        device=dev,
+        stop_after=stop_after,
+        progress=progress,
+        on_epoch=lambda h: write_history_csv(log_csv, h),
+    )
+    if not result.finished:
+        return result
+    meta = {
+        "model": model_name,
+        "dataset": dataset,
+        "strategy": strategy,
+        "strategy_settings": spec.structure(),
+        "base_checkpoint": str(base_checkpoint) if base_checkpoint is not None else None,
+        "base_checkpoint_sha256": base_sha,
+        "trainable_params": report.trainable_params,
+        "total_params": report.total_params,
+        "trained_tensors": len(result.best_state),
+        "lora_modules": report.lora_modules,
+        "best_epoch": result.best_epoch,
+        "val_dice": result.best_val_dice,
+        "val_dice_zero_shot": result.zero_shot_val_dice,
+        "epochs": tcfg.epochs,
+        "n_train": len(train_data),
+        "n_val": len(val_data),
+        "selection": "best mean Dice on the validation split",
+        "config_hash": config_hash(dict(settings)),
+        "settings": dict(settings),
+        "global_seed": global_seed,
+        "device": str(dev),
+        "seconds": round(result.seconds, 3),
+        "torch": torch.__version__,
+    }
+    write_history_csv(log_csv, result.history)
+    plot_history(curve_png, result.history, title, result.zero_shot_val_dice, result.best_epoch)
+    save_finetuned(checkpoint_out, result.best_state, meta)
+    if not keep_state and state_path.exists():
+        state_path.unlink()
+    log.info(
+        "%s: best epoch %d, val Dice %.4f (before training %.4f) in %.1f s",
+        title,
+        result.best_epoch,
+        result.best_val_dice,
+        result.zero_shot_val_dice,
+        result.seconds,
+    )
+    return result
+
+
+def finetune_datasets(
+    *,
+    model_name: str,
+    base_checkpoint: str | Path | None,
+    strategy: str,
+    datasets: Sequence[str],
+    train_shards: Sequence[str | Path],
+    val_shards: Sequence[str | Path],
+    checkpoints: Sequence[str | Path],
+    log_csvs: Sequence[str | Path],
+    curve_pngs: Sequence[str | Path],
+    settings: Mapping[str, Any],
+    global_seed: int = 0,
+    device: str = "auto",
+    keep_state: bool = True,
+    progress: bool = True,
+) -> list[TrainResult]:
+    """:func:`finetune_run` for several datasets in one process (one job per strategy saves start-up time).
+
+    Each dataset's run is independent (own seeds, own resumable state), so the outputs are identical to
+    separate jobs.
+    """
+    n = len(datasets)
+    if not all(len(s) == n for s in (train_shards, val_shards, checkpoints, log_csvs, curve_pngs)):
+        raise ConfigError("finetune: per-dataset input/output lists differ in length")
+    t0 = time.perf_counter()
+    results = []
+    for i, ds in enumerate(datasets):
+        results.append(
+            finetune_run(
+                model_name=model_name,
+                base_checkpoint=base_checkpoint,
+                dataset=ds,
+                strategy=strategy,
+                train_shard=train_shards[i],
+                val_shard=val_shards[i],
+                checkpoint_out=checkpoints[i],
+                log_csv=log_csvs[i],
+                curve_png=curve_pngs[i],
+                settings=settings,
+                global_seed=global_seed,
+                device=device,
+                keep_state=keep_state,
+                progress=progress,
+            )
+        )
+    log.info("%s/%s: %d dataset(s) in %.1f s", model_name, strategy, n, time.perf_counter() - t0)
+    return results

@@ -1,0 +1,138 @@
+"""Pretraining of the workflow's own tiny SAM (rule ``pretrain_tiny_sam``).
+
+The tiny SAM (``medfm_robust.seg.models.build_tiny_sam``, ~0.3 M parameters, 256 input) starts from a seeded
+random initialisation and is trained end to end (strategy ``full``) on the union of the training splits of
+the configured segmentation datasets; the epoch with the best mean validation Dice (union of the validation
+splits) is kept. The test splits are never read. Output: the full state dict as safetensors, loadable with
+``build_model("tiny_sam", checkpoint=...)`` (strict), plus a JSON sidecar.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medfm_robust.config import config_hash
+from medfm_robust.io import write_bytes_atomic, write_json_atomic
+from medfm_robust.seeding import seed_for
+from medfm_robust.seg.augment import concat, load_split
+from medfm_robust.seg.finetune import pick_device, plot_history, state_path_for, write_history_csv
+from medfm_robust.seg.strategies import StrategySpec, apply_strategy, restore_trained_state
+from medfm_robust.seg.trainer import TrainConfig, TrainResult, evaluate, train
+
+log = logging.getLogger(__name__)
+MODEL = "tiny_sam"
+
+
+def pretrain_tiny_sam(
+    *,
+    datasets: Sequence[str],
+    train_shards: Sequence[str | Path],
+    val_shards: Sequence[str | Path],
+    checkpoint_out: str | Path,
+    log_csv: str | Path,
+    curve_png: str | Path,
+    settings: Mapping[str, Any],
+    global_seed: int = 0,
+    device: str = "auto",
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train tiny SAM from scratch on several datasets and write ``pretrained.safetensors`` + ``.json``.
+
+    Args:
+        datasets: dataset names (aligned with the shard lists).
+        train_shards, val_shards: canonical shards ``results/data/{dataset}/{train,val}.parquet``.
+        settings: ``finetune.pretrain_tiny_sam.train`` (training keys as for fine-tuning, plus
+            ``max_train_images`` / ``max_val_images`` per dataset).
+        stop_after: stop after this many epochs (simulated kill; outputs are then not written).
+    """
+    from safetensors.torch import save
+
+    from medfm_robust.seg.models import build_model
+
+    dev = pick_device(device)
+    tcfg = TrainConfig.from_config(settings)
+    size = settings.get("image_size")
+    train_parts = [
+        load_split(p, size=size, max_images=settings.get("max_train_images")) for p in train_shards
+    ]
+    val_parts = [load_split(p, size=size, max_images=settings.get("max_val_images")) for p in val_shards]
+    train_data, val_data = concat(train_parts), concat(val_parts)
+    torch.manual_seed(seed_for("pretrain-init", MODEL, global_seed=global_seed))
+    model = build_model(MODEL, checkpoint=None)
+    report = apply_strategy(model, StrategySpec("full"))
+    log.info(
+        "pretraining %s (%d parameters) on %d train / %d val images from %d datasets",
+        MODEL,
+        report.total_params,
+        len(train_data),
+        len(val_data),
+        len(datasets),
+    )
+    result = train(
+        model,
+        train_data,
+        val_data,
+        tcfg,
+        run_key=(MODEL, "pretrain", *datasets),
+        global_seed=global_seed,
+        state_path=state_path_for(checkpoint_out),
+        device=dev,
+        stop_after=stop_after,
+        progress=progress,
+        on_epoch=lambda h: write_history_csv(log_csv, h),
+    )
+    if not result.finished:
+        return result
+    restore_trained_state(model, result.best_state, source="best epoch")
+    per_dataset = {
+        ds: evaluate(model, part, batch_size=tcfg.eval_batch_size, device=dev)[1]
+        for ds, part in zip(datasets, val_parts, strict=True)
+    }
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    data = save(state, metadata={"format": "medfm-robust-tiny-sam", "datasets": ",".join(datasets)})
+    write_bytes_atomic(checkpoint_out, data)
+    from medfm_robust.io import sha256_bytes
+
+    write_json_atomic(
+        Path(checkpoint_out).with_suffix(".json"),
+        {
+            "model": MODEL,
+            "checkpoint_sha256": sha256_bytes(data),
+            "datasets": list(datasets),
+            "total_params": report.total_params,
+            "best_epoch": result.best_epoch,
+            "val_dice": result.best_val_dice,
+            "val_dice_per_dataset": per_dataset,
+            "n_train": len(train_data),
+            "n_val": len(val_data),
+            "selection": "best mean Dice on the union of the validation splits",
+            "config_hash": config_hash(dict(settings)),
+            "settings": dict(settings),
+            "global_seed": global_seed,
+            "device": str(dev),
+            "seconds": round(result.seconds, 3),
+            "torch": torch.__version__,
+        },
+    )
+    write_history_csv(log_csv, result.history)
+    plot_history(
+        curve_png,
+        result.history,
+        f"{MODEL} pretraining ({len(datasets)} datasets)",
+        result.zero_shot_val_dice,
+        result.best_epoch,
+    )
+    log.info(
+        "pretrained %s: best epoch %d, val Dice %.4f, %.1f s",
+        MODEL,
+        result.best_epoch,
+        result.best_val_dice,
+        result.seconds,
+    )
+    return result
