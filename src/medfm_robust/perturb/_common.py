@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import scipy.fft as sfft
 from PIL import Image
 
 from medfm_robust.errors import DataError
@@ -116,14 +115,27 @@ def nearest_blob_field(
     return best, oy, ox
 
 
+def _fast_len(n: int) -> int:
+    """Smallest even 2-3-5-smooth length >= ``n`` (fast FFT sizes)."""
+    m = n + (n % 2)
+    while True:
+        k = m
+        for f in (2, 3, 5):
+            while k % f == 0:
+                k //= f
+        if k == 1:
+            return m
+        m += 2
+
+
 def _padded_fft(ctx: Context) -> tuple[np.ndarray, int, tuple[int, int]]:
     """rFFT of the reflect-padded image (cached): ``C x Hp x Wp//2+1`` complex64, the pad, padded shape."""
     if "fft" not in ctx.cache:
         pad = max(16, min(96, max(ctx.h, ctx.w) // 3))
-        hp = sfft.next_fast_len(ctx.h + 2 * pad, real=True)
-        wp = sfft.next_fast_len(ctx.w + 2 * pad, real=True)
+        hp = _fast_len(ctx.h + 2 * pad)
+        wp = _fast_len(ctx.w + 2 * pad)
         xp = np.pad(ctx.x, ((pad, hp - ctx.h - pad), (pad, wp - ctx.w - pad), (0, 0)), mode="reflect")
-        spec = sfft.rfft2(np.moveaxis(xp, -1, 0), workers=1).astype(np.complex64)
+        spec = np.fft.rfft2(np.moveaxis(xp, -1, 0)).astype(np.complex64)
         ctx.cache["fft"] = (spec, pad, (hp, wp))
     return ctx.cache["fft"]
 
@@ -131,7 +143,7 @@ def _padded_fft(ctx: Context) -> tuple[np.ndarray, int, tuple[int, int]]:
 def fft_filter(ctx: Context, transfer: np.ndarray) -> np.ndarray:
     """Apply a transfer function (``Hp x Wp//2+1``, from :func:`kernel_transfer` or analytic) to the image."""
     spec, pad, (hp, wp) = _padded_fft(ctx)
-    out = sfft.irfft2(spec * transfer, s=(hp, wp), workers=1)
+    out = np.fft.irfft2(spec * transfer, s=(hp, wp))
     return np.moveaxis(out[:, pad : pad + ctx.h, pad : pad + ctx.w], 0, -1).astype(np.float32)
 
 
@@ -149,14 +161,14 @@ def kernel_transfer(ctx: Context, kernel: np.ndarray) -> np.ndarray:
     buf = np.zeros((hp, wp), np.float32)
     buf[:k, :k] = kernel
     buf = np.roll(buf, (-r, -r), axis=(0, 1))
-    return sfft.rfft2(buf, workers=1).astype(np.complex64)
+    return np.fft.rfft2(buf).astype(np.complex64)
 
 
 def gaussian_transfer(ctx: Context, sigma: float) -> np.ndarray:
     """Analytic transfer function of a Gaussian blur with standard deviation ``sigma`` pixels."""
     _, hp, wp = fft_shape(ctx)
-    fy = sfft.fftfreq(hp).astype(np.float32)[:, None]
-    fx = sfft.rfftfreq(wp).astype(np.float32)[None, :]
+    fy = np.fft.fftfreq(hp).astype(np.float32)[:, None]
+    fx = np.fft.rfftfreq(wp).astype(np.float32)[None, :]
     return np.exp(np.float32(-2 * np.pi**2 * sigma**2) * (fy * fy + fx * fx)).astype(np.float32)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import ndimage
 
 from medfm_robust.perturb._common import Context, fft_filter, kernel_transfer, max_kernel_radius
 from medfm_robust.perturb.registry import ParamSpec, register
@@ -126,6 +125,8 @@ def oct_speckle(ctx: Context, rng: np.random.Generator):  # type: ignore[no-unty
 
     A 3 % floor is added before multiplying so that black background shows speckle too.
     """
+    from scipy import ndimage  # imported here: only this type needs it
+
     n = ndimage.gaussian_filter(rng.standard_normal((ctx.h, ctx.w)).astype(np.float32), 0.7)
     n = (n / max(float(n.std()), 1e-6))[:, :, None]
     base = ctx.x + np.float32(0.03)
