@@ -147,6 +147,27 @@ def test_changing_one_perturbation_reruns_only_its_shards_and_dependants(ci_run,
 
 
 @pytest.mark.slow
+def test_changing_one_strategy_reruns_only_its_training_evaluation_and_tables(ci_run, full_dag, tmp_path):
+    nodes, edges = full_dag
+    runs = sorted(k for k in nodes.values() if k[0].startswith("finetune") and "strategy" in dict(k[1]))
+    assert runs, "no fine-tuning job in the CI DAG"
+    strategy = dict(runs[-1][1])["strategy"]
+    work = clone_run(ci_run[0], tmp_path / "run")
+
+    def edit(c):
+        ft = c.setdefault("finetune", {}) or {}
+        c["finetune"] = ft
+        train = ft.setdefault("strategies", {}).setdefault(strategy, {}).setdefault("train", {})
+        train["lr"] = 0.000123  # a value no configuration uses
+
+    _edit_config(work, edit)
+    seeds = {k for k in runs if dict(k[1])["strategy"] == strategy}
+    planned = planned_jobs(work)
+    assert planned == with_descendants(seeds, nodes, edges)
+    assert {dict(k[1]).get("strategy") for k in planned if "strategy" in dict(k[1])} == {strategy}
+
+
+@pytest.mark.slow
 def test_adding_a_dataset_adds_only_its_jobs(ci_run, tmp_path):
     work = clone_run(ci_run[0], tmp_path / "run")
     cfg = yaml.safe_load((work / CI_CONFIG).read_text())
