@@ -67,7 +67,7 @@ def test_rules_carry_only_portable_resources():
 @pytest.fixture(scope="module")
 def ci_jobs(tmp_path_factory):
     """Every job of the completed CI run, with resources (a forced dry run)."""
-    work, _ = completed_ci_run(tmp_path_factory)
+    work = completed_ci_run(tmp_path_factory).work
     return work, parse_dryrun(snakemake(work, "-n", "--forceall").stdout)
 
 

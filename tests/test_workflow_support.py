@@ -179,19 +179,120 @@ def with_descendants(seeds: set[tuple], nodes: dict[str, tuple], edges: list[tup
     return {nodes[n] for n in seen if nodes[n][0] != "all"}
 
 
-_RUNS: dict[str, tuple[Path, float]] = {}
+@dataclass
+class CompletedRun:
+    """A completed run of the CI configuration, reached through two interruptions.
+
+    Attributes:
+        work: the working copy.
+        seconds: wall time of all runs together.
+        interruptions: per signal name: the number of files the killed run had finished, whether it was
+            still running when killed, and files that read back as corrupt afterwards.
+        redone: outputs of jobs completed before an interruption that a later run wrote again.
+        lock_after_kill: output of a plain run right after the SIGKILL (must ask for ``--unlock``).
+    """
+
+    work: Path
+    seconds: float
+    interruptions: dict[str, dict] = field(default_factory=dict)
+    redone: list[str] = field(default_factory=list)
+    lock_after_kill: str = ""
 
 
-def completed_ci_run(tmp_path_factory) -> tuple[Path, float]:
-    """One completed run of the CI configuration per test session: (working copy, wall seconds).
+_RUNS: dict[str, CompletedRun] = {}
+LOCAL_RUN = ("--workflow-profile", "profiles/local", "--cores", "2")
 
-    Tests clone it (:func:`clone_run`) before changing anything.
+
+def _snapshot(work: Path) -> dict[Path, int]:
+    root = work / "results"
+    return {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()} if root.exists() else {}
+
+
+def _incomplete_outputs(work: Path) -> set[str]:
+    """Outputs Snakemake marked incomplete (``.snakemake/incomplete/``: url-safe base64 of the path, long
+    names split into ``@``-prefixed folders)."""
+    from base64 import urlsafe_b64decode
+
+    folder = work / ".snakemake/incomplete"
+    out = set()
+    for marker in folder.rglob("*") if folder.exists() else []:
+        if marker.is_file() and marker.name != "migration_underway":
+            b64 = "".join(part.removeprefix("@") for part in marker.relative_to(folder).parts)
+            out.add(urlsafe_b64decode(b64 + "=" * (-len(b64) % 4)).decode())
+    return out
+
+
+def _unreadable(work: Path) -> list[str]:
+    import pandas as pd
+
+    bad = []
+    for p in (work / "results").rglob("*.parquet"):
+        try:
+            pd.read_parquet(p)
+        except Exception:
+            bad.append(str(p))
+    return bad
+
+
+def run_and_kill(work: Path, sig: int, new_files: int, timeout: float = 900) -> tuple[dict, dict[Path, int]]:
+    """Start the local run, send ``sig`` to its process group once ``new_files`` result files were written.
+
+    Returns the observations and the files completed (written and not marked incomplete) by the run.
+    """
+    before = _snapshot(work)
+    proc = subprocess.Popen(
+        [SNAKEMAKE, "--configfile", CI_CONFIG, *LOCAL_RUN],
+        cwd=work,
+        env=env_for(work),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+    def progressed() -> bool:
+        now = _snapshot(work)
+        return proc.poll() is not None or sum(1 for p, t in now.items() if before.get(p) != t) >= new_files
+
+    wait_for(progressed, timeout=timeout, interval=0.3)
+    running = proc.poll() is None
+    os.killpg(proc.pid, sig)
+    try:
+        proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+    changed = {p: t for p, t in _snapshot(work).items() if before.get(p) != t}
+    incomplete = _incomplete_outputs(work)
+    completed = {p: t for p, t in changed.items() if str(p.relative_to(work)) not in incomplete}
+    obs = {"running_when_killed": running, "finished_files": len(completed), "unreadable": _unreadable(work)}
+    return obs, completed
+
+
+def completed_ci_run(tmp_path_factory) -> CompletedRun:
+    """One completed run of the CI configuration per test session, reached the hard way: the first run is
+    interrupted with SIGINT (Ctrl-C), the second with SIGKILL, the third (after ``--unlock``) completes.
+
+    Tests clone ``work`` (:func:`clone_run`) before changing anything.
     """
     if "ci" not in _RUNS:
         work = copy_repo(tmp_path_factory.mktemp("ci_run") / "repo")
+        run = CompletedRun(work, 0.0)
         t0 = time.monotonic()
-        snakemake(work, "--workflow-profile", "profiles/local", "--cores", "2", timeout=1500)
-        _RUNS["ci"] = (work, time.monotonic() - t0)
+        completed: dict[Path, int] = {}
+        for sig, new_files in ((signal.SIGINT, 6), (signal.SIGKILL, 12)):
+            obs, done = run_and_kill(work, sig, new_files)
+            run.interruptions[signal.Signals(sig).name] = obs
+            completed.update(done)
+        locked = snakemake(work, *LOCAL_RUN, check=False)
+        run.lock_after_kill = locked.stdout[-3000:] if locked.returncode else ""
+        snakemake(work, "--unlock")
+        snakemake(work, *LOCAL_RUN, timeout=1500)
+        run.seconds = time.monotonic() - t0
+        run.redone = sorted(
+            str(p) for p, t in completed.items() if not p.exists() or p.stat().st_mtime_ns != t
+        )
+        _RUNS["ci"] = run
     return _RUNS["ci"]
 
 
