@@ -5,7 +5,8 @@ quantised output is a deterministic function ``s(t)`` of the search position ``t
 of the parameter range; see :class:`~medfm_robust.perturb.registry.ParamSpec`). The search works on
 ``g = log(1 - s)``, which is close to linear in ``t`` for most types:
 
-1. start at the type's prior position for this level (``priors.json``, fitted on generated images);
+1. start at the type's prior position for this level (``priors.json``: the median calibrated position
+   over a fixed set of generated images, refitted with ``benchmarks/perturb_throughput.py --fit-priors``);
 2. if that misses, shift the prior curve through the observed point and try its prediction;
 3. then secant steps while all points lie on one side of the band (stepping at least 0.08 and up to the
    range end), and regula falsi with an Illinois/bisection safeguard once the band is bracketed.
@@ -16,6 +17,12 @@ too-strong points; continuity gives a crossing between them). The search path de
 type, level, seed and settings, never on other images, so results are byte-identical in any order,
 sharding or worker count. The returned output is the in-band one; if the band cannot be reached, the one
 closest to the band, with ``in_band = False`` and a reason.
+
+Why no running median of the dataset as the warm start: a running median depends on the order in which
+images are processed, so the search path, and with it the chosen in-band output, would change with file
+order or sharding. The fixed prior is order-independent information playing the same role (the typical
+parameter of the type at that level), and each level's search is independent, so
+``calibrate(image, name, level, seed=row.seed)`` regenerates any shard row exactly.
 """
 
 from __future__ import annotations
