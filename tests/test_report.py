@@ -253,3 +253,47 @@ def test_report_targets_follow_the_upstream_stages():
     listed = ReportTargets([lambda: [*seg, "results/checkpoints/tiny_sam/demo_ct/lora.safetensors"]])
     assert listed.checkpoint_sidecars() == ["results/checkpoints/tiny_sam/demo_ct/lora.json"]
     assert ReportTargets([lambda: other]).targets() == ["results/report/contact_sheets/ct.png"]
+
+
+@pytest.mark.slow
+@pytest.mark.workflow
+def test_report_rules_and_html_report(tmp_path):
+    """rules/report.smk on synthetic metric files: tables, figures and a self-contained HTML report."""
+    import subprocess
+    import sys
+
+    from test_workflow_support import env_for
+
+    repo = Path(__file__).resolve().parents[1]
+    metrics, _ = write_seg_tree(tmp_path / "results", strategies=("zero_shot",))
+    vlm = write_vlm_tree(tmp_path / "results", tasks=("vqa",))
+    files = sorted(str(Path(p).relative_to(tmp_path)) for p in metrics + vlm)
+    (tmp_path / "Snakefile").write_text(
+        f'configfile: "config.yaml"\ninclude: "{repo}/rules/common.smk"\n'
+        f"STAGE_TARGETS.append(lambda: {files!r})\n"
+        f'include: "{repo}/rules/report.smk"\n'
+        "rule all:\n    input: get_final_output()\n    default_target: True\n"
+    )
+    (tmp_path / "config.yaml").write_text(
+        "datasets:\n  demo_derm: {adapter: demo, modality: dermoscopy}\n"
+        "  demo_mri: {adapter: demo, modality: mri}\n"
+        "report: {bootstrap_samples: 50, figure_dpi: 60}\n"
+    )
+    smk = [str(Path(sys.executable).parent / "snakemake"), "--cores", "2"]
+    env = env_for(repo)
+    run = subprocess.run(smk, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert (tmp_path / "results/tables/table1_segmentation.tex").exists()
+    assert (tmp_path / "results/figures/fig3j_vqa_perturbations.pdf").exists()
+    assert not (tmp_path / "results/figures/fig3k_grounding_perturbations.png").exists()
+    html = tmp_path / "report.html"
+    rep = subprocess.run(
+        [*smk, "--report", str(html)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert rep.returncode == 0, rep.stderr[-4000:]
+    text = html.read_text(errors="replace")
+    for name in (*SEG_TABLES, *SEG_PANELS, "vlm_level_drop", "fig3g_vqa_clean_vs_perturbed"):
+        assert name in text, name
+    # nothing re-runs when nothing changed
+    dry = subprocess.run([*smk, "-n"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert "Nothing to be done" in dry.stdout + dry.stderr
