@@ -13,13 +13,20 @@ SEG_STRATEGIES = load_yaml(SCHEMA_PATH)["properties"]["segmentation"]["$defs"]["
 
 try:
     SEG_JOBS = [
-        (m, d, seg_wf.output_names(config, m, d)) for m in seg_wf.models(config) for d in seg_wf.datasets_for(config, m)
+        (m, d, seg_wf.output_names(config, m, d))
+        for m in seg_wf.models_by_job(config, "dataset")
+        for d in seg_wf.datasets_for(config, m)
+    ]
+    SEG_STRATEGY_JOBS = [
+        (m, seg_wf.strategy_job_layout(config, m), seg_wf.strategy_job_outputs(config, m))
+        for m in seg_wf.models_by_job(config, "strategy")
     ]
 except MedFMError as exc:
     raise WorkflowError(str(exc)) from None
 
 
-# One evaluation rule per (model, dataset): its outputs are that dataset's clean + perturbation files.
+# one_job_per: dataset -- one evaluation rule per (model, dataset): its outputs are that dataset's clean +
+# perturbation files (the strategy is a wildcard); FGSM/PGD come from rule segment_attack.
 for _model, _dataset, _names in SEG_JOBS:
 
     rule:
@@ -52,6 +59,39 @@ for _model, _dataset, _names in SEG_JOBS:
             "../workflow/scripts/seg_evaluate.py"
 
 
+# one_job_per: strategy -- one rule per model; a job per strategy evaluates every dataset, attacks included.
+for _model, _layout, _outputs in SEG_STRATEGY_JOBS:
+
+    rule:
+        name:
+            f"segment_evaluate_{_model}"
+        input:
+            tests=seg_wf.strategy_job_tests(config, _model),
+            shards=seg_wf.strategy_job_shards(config, _model),
+            base=seg_wf.base_checkpoint_input(config, _model),
+            finetuned=lambda wildcards, m=_model: seg_wf.strategy_job_finetuned(config, m, wildcards.strategy),
+        output:
+            _outputs,
+        log:
+            f"logs/segment_evaluate/{_model}/{{strategy}}.log",
+        params:
+            model=_model,
+            layout=_layout,
+            settings=seg_wf.job_params(config, _model),
+            attack=config["segmentation"]["attacks"],
+        threads: config["segmentation"]["models"][_model]["threads"]
+        resources:
+            gpu=1,
+            mem_mb=config["segmentation"]["models"][_model]["mem_mb"],
+            runtime=config["segmentation"]["models"][_model]["runtime"],
+        wildcard_constraints:
+            strategy="|".join(SEG_STRATEGIES),
+        conda:
+            "../envs/seg.yaml"
+        script:
+            "../workflow/scripts/seg_evaluate_strategy.py"
+
+
 rule segment_attack:
     input:
         test="results/data/{dataset}/test.parquet",
@@ -78,7 +118,7 @@ rule segment_attack:
         mem_mb=lambda wildcards: config["segmentation"]["models"][wildcards.model]["mem_mb"],
         runtime=lambda wildcards: config["segmentation"]["models"][wildcards.model]["runtime"],
     wildcard_constraints:
-        model="|".join(seg_wf.models(config)) or "NO_MODEL",
+        model="|".join(seg_wf.models_by_job(config, "dataset")) or "NO_MODEL",
         strategy="|".join(SEG_STRATEGIES),
     conda:
         "../envs/seg.yaml"

@@ -515,3 +515,54 @@ def run_evaluation_job(
     return evaluate_attacks(
         run, dataset, test_shard, list(perturbed.values()), outputs, cfg, attack_settings(attack)
     )
+
+
+def run_strategy_job(
+    model: str,
+    strategy: str,
+    layout: Sequence[Mapping[str, Any]],
+    settings: Mapping[str, Any],
+    attack: Mapping[str, Any],
+    tests: Sequence[str],
+    shards: Sequence[str],
+    finetuned: Sequence[str],
+    outputs: Sequence[str],
+) -> dict[str, dict[str, int]]:
+    """One workflow job evaluating every dataset of ``layout`` with one (model, strategy).
+
+    ``layout``: per dataset ``{"dataset", "perturbations": [...], "attacks": bool}`` in order; the flat path
+    lists follow it: ``tests`` one per dataset, ``shards`` the perturbations of each dataset in turn,
+    ``finetuned`` one per dataset (empty for ``zero_shot``), ``outputs`` per dataset ``clean``, each
+    perturbation, then ``fgsm`` and ``pgd`` when ``attacks``. Each dataset's model is loaded once and
+    serves both the clean/perturbed evaluation and the attacks.
+    """
+    if len(tests) != len(layout) or (finetuned and len(finetuned) != len(layout)):
+        raise DataError(f"{len(layout)} datasets need as many test shards / fine-tuned checkpoints")
+    if strategy != "zero_shot" and not finetuned:
+        raise DataError(f"strategy '{strategy}' needs one fine-tuned checkpoint per dataset")
+    cfg = eval_settings(settings)
+    attack_cfg = attack_settings(attack)
+    shard_iter, out_iter = iter(shards), iter(outputs)
+    counts: dict[str, dict[str, int]] = {}
+    base: PromptableSegmenter | None = None
+    for i, item in enumerate(layout):
+        dataset, names = item["dataset"], list(item["perturbations"])
+        perturbed = {n: next(shard_iter) for n in names}
+        outs = {n: next(out_iter) for n in ["clean", *names]}
+        attack_outs = {n: next(out_iter) for n in ATTACKS} if item["attacks"] else {}
+        run = RunIdentity(model, strategy, settings["checkpoint"], finetuned[i] if finetuned else None)
+        if run.finetuned is None:
+            base = base if base is not None else _prepare(run, cfg, None)[0]
+            net = base
+        else:
+            net = _prepare(run, cfg, None)[0]
+        counts[dataset] = evaluate_dataset(run, dataset, tests[i], perturbed, outs, cfg, model=net)
+        if attack_outs:
+            counts[dataset].update(
+                evaluate_attacks(
+                    run, dataset, tests[i], list(perturbed.values()), attack_outs, cfg, attack_cfg, model=net
+                )
+            )
+    if next(shard_iter, None) is not None or next(out_iter, None) is not None:
+        raise DataError("more shards or outputs than the layout describes")
+    return counts

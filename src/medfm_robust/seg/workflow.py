@@ -97,15 +97,67 @@ def job_params(config: Mapping[str, Any], model: str) -> dict[str, Any]:
     }
 
 
+def models_by_job(config: Mapping[str, Any], per: str) -> list[str]:
+    """Configured models whose ``one_job_per`` is ``per`` (``dataset`` or ``strategy``)."""
+    return [m for m in models(config) if config["segmentation"]["models"][m]["one_job_per"] == per]
+
+
+def strategy_job_layout(config: Mapping[str, Any], model: str) -> list[dict[str, Any]]:
+    """What the one-job-per-strategy job of ``model`` evaluates, dataset by dataset (see
+    :func:`medfm_robust.seg.evaluate.run_strategy_job`)."""
+    attacks = bool(config["segmentation"]["models"][model]["attacks"])
+    return [
+        {"dataset": d, "perturbations": perturbations_for(config, model, d), "attacks": attacks}
+        for d in datasets_for(config, model)
+    ]
+
+
+def strategy_job_tests(config: Mapping[str, Any], model: str) -> list[str]:
+    """Test shards of the job's datasets, in layout order."""
+    return [f"results/data/{d}/test.parquet" for d in datasets_for(config, model)]
+
+
+def strategy_job_shards(config: Mapping[str, Any], model: str) -> list[str]:
+    """Perturbed shards of the job's datasets, in layout order."""
+    return [
+        f"results/perturbed/{item['dataset']}/{n}.parquet"
+        for item in strategy_job_layout(config, model)
+        for n in item["perturbations"]
+    ]
+
+
+def strategy_job_finetuned(config: Mapping[str, Any], model: str, strategy: str) -> list[str]:
+    """Fine-tuned checkpoints of the job's datasets, in layout order (none for ``zero_shot``)."""
+    return [p for d in datasets_for(config, model) for p in finetuned_input(model, d, strategy)]
+
+
+def strategy_job_outputs(config: Mapping[str, Any], model: str) -> list[str]:
+    """Output patterns (with a ``{strategy}`` wildcard) of the job, in layout order."""
+    out = []
+    for item in strategy_job_layout(config, model):
+        names = ["clean", *item["perturbations"], *(ATTACK_OUTPUTS if item["attacks"] else ())]
+        out += [
+            METRICS_PATTERN.format(model=model, strategy="{strategy}", dataset=item["dataset"], name=n)
+            for n in names
+        ]
+    return out
+
+
 def final_targets(config: Mapping[str, Any], trained: TrainedFn | None) -> list[str]:
     """Every metric Parquet of every configured (model, strategy, dataset)."""
     targets = []
     for model in models(config):
+        per_dataset = {d: strategies_for(config, model, d, trained) for d in datasets_for(config, model)}
+        if model in models_by_job(config, "strategy") and len({tuple(v) for v in per_dataset.values()}) > 1:
+            raise ConfigError(
+                f"config key 'segmentation.models.{model}.one_job_per': 'strategy' needs the same strategies "
+                f"on every dataset, got {per_dataset}"
+            )
         for dataset in datasets_for(config, model):
             names = output_names(config, model, dataset)
             if config["segmentation"]["models"][model]["attacks"]:
                 names += ATTACK_OUTPUTS
-            for strategy in strategies_for(config, model, dataset, trained):
+            for strategy in per_dataset[dataset]:
                 targets += [
                     METRICS_PATTERN.format(model=model, strategy=strategy, dataset=dataset, name=name)
                     for name in names

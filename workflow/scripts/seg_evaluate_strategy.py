@@ -1,0 +1,22 @@
+"""Snakemake adapter (rules segment_evaluate_<model> of one_job_per: strategy models): every dataset of one
+(model, strategy), clean + perturbations + FGSM/PGD, in one job."""
+
+from medfm_robust.logs import run_snakemake_script
+from medfm_robust.seg.evaluate import run_strategy_job
+
+
+def main(smk) -> None:
+    run_strategy_job(
+        model=smk.params.model,
+        strategy=smk.wildcards.strategy,
+        layout=smk.params.layout,
+        settings=smk.params.settings,
+        attack=smk.params.attack,
+        tests=list(smk.input.tests),
+        shards=list(smk.input.shards),
+        finetuned=list(smk.input.finetuned),
+        outputs=list(smk.output),
+    )
+
+
+run_snakemake_script(snakemake, main)
