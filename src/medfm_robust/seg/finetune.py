@@ -1,11 +1,6 @@
-"""Fine-tuning runs: resolve one strategy's settings, train it on a dataset, write checkpoint + logs.
+"""Fine-tuning runs: train one strategy on a dataset and write checkpoint, sidecar, CSV log and curve.
 
-Settings resolution (``config['finetune']``), later entries override earlier ones::
-
-    train  <-  models.<model>.train  <-  strategies.<strategy>  <-  models.<model>.overrides.<strategy>
-
-The resolved mapping (:func:`run_settings`) is exactly what a Snakemake job receives as ``params``, so
-changing one strategy's settings re-runs only that strategy.
+Settings come resolved from :func:`medfm_robust.seg.finetune_config.run_settings` (re-exported here).
 """
 
 from __future__ import annotations
@@ -18,43 +13,18 @@ from typing import Any
 
 import torch
 
-from medfm_robust.config import config_hash, deep_merge
+from medfm_robust.config import config_hash
 from medfm_robust.errors import ConfigError
 from medfm_robust.io import atomic_path, write_text_atomic
 from medfm_robust.seeding import seed_for
 from medfm_robust.seg.augment import load_split
 from medfm_robust.seg.checkpoint import save_finetuned
-from medfm_robust.seg.strategies import TRAINED_STRATEGIES, StrategySpec, apply_strategy
+from medfm_robust.seg.finetune_config import StrategySpec, run_settings
+from medfm_robust.seg.strategies import apply_strategy
 from medfm_robust.seg.trainer import HISTORY_COLUMNS, TrainConfig, TrainResult, train
 
 log = logging.getLogger(__name__)
-
-STRUCTURE_KEYS = ("unfreeze_last_blocks", "lora")
-
-
-def run_settings(ft_cfg: Mapping[str, Any], model: str, strategy: str) -> dict[str, Any]:
-    """Resolved settings of one (model, strategy): ``{"train": {...}, "strategy": {...}}``.
-
-    Raises:
-        ConfigError: unknown strategy, or a model/strategy not configured under ``finetune``.
-    """
-    if strategy not in TRAINED_STRATEGIES:
-        raise ConfigError(
-            f"finetune: '{strategy}' is not a trained strategy ({', '.join(TRAINED_STRATEGIES)})"
-        )
-    models = ft_cfg.get("models", {})
-    if model not in models:
-        raise ConfigError(f"config key 'finetune.models.{model}': model not configured for fine-tuning")
-    mcfg = models[model] or {}
-    scfg = (ft_cfg.get("strategies", {}) or {}).get(strategy, {}) or {}
-    mscfg = (mcfg.get("overrides", {}) or {}).get(strategy, {}) or {}
-    train_cfg = deep_merge(ft_cfg.get("train", {}) or {}, mcfg.get("train", {}) or {})
-    train_cfg = deep_merge(train_cfg, scfg.get("train", {}) or {})
-    train_cfg = deep_merge(train_cfg, mscfg.get("train", {}) or {})
-    struct = {k: scfg[k] for k in STRUCTURE_KEYS if k in scfg}
-    struct = deep_merge(struct, {k: mscfg[k] for k in STRUCTURE_KEYS if k in mscfg})
-    spec = StrategySpec.from_config(strategy, struct)
-    return {"train": train_cfg, "strategy": spec.structure()}
+__all__ = ["finetune_datasets", "finetune_run", "run_settings"]
 
 
 def pick_device(requested: str = "auto") -> torch.device:

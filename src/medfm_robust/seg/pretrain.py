@@ -5,6 +5,13 @@ random initialisation and is trained end to end (strategy ``full``) on the union
 the configured segmentation datasets; the epoch with the best mean validation Dice (union of the validation
 splits) is kept. The test splits are never read. Output: the full state dict as safetensors, loadable with
 ``build_model("tiny_sam", checkpoint=...)`` (strict), plus a JSON sidecar.
+
+Initialisation: the mask decoder's three token/image cross-attentions start with tied query and key
+projections (``k_proj := q_proj``, scaled by ``attention_init_gain``, zero biases). Their attention logits
+then start as a similarity of the positional encodings, so image positions attend to nearby box corners
+from the first step; from a plain random start a model this small takes many times longer to learn to use
+the box at all (measured on the demo data: segmenting every salient object, Dice ~0.45, for hundreds of
+steps). It is an initialisation only: every weight is trained.
 """
 
 from __future__ import annotations
@@ -28,6 +35,23 @@ log = logging.getLogger(__name__)
 MODEL = "tiny_sam"
 
 
+def tie_prompt_attention(model: torch.nn.Module, gain: float) -> None:
+    """Tie (and scale by ``gain``) the query/key projections of the decoder's cross-attentions, in place."""
+    transformer = model.mask_decoder.transformer
+    attns = [
+        a
+        for layer in transformer.layers
+        for a in (layer.cross_attn_token_to_image, layer.cross_attn_image_to_token)
+    ]
+    attns.append(transformer.final_attn_token_to_image)
+    with torch.no_grad():
+        for att in attns:
+            att.q_proj.weight.mul_(gain)
+            att.k_proj.weight.copy_(att.q_proj.weight)
+            att.q_proj.bias.zero_()
+            att.k_proj.bias.zero_()
+
+
 def pretrain_tiny_sam(
     *,
     datasets: Sequence[str],
@@ -47,8 +71,8 @@ def pretrain_tiny_sam(
     Args:
         datasets: dataset names (aligned with the shard lists).
         train_shards, val_shards: canonical shards ``results/data/{dataset}/{train,val}.parquet``.
-        settings: ``finetune.pretrain_tiny_sam.train`` (training keys as for fine-tuning, plus
-            ``max_train_images`` / ``max_val_images`` per dataset).
+        settings: ``finetune.pretrain_tiny_sam.train`` (training keys as for fine-tuning, with
+            ``max_train_images`` / ``max_val_images`` per dataset) + ``attention_init_gain`` (0: plain init).
         stop_after: stop after this many epochs (simulated kill; outputs are then not written).
     """
     from safetensors.torch import save
@@ -65,6 +89,9 @@ def pretrain_tiny_sam(
     train_data, val_data = concat(train_parts), concat(val_parts)
     torch.manual_seed(seed_for("pretrain-init", MODEL, global_seed=global_seed))
     model = build_model(MODEL, checkpoint=None)
+    gain = float(settings.get("attention_init_gain", 4.0))
+    if gain > 0:
+        tie_prompt_attention(model, gain)
     report = apply_strategy(model, StrategySpec("full"))
     log.info(
         "pretraining %s (%d parameters) on %d train / %d val images from %d datasets",

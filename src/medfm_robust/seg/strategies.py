@@ -29,68 +29,29 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
 
 from medfm_robust.errors import ConfigError
+from medfm_robust.seg.finetune_config import STRATEGIES, TRAINED_STRATEGIES, StrategySpec
 
-STRATEGIES: tuple[str, ...] = ("zero_shot", "full", "enc_only", "dec_only", "dec_prompt", "lora", "adapter")
-TRAINED_STRATEGIES: tuple[str, ...] = STRATEGIES[1:]
+__all__ = [
+    "STRATEGIES",
+    "TRAINED_STRATEGIES",
+    "StrategyReport",
+    "StrategySpec",
+    "apply_strategy",
+    "count_parameters",
+    "ensure_adapters",
+    "merge_lora",
+    "restore_trained_state",
+    "set_train_mode",
+    "trained_state",
+]
 LORA_ADAPTER_NAME = "default"
 ADAPTER_MODULE_NAMES = ("Adapter", "adapter")
 ADAPTER_INSERTABLE: tuple[str, ...] = ("tiny_sam",)
-
-
-@dataclass(frozen=True)
-class StrategySpec:
-    """A strategy and its structural settings (training hyper-parameters live in the trainer's config)."""
-
-    name: str
-    unfreeze_last_blocks: int | None = None
-    lora_r: int = 16
-    lora_alpha: float = 32.0
-    lora_dropout: float = 0.1
-    lora_targets: tuple[str, ...] = ("qkv", "proj")
-
-    def __post_init__(self) -> None:
-        if self.name not in STRATEGIES:
-            raise ConfigError(f"unknown fine-tuning strategy '{self.name}' (known: {', '.join(STRATEGIES)})")
-        if self.unfreeze_last_blocks is not None and self.unfreeze_last_blocks < 1:
-            raise ConfigError(f"strategy {self.name}: unfreeze_last_blocks must be >= 1 or null")
-        if self.lora_r < 1 or not 0 <= self.lora_dropout < 1 or not self.lora_targets:
-            raise ConfigError(
-                f"strategy {self.name}: invalid LoRA settings (r >= 1, 0 <= dropout < 1, targets)"
-            )
-
-    @classmethod
-    def from_config(cls, name: str, cfg: Mapping[str, Any] | None = None) -> StrategySpec:
-        """Build from a strategy's config section; unrelated (training) keys are ignored."""
-        cfg = cfg or {}
-        lora = cfg.get("lora", {}) or {}
-        return cls(
-            name=name,
-            unfreeze_last_blocks=cfg.get("unfreeze_last_blocks"),
-            lora_r=int(lora.get("r", 16)),
-            lora_alpha=float(lora.get("alpha", 32)),
-            lora_dropout=float(lora.get("dropout", 0.1)),
-            lora_targets=tuple(lora.get("targets", ("qkv", "proj"))),
-        )
-
-    def structure(self) -> dict[str, Any]:
-        """The settings that change the model's structure or trainable set (stored in sidecars)."""
-        out: dict[str, Any] = {"name": self.name}
-        if self.name == "enc_only":
-            out["unfreeze_last_blocks"] = self.unfreeze_last_blocks
-        if self.name == "lora":
-            out["lora"] = {
-                "r": self.lora_r,
-                "alpha": self.lora_alpha,
-                "dropout": self.lora_dropout,
-                "targets": list(self.lora_targets),
-            }
-        return out
 
 
 @dataclass
