@@ -309,3 +309,75 @@ def test_settings_from_params() -> None:
     assert a.levels == (1, 2) and a.eps(2) == pytest.approx(2 / 255) and a.steps("pgd", 2) == 4
     with pytest.raises(ConfigError, match="one entry per level"):
         AttackSettings(epsilons=(1.0,), pgd_steps=(1, 2))
+
+
+def test_strategy_job_walks_the_layout(shards: dict[str, Path], tmp_path: Path, monkeypatch) -> None:
+    import medfm_robust.seg.evaluate as E
+
+    model = trained_small_sam()
+    loads = []
+
+    def fake_prepare(run, settings, net):
+        if net is None:  # a real load (not a model handed on)
+            loads.append(run.finetuned)
+        return model, torch.device("cpu")
+
+    monkeypatch.setattr(E, "_prepare", fake_prepare)
+    layout = [
+        {"dataset": "demo", "perturbations": ["noise", "shift"], "attacks": True},
+        {"dataset": "demo", "perturbations": [], "attacks": False},
+    ]
+    outs = [tmp_path / f"{i}.parquet" for i in range(6)]
+    settings = {
+        "checkpoint": None,
+        "batch_size": 8,
+        "max_images": 2,
+        "attack_max_images": 1,
+        "cache_dir": None,
+        "device": "cpu",
+        "threads": 1,
+        "box_jitter": 0.0,
+        "nsd_tolerance": 2.0,
+        "seed": 0,
+    }
+    attack = {
+        "epsilons": [2, 4],
+        "pgd_steps": [2, 3],
+        "pgd_step_factor": 2.5,
+        "random_start": True,
+        "quantize_bits": 8,
+    }
+    counts = E.run_strategy_job(
+        "tiny_sam",
+        "zero_shot",
+        layout,
+        settings,
+        attack,
+        [shards["test"]] * 2,
+        [shards["noise"], shards["shift"]],
+        [],
+        [str(p) for p in outs],
+    )
+    assert loads == [None]  # zero_shot: the base model is loaded once for every dataset
+    assert counts["demo"]["clean"] == 2
+    frames = [pd.read_parquet(p) for p in outs]
+    assert frames[0]["perturbation"].eq("clean").all() and frames[1]["perturbation"].eq("noise").all()
+    assert frames[2]["perturbation"].eq("shift").all() and len(frames[1]) == 6
+    assert frames[3]["perturbation"].eq("fgsm").all() and len(frames[3]) == 2  # 1 image x 2 levels
+    assert frames[4]["perturbation"].eq("pgd").all() and frames[5]["perturbation"].eq("clean").all()
+    with pytest.raises(DataError, match="more shards or outputs"):
+        E.run_strategy_job(
+            "tiny_sam",
+            "zero_shot",
+            layout[1:],
+            settings,
+            attack,
+            [shards["test"]],
+            [shards["noise"]],
+            [],
+            [str(outs[5])],
+        )
+    with pytest.raises(DataError, match="needs one fine-tuned checkpoint"):
+        E.run_strategy_job(
+            "tiny_sam", "lora", layout[1:], settings, attack, [shards["test"]], [], [], [str(outs[5])]
+        )

@@ -65,3 +65,23 @@ def test_bad_model_settings_name_the_key(default_cfg: dict) -> None:
 
     with pytest.raises(ConfigError, match=r"segmentation\.models\.tiny_sam\.strategies"):
         validate_config(bad)
+
+
+def test_one_job_per_strategy_layout_is_consistent(default_cfg: dict) -> None:
+    cfg = copy.deepcopy(default_cfg)
+    assert W.models_by_job(cfg, "strategy") == ["tiny_sam"]
+    assert W.models_by_job(cfg, "dataset") == ["lite_medsam"]
+    layout = W.strategy_job_layout(cfg, "tiny_sam")
+    assert [item["dataset"] for item in layout] == sorted(cfg["datasets"])
+    outputs = W.strategy_job_outputs(cfg, "tiny_sam")
+    assert len(outputs) == sum(len(item["perturbations"]) + 3 for item in layout)
+    assert len(W.strategy_job_shards(cfg, "tiny_sam")) == sum(len(item["perturbations"]) for item in layout)
+    assert W.strategy_job_finetuned(cfg, "tiny_sam", "zero_shot") == []
+    assert len(W.strategy_job_finetuned(cfg, "tiny_sam", "lora")) == len(layout)
+    # Every output of the job is a final target of that strategy, and vice versa.
+    targets = W.final_targets(cfg, lambda m, d: ["lora"])
+    lora = {o.format(strategy="lora") for o in outputs}
+    assert lora == {t for t in targets if "/tiny_sam/lora/" in t}
+    # A strategy trained on only some datasets cannot share one job.
+    with pytest.raises(ConfigError, match="one_job_per"):
+        W.final_targets(cfg, lambda m, d: ["lora"] if d == "demo_ct" else [])
