@@ -1,6 +1,7 @@
 """X-ray perturbations (4): scatter, underexposure, overexposure_xray, grid_lines.
 
-Displayed radiographs are bright where attenuation is high; the transmitted fraction is ``T = 1 - x``.
+Displayed radiographs are bright where attenuation is high; scatter, over-exposure and grid lines use the
+transmitted fraction ``T = 1 - x``, under-exposure the log-domain model in its docstring.
 Images are float32 ``H x W x C`` in [0, 1] units of the dtype range.
 """
 
@@ -29,13 +30,18 @@ def scatter(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-
     "underexposure", family="xray", param=ParamSpec("dose", 0.999, 0.0005, "fraction of the nominal dose")
 )
 def underexposure(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
-    """Low dose: quantum mottle. Photon counts scale with dose * T, so after gain correction the noise std
-    is 0.02 sqrt(T / dose) (Poisson, Gaussian approximation), largest in thin (dark) regions."""
+    """Low dose: quantum mottle, strongest in dense (bright) regions where few photons arrive.
+
+    With the displayed value x proportional to attenuation (transmission T = exp(-3 x)) and N = N0 dose T
+    detected photons, the noise std of x is exp(1.5 x) / (3 sqrt(N0 dose)) (Poisson, Gaussian approximation;
+    N0 = 20000 gives about 0.5 % noise at mid-grey at full dose). The noise already present at full dose is
+    not added again: the extra std is scaled by 1 / sqrt(dose) - 1.
+    """
     noise = rng.standard_normal((ctx.h, ctx.w, 1)).astype(np.float32)
-    t = np.sqrt(np.clip(1 - ctx.x, 0, 1)) * noise * np.float32(0.02)
+    t = noise * np.exp(np.float32(1.5) * ctx.x) / np.float32(3 * np.sqrt(20000.0))
 
     def op(p: float) -> np.ndarray:
-        return ctx.x - t * np.float32(1 / np.sqrt(p) - 1)
+        return ctx.x + t * np.float32(1 / np.sqrt(p) - 1)
 
     return op
 
