@@ -5,8 +5,13 @@ from medfm_robust.perturb.contact import write_contact_sheet
 
 
 def main(smk) -> None:
-    write_contact_sheet(smk.input.test, list(smk.input.shards), smk.output[0], tile=smk.params.tile,
-                        title=f"{smk.wildcards.modality}: original, L1..L5 (SSIM; * = outside band)")
+    write_contact_sheet(
+        smk.input.test,
+        list(smk.input.shards),
+        smk.output[0],
+        tile=smk.params.tile,
+        title=f"{smk.wildcards.modality}: original, L1..L5 (SSIM; * = outside band)",
+    )
 
 
 run_snakemake_script(snakemake, main)
