@@ -381,3 +381,26 @@ def test_strategy_job_walks_the_layout(shards: dict[str, Path], tmp_path: Path, 
         E.run_strategy_job(
             "tiny_sam", "lora", layout[1:], settings, attack, [shards["test"]], [], [], [str(outs[5])]
         )
+
+
+def test_label_moved_out_of_the_image_is_not_scored(shards: dict[str, Path], tmp_path: Path) -> None:
+    from medfm_robust.io import encode_png
+
+    model = trained_small_sam()
+    table = pd.read_parquet(shards["shift"])
+    table["box"] = table["box"].astype(object)
+    table.at[2, "box"] = None
+    table.at[2, "mask_png"] = encode_png(np.zeros((64, 64), np.uint8))
+    gone = tmp_path / "gone.parquet"
+    table.to_parquet(gone)
+    out = _outputs(tmp_path, ["clean", "shift"])
+    counts = evaluate_dataset(RUN, "demo", shards["test"], {"shift": gone}, out, EvalSettings(), model=model)
+    assert counts["shift"] == len(table) - 1
+    rows = pd.read_parquet(out["shift"])
+    assert (rows["image_id"] + rows["level"].astype(str)).tolist() == [
+        i + str(lv) for k, (i, lv) in enumerate(zip(table["image_id"], table["level"], strict=True)) if k != 2
+    ]
+    table.at[2, "mask_png"] = table.at[3, "mask_png"]
+    table.to_parquet(gone)
+    with pytest.raises(DataError, match="null box without an empty moved mask"):
+        evaluate_dataset(RUN, "demo", shards["test"], {"shift": gone}, out, EvalSettings(), model=model)

@@ -202,7 +202,9 @@ def load_perturbed_samples(
 
     The GT mask is the shard's ``mask_png`` when set (label-moving types), else the clean mask; the box is the
     shard's ``box`` (the moved one for label-moving types, else it must equal the clean box). Rows of
-    images outside ``clean`` are left out (see :func:`select_image_ids`).
+    images outside ``clean`` are left out (see :func:`select_image_ids`). A label-moving row whose label left
+    the image (null box, empty moved mask) has no box prompt and no object to segment: it is not scored,
+    and a warning names it.
     """
     cols = (
         "image_id",
@@ -222,9 +224,15 @@ def load_perturbed_samples(
         raise DataError(f"{shard}: column 'perturbation' holds {sorted(names)}, expected '{perturbation}'")
     selected = selected.sort_values(["image_id", "level"], kind="stable")
     samples = []
+    dropped = []
     for row in selected.itertuples(index=False):
         src = f"{shard} [{row.image_id} level {row.level}]"
         base = clean[row.image_id]
+        if row.box is None:
+            if row.mask_png is None or (decode_png(row.mask_png, source=src) > 0).any():
+                raise DataError(f"{src}: null box without an empty moved mask")
+            dropped.append(f"{row.image_id} L{row.level}")
+            continue
         image = decode_png(row.image_png, source=src)
         if image.shape[:2] != base.mask.shape:
             raise DataError(
@@ -255,6 +263,8 @@ def load_perturbed_samples(
             "in_band": bool(row.in_band),
         }
         samples.append(Sample(row.image_id, image, mask, box_f, meta, array_hash(image)))
+    if dropped:
+        log.warning("%s: %d row(s) not scored, the label left the image: %s", shard, len(dropped), dropped)
     return samples
 
 
