@@ -17,6 +17,7 @@ from test_workflow_support import (
     clone_run,
     completed_ci_run,
     env_for,
+    local_rules,
     parse_dryrun,
     slurm_profile_without_conda,
     snakemake,
@@ -119,7 +120,8 @@ def _fake_slurm(bin_dir: Path) -> None:
 def test_fake_slurm_submissions(ci_jobs, tmp_path):
     """Submit one GPU job and one CPU job through profiles/slurm to fake SLURM commands."""
     work, jobs = ci_jobs
-    remote = [j for j in jobs if not j.local and j.rule != "all" and j.outputs]
+    local = local_rules()
+    remote = [j for j in jobs if j.rule not in local and j.outputs]
     gpus = [j for j in remote if int(j.resource("gpu") or 0) > 0]
     pinned = next((j for j in gpus if j.rule in SLURM["set-resources"]), None)
     auto = next((j for j in gpus if j.rule not in SLURM["set-resources"]), None)

@@ -149,6 +149,21 @@ def parse_dryrun(text: str) -> list[Job]:
     return jobs
 
 
+def local_rules() -> set[str]:
+    """Rules declared in ``localrules:`` directives of rules/*.smk (they never go to a cluster)."""
+    names: set[str] = {"all"}
+    for smk in sorted((REPO / "rules").glob("*.smk")):
+        for block in re.findall(r"^localrules:\s*\n((?:[ \t]+[\w,\s]+\n)+)", smk.read_text(), re.M):
+            names |= {n.strip() for n in re.split(r"[,\s]+", block) if n.strip()}
+        names |= {
+            n.strip()
+            for n in re.findall(r"^localrules:[ \t]*([\w, \t]+)$", smk.read_text(), re.M)
+            for n in n.split(",")
+            if n.strip()
+        }
+    return names
+
+
 def planned_jobs(workdir: Path, *args: str) -> set[tuple]:
     """Identity keys of the jobs a dry run would execute (``rule all`` excluded)."""
     out = snakemake(workdir, "-n", *args).stdout
