@@ -443,14 +443,18 @@ def pathology(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarr
 
 def angiography(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
     """X-ray coronary angiogram: contrast-filled vessel tree over soft anatomy and a catheter; the
-    target is the main vessel (with a stenosis), its branches are distractors."""
+    target is the stenotic segment of the main vessel (as analysed in quantitative coronary angiography),
+    the rest of the tree is a distractor running through the box."""
     s = float(size)
     img = rng.uniform(0.55, 0.75) + 0.08 * fractal_noise(rng, size, (6, 16, 40))
     img += 0.06 * soften(np.abs(grid(size)[1] - rng.uniform(0.3, 0.7) * s) < 0.08 * s, 6)
     start, heading = _edge_start(rng, size)
     main = random_path(rng, start, heading, rng.uniform(0.7, 1.1) * s, 0.02)
     w = np.linspace(rng.uniform(3.5, 6.0), rng.uniform(1.8, 2.8), len(main)) * s / 256
-    t0, span = int(rng.uniform(0.3, 0.7) * len(main)), int(rng.integers(6, 14))
+    margin = 0.08 * s
+    inside = np.flatnonzero(np.all((main >= margin) & (main <= s - 1 - margin), axis=1))
+    t0 = int(rng.choice(inside)) if inside.size else len(main) // 2
+    span = int(rng.integers(6, 14))
     dip = np.exp(-(((np.arange(len(main)) - t0) / span) ** 2))
     w = (w * (1 - rng.uniform(0.35, 0.7) * dip)).astype(np.float32)
     paths, widths = [], []
@@ -468,7 +472,10 @@ def angiography(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nda
     cath = random_path(rng, tuple(main[0]), heading + PI + rng.normal(0, 0.2), 0.6 * s, 0.01)
     paths.append(cath)
     widths.append(np.full(len(cath), 1.3, np.float32))
-    main_prof, mask = tubes(size, [main], [w])
+    main_prof, main_mask = tubes(size, [main], [w])
+    half = int(rng.uniform(18, 40) * s / 256)
+    lo, hi = max(t0 - half, 0), min(t0 + half + 1, len(main))
+    mask = tubes(size, [main[lo:hi]], [w[lo:hi]])[1] & main_mask
     other, _ = tubes(size, paths, widths)
     prof = np.maximum(main_prof, 0.8 * other)
     img = img * (1 - rng.uniform(0.35, 0.65) * prof)
