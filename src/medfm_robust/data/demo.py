@@ -43,7 +43,7 @@ FINDING_BY_MODALITY: dict[str, str] = {
     "fundus": "optic disc",
     "oct": "optic disc",
     "pathology": "tumour region",
-    "angiography": "main vessel",
+    "angiography": "stenotic vessel segment",
 }
 """What the demo mask of each modality marks."""
 
