@@ -18,6 +18,7 @@ rule data_ingest:
         spec=lambda wildcards: config["datasets"][wildcards.dataset],
         data={key: config["data"][key] for key in ("image_size", "splits", "on_error")},
         seed=SEED,
+    threads: lambda wildcards: 4 if config["datasets"][wildcards.dataset].get("path") else 1  # file decoding
     conda:
         "../envs/data.yaml"
     script:

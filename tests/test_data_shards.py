@@ -191,9 +191,11 @@ def test_output_is_byte_identical_on_rerun_and_shuffled_order(tmp_path: Path, mo
 
     monkeypatch.setitem(ADAPTERS, "folder", dataclasses.replace(original, list_items=shuffled))
     ingest_dataset("mine", _folder_spec(root), DATA, tmp_path / "c", progress=False)
+    ingest_dataset("mine", _folder_spec(root), DATA, tmp_path / "d", progress=False, workers=3)
     for name in ("train.parquet", "val.parquet", "test.parquet", "ingest_report.json"):
         a = (tmp_path / "a" / name).read_bytes()
         assert a == (tmp_path / "b" / name).read_bytes() == (tmp_path / "c" / name).read_bytes(), name
+        assert a == (tmp_path / "d" / name).read_bytes(), name
 
 
 def test_n_images_cap_takes_an_order_independent_subset(tmp_path: Path) -> None:
@@ -201,6 +203,8 @@ def test_n_images_cap_takes_an_order_independent_subset(tmp_path: Path) -> None:
     spec = {**_folder_spec(root), "n_images": 5}
     report = ingest_dataset("mine", spec, DATA, tmp_path / "a", progress=False)
     assert report["n_kept"] == 5 and report["n_listed"] == 12
+    threaded = ingest_dataset("mine", spec, DATA, tmp_path / "b", progress=False, workers=2)
+    assert threaded == report
     kept = sorted(
         i
         for s in shards.SPLITS

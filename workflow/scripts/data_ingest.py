@@ -15,6 +15,7 @@ def main(smk: Any) -> None:
         dict(smk.params.data),
         Path(smk.output.report).parent,
         seed=int(smk.params.seed),
+        workers=int(smk.threads),
     )
 
 

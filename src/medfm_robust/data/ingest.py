@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -89,13 +90,15 @@ def ingest_dataset(
     *,
     seed: int = 0,
     progress: bool = True,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Read one dataset through its adapter and write ``out_dir/{train,val,test}.parquet`` and
     ``out_dir/ingest_report.json`` (all atomically). Returns the report.
 
     Images are resized once to ``data_cfg['image_size']`` (null keeps them), images with empty masks are
     excluded and counted, and a corrupt file raises ``DataError`` naming it, unless
-    ``data_cfg['on_error'] == 'skip'``, which lists it in the report instead.
+    ``data_cfg['on_error'] == 'skip'``, which lists it in the report instead. ``workers`` threads read
+    and encode images (file decoding releases the GIL); the output does not depend on it.
     """
     adapter = get_adapter(spec["adapter"])
     modality = dataset_modality(dataset, spec)
@@ -109,22 +112,36 @@ def ingest_dataset(
     kept: list[dict[str, Any]] = []  # encoded rows (PNG bytes), not arrays, to bound memory
     empty: list[dict[str, str]] = []
     skipped: list[dict[str, str]] = []
-    for it in tqdm(items, desc=f"ingest {dataset}", unit="img", disable=not progress, mininterval=2):
-        if cap is not None and len(kept) >= cap:
-            break
+
+    def process(it: Item) -> dict[str, Any] | DataError | None:
         try:
             image, mask = it.load()
             sample = prepare_sample(it.image_id, image, mask, it.source, size)
         except DataError as exc:
-            if on_error != "skip":
-                raise
-            log.warning("skipping %s: %s", it.source, exc)
-            skipped.append({"image_id": it.image_id, "source": it.source, "error": str(exc)})
-            continue
-        if sample is None:
-            empty.append({"image_id": it.image_id, "source": it.source})
-            continue
-        kept.append(sample_row(sample, dataset, modality))
+            return exc
+        return None if sample is None else sample_row(sample, dataset, modality)
+
+    bar = tqdm(total=len(items), desc=f"ingest {dataset}", unit="img", disable=not progress, mininterval=2)
+    with ThreadPoolExecutor(max_workers=max(int(workers), 1)) as pool:
+        batch = max(int(workers), 1) * 4
+        for start in range(0, len(items), batch):  # batches in order, so an n_images cap stays exact
+            if cap is not None and len(kept) >= cap:
+                break
+            chunk = items[start : start + batch]
+            for it, result in zip(chunk, pool.map(process, chunk), strict=True):
+                bar.update()
+                if cap is not None and len(kept) >= cap:
+                    break
+                if isinstance(result, DataError):
+                    if on_error != "skip":
+                        raise result
+                    log.warning("skipping %s: %s", it.source, result)
+                    skipped.append({"image_id": it.image_id, "source": it.source, "error": str(result)})
+                elif result is None:
+                    empty.append({"image_id": it.image_id, "source": it.source})
+                else:
+                    kept.append(result)
+    bar.close()
     if not kept:
         raise DataError(
             f"{dataset}: no usable image (listed {len(items)}, empty masks {len(empty)}, "
