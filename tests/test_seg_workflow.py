@@ -22,17 +22,13 @@ def test_embedded_default_targets(default_cfg: dict) -> None:
     assert W.models(cfg) == ["lite_medsam", "tiny_sam"]
     assert W.datasets_for(cfg, "tiny_sam") == sorted(cfg["datasets"])
     assert W.datasets_for(cfg, "lite_medsam") == ["demo_dermoscopy"]
-    assert W.perturbations_for(cfg, "lite_medsam", "demo_dermoscopy") == [
-        "gaussian_blur",
-        "gaussian_noise",
-        "hair",
-    ]
+    assert W.perturbations_for(cfg, "lite_medsam", "demo_dermoscopy") == ["gaussian_noise", "hair"]
     targets = W.final_targets(cfg, lambda m, d: ["dec_only"] if (m, d) == ("tiny_sam", "demo_ct") else [])
     lite = [t for t in targets if "/lite_medsam/" in t]
     assert lite == [
         f"results/metrics/segmentation/lite_medsam/zero_shot/demo_dermoscopy/{n}.parquet"
-        for n in ("clean", "gaussian_blur", "gaussian_noise", "hair")
-    ]  # lite_medsam: attacks off, strategies fixed to zero_shot
+        for n in ("clean", "gaussian_noise", "hair")
+    ]  # lite_medsam: attacks off; the finetune stage trains nothing for it in this call
     ct = [t for t in targets if "/tiny_sam/" in t and "/demo_ct/" in t]
     n_ct = len(W.perturbations_for(cfg, "tiny_sam", "demo_ct")) + 3  # + clean, fgsm, pgd
     assert len(ct) == 2 * n_ct and any("/dec_only/demo_ct/pgd.parquet" in t for t in ct)
@@ -42,7 +38,7 @@ def test_embedded_default_targets(default_cfg: dict) -> None:
 def test_params_carry_only_the_models_settings(default_cfg: dict) -> None:
     p = W.job_params(default_cfg, "tiny_sam")
     assert p["checkpoint"] == "results/checkpoints/tiny_sam/pretrained.safetensors"
-    assert p["cache_dir"] is None and p["threads"] == 1 and p["attack_max_images"] == 3
+    assert p["cache_dir"] is None and p["threads"] == 1 and p["attack_max_images"] == 1
     assert W.job_params(default_cfg, "lite_medsam")["cache_dir"] == "results/cache/embeddings"
     assert W.base_checkpoint_input(default_cfg, "lite_medsam") == []
     assert W.finetuned_input("tiny_sam", "demo_ct", "zero_shot") == []
