@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from medfm_robust.errors import DataError
+from medfm_robust.errors import ConfigError, DataError
 from medfm_robust.io import array_hash, decode_png, write_parquet_atomic
 from medfm_robust.metrics.segmentation import NSD_TOLERANCE_PX, segmentation_scores
 from medfm_robust.seg.attacks import ATTACKS, AttackSettings, run_attack
@@ -108,6 +108,8 @@ def resolve_device(device: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"segmentation.device '{device}' but no CUDA device is available")
     return torch.device(device)
 
 
