@@ -245,8 +245,12 @@ def make_batch(
     augment: AugmentConfig | None,
     epoch: int,
     global_seed: int,
+    box_targets: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Assemble a batch, augmented (training) or not (validation: tight boxes, no jitter).
+
+    ``box_targets``: replace each mask by its filled tight box (a warm-up task that teaches a model from
+    scratch to use the box prompt; the prompt is still the jittered box).
 
     Returns:
         ``x01`` ``B x 3 x S x S`` float32 in [0, 1], ``masks`` ``B x S x S`` float32 {0, 1},
@@ -262,6 +266,10 @@ def make_batch(
             box = jitter_box(box_from_mask(m), m.shape[0], m.shape[1], augment.box_jitter, rng)
         else:
             box = box_from_mask(m)
+        if box_targets:
+            x0, y0, x1, y1 = box_from_mask(m).long().tolist()
+            m = torch.zeros_like(m)
+            m[y0 : y1 + 1, x0 : x1 + 1] = True
         xs.append(x)
         ms.append(m)
         bs.append(box)

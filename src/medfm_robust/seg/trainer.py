@@ -55,6 +55,7 @@ class TrainConfig:
     dice_weight: float = 0.7
     eval_batch_size: int = 16
     cache_frozen_embeddings: bool = False
+    box_target_epochs: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     @classmethod
@@ -298,7 +299,14 @@ def train(
             leave=False,
         )
         for idx in bar:
-            x, m, b = make_batch(train_data, idx, augment=augment, epoch=epoch, global_seed=global_seed)
+            x, m, b = make_batch(
+                train_data,
+                idx,
+                augment=augment,
+                epoch=epoch,
+                global_seed=global_seed,
+                box_targets=epoch < cfg.box_target_epochs,
+            )
             emb = train_emb[idx] if train_emb is not None else None
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 logits = seg.logits(x.to(device), b.to(device), size, emb)
