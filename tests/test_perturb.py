@@ -76,8 +76,37 @@ def test_registry_has_exactly_the_40_effects() -> None:
         assert lo < hi and meta["param"]["direction"] in ("increasing", "decreasing")
         assert meta["param"]["name"] and meta["description"]
         assert set(spec.modalities) <= set(MODALITIES)
-    assert REGISTRY["jpeg_compression"].param.integer
     assert REGISTRY["jpeg_compression"].param.direction == "decreasing"
+    assert REGISTRY["scale"].param.direction == "decreasing"
+
+
+def test_param_spec_mapping_round_trips_and_rounds_integers() -> None:
+    from medfm_robust.perturb.registry import ParamSpec
+
+    for spec in REGISTRY.values():
+        p = spec.param
+        assert p.value(0.0) == pytest.approx(p.mild) and p.value(1.0) == pytest.approx(p.strong)
+        assert p.position(p.value(0.37)) == pytest.approx(0.37, abs=1e-9)
+    q = ParamSpec("n", 1, 20, integer=True)
+    assert all(float(q.value(t)).is_integer() for t in np.linspace(0, 1, 13))
+    narrow = REGISTRY["rotation"].param.with_range(2, 10)
+    assert narrow.range == (2, 10) and narrow.direction == "increasing"
+
+
+def test_continuous_jpeg_quality_matches_libjpeg_at_integers() -> None:
+    import io
+
+    from PIL import Image
+
+    from medfm_robust.perturb.base import jpeg_round_trip
+
+    img = textured(64, rgb=True)
+    for q in (90, 37, 5):
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="JPEG", quality=q, subsampling=0 if q > 50 else 2)
+        ref = np.asarray(Image.open(io.BytesIO(buf.getvalue())))
+        ours = np.rint(jpeg_round_trip(img.astype(np.float32) / 255, q) * 255).astype(np.uint8)
+        assert np.array_equal(ours, ref)
 
 
 @pytest.mark.parametrize("modality", MODALITIES)

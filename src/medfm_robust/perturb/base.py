@@ -119,16 +119,51 @@ def contrast(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped
     return lambda p: mean + (ctx.x - mean) * np.float32(1 - p)
 
 
-def jpeg_round_trip(x: np.ndarray, quality: int) -> np.ndarray:
+# JPEG Annex K base quantisation tables (natural order), scaled as libjpeg does for a quality setting.
+_JPEG_LUMA = np.array(
+    [16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+     14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+     49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99],
+    dtype=np.float64,
+)  # fmt: skip
+_JPEG_CHROMA = np.full(64, 99.0)
+_JPEG_CHROMA[[0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 24, 25]] = [
+    17,
+    18,
+    24,
+    47,
+    18,
+    21,
+    26,
+    66,
+    24,
+    26,
+    56,
+    47,
+    66,
+]
+
+
+def jpeg_qtables(quality: float, colour: bool) -> list[list[int]]:
+    """libjpeg's quality scaling (5000 / Q below 50, 200 - 2 Q above) of the Annex K tables, for a
+    continuous quality in [1, 100]; at integer qualities the tables equal libjpeg's own."""
+    q = min(max(float(quality), 1.0), 100.0)
+    s = 5000.0 / q if q < 50 else 200.0 - 2.0 * q
+    bases = (_JPEG_LUMA, _JPEG_CHROMA) if colour else (_JPEG_LUMA,)
+    return [np.clip(np.floor((t * s + 50) / 100), 1, 255).astype(int).tolist() for t in bases]
+
+
+def jpeg_round_trip(x: np.ndarray, quality: float) -> np.ndarray:
     """JPEG-encode ``H x W x C`` float [0, 1] at 8 bits and decode; float32 out.
 
     Colour uses full-resolution chroma (4:4:4) above quality 50 and 4:2:0 sub-sampling at 50 and below, as
     high-quality encoders do; so the strength grows monotonically as the quality falls.
     """
     u8 = np.rint(np.clip(x, 0, 1) * 255).astype(np.uint8)
-    im = Image.fromarray(u8[:, :, 0] if u8.shape[2] == 1 else u8)
+    colour = u8.shape[2] == 3
+    im = Image.fromarray(u8 if colour else u8[:, :, 0])
     buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=int(quality), subsampling=0 if quality > 50 else 2)
+    im.save(buf, format="JPEG", qtables=jpeg_qtables(quality, colour), subsampling=0 if quality > 50 else 2)
     buf.seek(0)
     with Image.open(buf) as dec:
         out = np.asarray(dec, dtype=np.float32) / np.float32(255)
@@ -138,12 +173,16 @@ def jpeg_round_trip(x: np.ndarray, quality: int) -> np.ndarray:
 @register(
     "jpeg_compression",
     family="base",
-    param=ParamSpec("quality", 98, 1, "JPEG quality (libjpeg)", pivot=100.0, integer=True),
+    param=ParamSpec("quality", 98, 1, "JPEG quality (libjpeg scaling, continuous)", pivot=100.0),
 )
 def jpeg_compression(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
-    """JPEG compression artefacts (blocking, ringing, chroma loss); 16-bit images are compressed at 8 bits."""
+    """JPEG compression artefacts (blocking, ringing, chroma loss); 16-bit images are compressed at 8 bits.
+
+    The quality is continuous: quantisation tables are libjpeg's scaling of the standard tables (identical
+    to libjpeg at integer qualities), so the calibration is not limited to integer steps.
+    """
     del rng
-    return lambda p: jpeg_round_trip(ctx.x, int(p))
+    return lambda p: jpeg_round_trip(ctx.x, p)
 
 
 @register("pixelate", family="base", param=ParamSpec("block", 1.02, 64.0, "pixels per block"))
