@@ -204,6 +204,8 @@ def calibrate(
     reason = ""
     n_iter = 0
     scanning = False
+    jump_scan = False
+    first_bracket: tuple[float, float] | None = None
     while n_iter < max_evals:
         n_iter += 1
         p, s, ok = evaluate(t)
@@ -215,13 +217,25 @@ def calibrate(
             mild = (t, gt)
         else:
             strong = (t, gt)
-        nxt = None if scanning else _next_position(t, gt, target, mild, strong, points, name, level, pspec)
+        if mild is not None and strong is not None and first_bracket is None:
+            first_bracket = (mild[0], strong[0])
+        if jump_scan:
+            nxt = _grid_position(first_bracket, pspec, memo)  # type: ignore[arg-type]
+        else:
+            nxt = (
+                None if scanning else _next_position(t, gt, target, mild, strong, points, name, level, pspec)
+            )
         if nxt is None and (mild is None or strong is None):
             scanning = True  # a range end reached without crossing: scan a coarse grid (non-monotone s(t))
             nxt = _scan_position(mild, strong, pspec, memo)
         elif scanning:
             scanning = False  # the scan found the other side: bracket from here
             nxt = _next_position(t, gt, target, mild, strong, points, name, level, pspec)
+        elif nxt is None and not jump_scan and not pspec.integer and first_bracket is not None:
+            # the bracket collapsed onto a jump over the band (e.g. JPEG's quantisation steps): try an
+            # evenly spaced grid inside the first bracket for an in-band point
+            jump_scan = True
+            nxt = _grid_position(first_bracket, pspec, memo)
         if nxt is None:
             reason = _unreachable_reason(mild, strong, pspec, memo)
             break
@@ -276,7 +290,7 @@ def _next_position(
     """The next search position, or None when the band is unreachable / bracketed between integers."""
     if mild is not None and strong is not None:
         (ta, ga), (tb, gb) = mild, strong
-        if abs(pspec.value(ta) - pspec.value(tb)) <= (1.0 if pspec.integer else 0.0) or abs(ta - tb) < 1e-6:
+        if abs(pspec.value(ta) - pspec.value(tb)) <= (1.0 if pspec.integer else 0.0) or abs(ta - tb) < 2e-3:
             return None
         frac = (target - ga) / (gb - ga) if gb != ga else 0.5
         frac = min(max(frac, 0.1), 0.9)
@@ -325,6 +339,17 @@ def _scan_position(
     return None
 
 
+def _grid_position(
+    bracket: tuple[float, float], pspec: ParamSpec, memo: dict[float, tuple[float, np.ndarray]]
+) -> float | None:
+    """The next untried point of an 8-point grid strictly inside ``bracket``; None when all were tried."""
+    a, b = sorted(bracket)
+    for t in np.linspace(a, b, 10)[1:-1]:
+        if pspec.value(float(t)) not in memo:
+            return float(t)
+    return None
+
+
 def _same_side(pts: list[tuple[float, float]], target: float) -> bool:
     sides = [g > target for _, g in pts]
     return sides[-1] == sides[-2] == sides[-3]
@@ -360,6 +385,8 @@ def _unreachable_reason(
     """Why the band was missed, naming the parameter values tried."""
     if mild is not None and strong is not None:
         a, b = sorted((pspec.value(mild[0]), pspec.value(strong[0])))
+        if not pspec.integer:
+            return f"SSIM jumps over the band between {pspec.name} {a:.4g} and {b:.4g} (discontinuous)"
         return f"band lies between adjacent {pspec.name} values {a:g} and {b:g}"
     lo, hi = pspec.range
     scores = [s for s, _ in memo.values()]
