@@ -159,8 +159,9 @@ def baseline(records: list[dict], size: int) -> float:
         spec = REGISTRY[r["type"]]
         t0 = time.process_time()
         ctx = Context(img, with_reference=False)  # the plain path: no cached SSIM statistics, no search
-        op = spec.prepare(ctx, np.random.default_rng(r["seed"]))
-        out = ctx.quantise(op(r["param"]))
+        rng = np.random.default_rng(r["seed"])
+        op = spec.prepare(ctx, rng)
+        out = ctx.quantise(op(r["param"]), rng.random(ctx.x.shape, dtype=np.float32))
         ssim(img, out)
         encode_png(out)
         total += time.process_time() - t0

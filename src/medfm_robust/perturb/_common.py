@@ -57,11 +57,21 @@ class Context:
             self.cache["grid"] = (yy, xx)
         return self.cache["grid"]
 
-    def quantise(self, y: np.ndarray) -> np.ndarray:
-        """Float image in [0, 1] units -> the saved integer image (clip, round; original shape and dtype)."""
-        q = np.clip(y, 0.0, 1.0) * np.float32(self.maxval)
-        q = np.rint(q, out=q).astype(self.dtype)
-        return q.reshape(self.input_shape)
+    def quantise(self, y: np.ndarray, dither: np.ndarray | None = None) -> np.ndarray:
+        """Float image in [0, 1] units -> the saved integer image (original shape and dtype).
+
+        Values are clipped to [0, 1] and scaled to the dtype range. Without ``dither`` they are rounded to
+        the nearest integer. With ``dither`` (``H x W x C`` uniform [0, 1) float32, drawn once per
+        calibration) they are rounded stochastically, ``floor(v + u)``: a fractional value rounds up with
+        probability equal to its fraction, while values already (within 1e-3) on an integer stay exactly
+        as they are. Unchanged pixels are therefore kept, and the saved image's SSIM varies smoothly with
+        the parameter instead of in whole grey-level steps (which matter on black backgrounds).
+        """
+        v = np.clip(y, 0.0, 1.0) * np.float32(self.maxval)
+        r = np.rint(v)
+        if dither is not None:
+            r = np.where(np.abs(v - r) < 1e-3, r, np.floor(v + dither))
+        return r.astype(self.dtype).reshape(self.input_shape)
 
 
 def smooth_field(

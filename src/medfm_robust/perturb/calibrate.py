@@ -182,6 +182,7 @@ def calibrate(
     pspec = spec.param if param_range is None else spec.param.with_range(*map(float, param_range))
     rng = np.random.default_rng(int(seed))
     op = spec.prepare(ctx, rng)
+    dither = rng.random(ctx.x.shape, dtype=np.float32)  # stochastic rounding of the saved image
     lo, hi = bands_t[level - 1]
     target = _g((lo + hi) / 2)
 
@@ -191,7 +192,7 @@ def calibrate(
     def evaluate(t: float) -> tuple[float, float, bool]:
         p = pspec.value(t)
         if p not in memo:
-            out = ctx.quantise(op(p))
+            out = ctx.quantise(op(p), dither)
             memo[p] = (ctx.ref.score_normalised(_chw(out, ctx)), out)
         s = memo[p][0]
         points.append((t, _g(s)))
