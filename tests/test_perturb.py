@@ -313,3 +313,13 @@ def test_geometric_fill_is_constant_not_mirrored(name: str) -> None:
     assert outside.sum() > 5
     fill = ctx.quantise(np.broadcast_to(ctx.bg, ctx.x.shape))[0, 0]
     assert np.all(out[outside] == fill)  # one constant colour, no mirrored anatomy
+
+
+def test_dithered_quantisation_keeps_unchanged_pixels_and_is_smooth() -> None:
+    img = textured(64, seed=3, dark=True)
+    ctx = Context(img)
+    u = np.random.default_rng(0).random(ctx.x.shape, dtype=np.float32)
+    assert np.array_equal(ctx.quantise(ctx.x, u), img)  # identity stays byte-identical
+    # a quarter-level offset moves about a quarter of the pixels up by one level (not none, not all)
+    moved = (ctx.quantise(ctx.x + np.float32(0.25 / 255), u).astype(int) - img)
+    assert set(np.unique(moved)) <= {0, 1} and 0.15 < moved.mean() < 0.35
