@@ -50,7 +50,8 @@ def lora_config(settings: Mapping[str, Any]) -> Any:
         r=int(settings["r"]),
         lora_alpha=float(settings["alpha"]),
         lora_dropout=float(settings.get("dropout", 0.0)),
-        target_modules=target_pattern(settings["target_modules"], settings.get("target_scope", "vision_tower")),
+        target_modules=target_pattern(settings["target_modules"],
+                                      settings.get("target_scope", "vision_tower")),
         bias="none",
     )
 
@@ -64,7 +65,8 @@ def add_lora(model: Any, settings: Mapping[str, Any]) -> Any:
         peft_model = get_peft_model(model, cfg)
     except ValueError as exc:
         raise ConfigError(
-            f"config key 'vlm.grounding_finetune.target_modules': no module of {type(model).__name__} matches "
+            f"config key 'vlm.grounding_finetune.target_modules': no module of {type(model).__name__} "
+            f"matches "
             f"{cfg.target_modules!r} ({exc})"
         ) from exc
     return peft_model

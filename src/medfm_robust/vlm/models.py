@@ -90,7 +90,7 @@ def folder_revision(path: str | Path) -> str:
 
 
 def resolve_model_dir(name: str, spec: dict[str, Any], resources_dir: str | Path) -> Path:
-    """The local folder of model ``name`` (``spec['path']`` relative to ``resources_dir``), checked to exist."""
+    """The local folder of model ``name`` (``spec['path']`` under ``resources_dir``), checked to exist."""
     if not spec.get("path"):
         raise ConfigError(f"config key 'vlm.models.{name}.path': required for a local model")
     path = Path(spec["path"])
@@ -102,7 +102,9 @@ def resolve_model_dir(name: str, spec: dict[str, Any], resources_dir: str | Path
             "download the checkpoint there as described in resources/README.md"
         )
     if not (path / "config.json").is_file():
-        raise CheckpointError(f"vlm model '{name}': {path} has no config.json (not a transformers checkpoint)")
+        raise CheckpointError(
+            f"vlm model '{name}': {path} has no config.json (not a transformers checkpoint)"
+        )
     return path
 
 
@@ -165,7 +167,7 @@ class LocalVLM:
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     def encode(self, images: Sequence[np.ndarray], texts: Sequence[str]) -> dict[str, Any]:
-        """Processor outputs (left-padded ``input_ids``, ``attention_mask``, ``pixel_values``, ...) on device."""
+        """Processor outputs (left-padded ``input_ids``, ``attention_mask``, ``pixel_values``) on device."""
         pil = [[to_pil_rgb(img)] for img in images]
         enc = self.processor(text=list(texts), images=pil, padding=True, return_tensors="pt")
         out = {}
@@ -314,7 +316,7 @@ def load_vlm(
 
 
 def box_convention(name: str, spec: dict[str, Any], api_settings: dict[str, Any] | None = None) -> str:
-    """The grounding box convention of model ``name``: its own setting, else its API endpoint's, else pixel."""
+    """The box convention of model ``name``: its own setting, else its API endpoint's, else pixel."""
     if spec.get("box_convention"):
         return str(spec["box_convention"])
     if spec.get("kind") == "api":
@@ -324,10 +326,11 @@ def box_convention(name: str, spec: dict[str, Any], api_settings: dict[str, Any]
     return "pixel"
 
 
-def set_torch_threads() -> None:
-    """Respect ``OMP_NUM_THREADS``/Snakemake threads if set (keeps parallel jobs from oversubscribing)."""
+def set_torch_threads(threads: int | None = None) -> None:
+    """Use ``threads`` torch threads (the job's Snakemake threads), else ``OMP_NUM_THREADS`` if set, so that
+    parallel jobs do not oversubscribe the cores."""
     import torch
 
-    n = os.environ.get("OMP_NUM_THREADS")
-    if n and n.isdigit():
+    n = threads if threads else os.environ.get("OMP_NUM_THREADS")
+    if n and str(n).isdigit():
         torch.set_num_threads(max(1, int(n)))

@@ -105,7 +105,9 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> Any:
 
 def _check_geometry(image_size: int, patch_size: int) -> None:
     if image_size % patch_size:
-        raise ConfigError(f"vlm tiny model: image_size {image_size} is not a multiple of patch_size {patch_size}")
+        raise ConfigError(
+            f"vlm tiny model: image_size {image_size} is not a multiple of patch_size {patch_size}"
+        )
 
 
 def build_tiny_llava(tokenizer: Any, arch: dict[str, Any]) -> tuple[Any, Any]:

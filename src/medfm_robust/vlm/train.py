@@ -67,7 +67,8 @@ def encode_examples(processor: Any, examples: Sequence[Example], *, system_promp
     for ex in examples:
         prefix, response = render_pair(processor, ex.prompt, ex.answer, system_prompt, image_position)
         enc = processor(text=[prefix], images=[[to_pil_rgb(ex.image)]], return_tensors="pt")
-        resp = tok(response, add_special_tokens=False, return_tensors="pt")["input_ids"][0][:max_answer_tokens]
+        resp = tok(response, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+        resp = resp[:max_answer_tokens]
         ids = enc["input_ids"][0]
         item = {
             "input_ids": np.concatenate([ids.numpy(), resp.numpy()]),

@@ -20,7 +20,8 @@ def alternatives(names: list[str]) -> str:
     return "|".join(sorted(names)) if names else "NO_MATCH^"
 
 
-def models(config: Config, *, kinds: tuple[str, ...] = ("local", "tiny", "api"), enabled: bool = False) -> list[str]:
+def models(config: Config, *, kinds: tuple[str, ...] = ("local", "tiny", "api"),
+           enabled: bool = False) -> list[str]:
     """Model names of ``kinds`` (only enabled ones with ``enabled=True``)."""
     return sorted(m for m, s in config["vlm"]["models"].items()
                   if s["kind"] in kinds and (s.get("enabled", True) or not enabled))
@@ -61,14 +62,16 @@ def sample_inputs(config: Config, dataset: str) -> list[str] | str:
     """Inputs of a sample table: demo -> every canonical shard of the sources; real -> the dataset folder."""
     spec = config["vlm"]["datasets"][dataset]
     if spec["adapter"] == "demo":
-        return [f"results/data/{d}/{s}.parquet" for d in sources(config, dataset) for s in ("train", "val", "test")]
+        return [f"results/data/{d}/{s}.parquet" for d in sources(config, dataset)
+                for s in ("train", "val", "test")]
     path = Path(spec["path"])
     return str(path if path.is_absolute() or path.exists() else Path(config["resources_dir"]) / path)
 
 
 def tables(config: Config, dataset: str) -> list[str]:
     """Every sample table of a VLM dataset."""
-    return [f"results/vlm/data/{dataset}/{t}.parquet" for t in dataset_tasks(config["vlm"]["datasets"][dataset])]
+    tasks = dataset_tasks(config["vlm"]["datasets"][dataset])
+    return [f"results/vlm/data/{dataset}/{t}.parquet" for t in tasks]
 
 
 def canonical_shards(config: Config, dataset: str, perturbation: str) -> list[str]:
@@ -129,7 +132,7 @@ def max_new_tokens(config: Config, model: str, task: str) -> int:
 
 
 def eval_inputs(config: Config, model: str, task: str, dataset: str) -> dict[str, Any]:
-    """Inputs of one evaluation job: weights (and adapter), sample table, VLM and canonical perturbed shards."""
+    """Inputs of one evaluation job: weights (+ adapter), sample table, VLM and canonical perturbed shards."""
     all_types = types(config)
     inputs: dict[str, Any] = {
         "samples": f"results/vlm/data/{dataset}/{task}.parquet",
