@@ -207,3 +207,15 @@ def test_frozen_batchnorm_stays_in_eval_mode() -> None:
     set_train_mode(model)
     assert all(m.training for m in bns)
     assert any(k.endswith("running_mean") for k in trained_state(model))
+
+
+def test_parameter_table_reports_every_strategy() -> None:
+    from medfm_robust.seg.strategies import parameter_table
+
+    rows = {(r["model"], r["strategy"]): r for r in parameter_table(["tiny_sam", "medsam"])}
+    assert len(rows) == 2 * len(STRATEGIES)
+    assert rows[("medsam", "lora")]["trainable_params"] == VIT_B_LORA
+    assert rows[("medsam", "adapter")]["trainable_params"] is None
+    assert "adapter" in str(rows[("medsam", "adapter")]["note"])
+    assert rows[("tiny_sam", "zero_shot")]["trainable_params"] == 0
+    assert rows[("tiny_sam", "full")]["trainable_params"] == rows[("tiny_sam", "full")]["total_params"]

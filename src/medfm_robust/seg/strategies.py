@@ -45,6 +45,7 @@ __all__ = [
     "count_parameters",
     "ensure_adapters",
     "merge_lora",
+    "parameter_table",
     "restore_trained_state",
     "set_train_mode",
     "trained_state",
@@ -318,3 +319,43 @@ def restore_trained_state(model: nn.Module, state: Mapping[str, torch.Tensor], *
     with torch.no_grad():
         for k, v in state.items():
             targets[k].copy_(v.to(targets[k].device, targets[k].dtype))
+
+
+def parameter_table(
+    model_names: Sequence[str], strategies: Sequence[str] = STRATEGIES
+) -> list[dict[str, object]]:
+    """Trainable/total parameter counts of each (model, strategy), from freshly built structures (ViT-B
+    models on the ``meta`` device; no weights, no downloads). Combinations that are configuration errors
+    (``adapter`` without adapters) get ``trainable_params=None`` and the error message as ``note``."""
+
+    from medfm_robust.seg.models import MODEL_SPECS
+
+    rows: list[dict[str, object]] = []
+    for name in model_names:
+        for strategy in strategies:
+            spec = MODEL_SPECS[name]
+            with torch.device("meta" if spec.input_size >= 1024 or name == "sam_med2d" else "cpu"):
+                model = spec.builder()
+            try:
+                report = apply_strategy(model, StrategySpec(strategy))
+            except ConfigError as exc:
+                rows.append(
+                    {
+                        "model": name,
+                        "strategy": strategy,
+                        "trainable_params": None,
+                        "total_params": count_parameters(model)[1],
+                        "note": str(exc),
+                    }
+                )
+                continue
+            rows.append(
+                {
+                    "model": name,
+                    "strategy": strategy,
+                    "trainable_params": report.trainable_params,
+                    "total_params": report.total_params,
+                    "note": "",
+                }
+            )
+    return rows
