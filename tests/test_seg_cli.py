@@ -1,0 +1,106 @@
+"""The segmentation sub-commands of ``medfm-robust``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_seg_support import write_perturbed_shard, write_test_shard
+
+from medfm_robust.cli import main
+from medfm_robust.io import read_image, write_image
+
+
+def test_seg_models_lists_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["seg-models", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == ["medsam", "sam_med2d", "sam_vit_b", "lite_medsam", "tiny_sam"]
+    assert {r["name"]: r["checkpoint_file"] for r in rows}["sam_med2d"] == "sam-med2d_b.pth"
+
+
+def test_seg_predict_writes_a_mask_and_rejects_bad_boxes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    img = np.zeros((40, 60), np.uint8)
+    img[10:30, 20:45] = 200
+    write_image(tmp_path / "in.png", img)
+    assert (
+        main(
+            [
+                "seg-predict",
+                "tiny_sam",
+                str(tmp_path / "in.png"),
+                str(tmp_path / "m.png"),
+                "--box",
+                "20",
+                "10",
+                "44",
+                "29",
+            ]
+        )
+        == 0
+    )
+    mask = read_image(tmp_path / "m.png")
+    assert mask.shape == (40, 60) and set(np.unique(mask)) <= {0, 255}
+    assert (
+        main(
+            [
+                "seg-predict",
+                "tiny_sam",
+                str(tmp_path / "in.png"),
+                str(tmp_path / "m.png"),
+                "--box",
+                "0",
+                "0",
+                "60",
+                "10",
+            ]
+        )
+        == 2
+    )
+    assert "not inside the 60 x 40 image" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "seg-predict",
+                "tiny_sam",
+                str(tmp_path / "in.png"),
+                str(tmp_path / "m.png"),
+                "--box",
+                "0",
+                "0",
+                "5",
+                "5",
+                "--checkpoint",
+                str(tmp_path / "none.pth"),
+            ]
+        )
+        == 2
+    )
+    assert "none.pth: checkpoint file for model 'tiny_sam' not found" in capsys.readouterr().err
+
+
+def test_seg_eval_writes_one_file_per_mode(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_test_shard(tmp_path / "test.parquet", "demo", 2, size=32)
+    write_perturbed_shard(tmp_path / "noise.parquet", "demo", "noise", 2, levels=2, size=32)
+    args = [
+        "seg-eval",
+        "--model",
+        "tiny_sam",
+        "--dataset",
+        "demo",
+        "--test",
+        str(tmp_path / "test.parquet"),
+        "--out-dir",
+        str(tmp_path / "out"),
+        "--device",
+        "cpu",
+    ]
+    assert main([*args, "--shard", f"noise={tmp_path / 'noise.parquet'}"]) == 0
+    counts = json.loads(capsys.readouterr().out)
+    assert counts["clean"] == 2 and counts["noise"] == 4
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["clean.parquet", "noise.parquet"]
+    assert main([*args, "--shard", "noise"]) == 2
+    assert "NAME=PATH" in capsys.readouterr().err
