@@ -1,7 +1,8 @@
 """Per-image SSIM calibration: find the parameter whose *saved* output lands in the level's SSIM band.
 
-For one (image, type, level) the random stream is fixed first (``prepare(ctx, rng)``), so the SSIM of the
-quantised output is a deterministic function ``s(t)`` of the search position ``t`` in [0, 1] (0 = mild end
+For one (image, type, level) the random stream is fixed first (``prepare(ctx, rng)`` and a uniform field
+for dithered rounding of the saved image, see ``Context.quantise``), so the SSIM of the quantised output
+is a deterministic function ``s(t)`` of the search position ``t`` in [0, 1] (0 = mild end
 of the parameter range; see :class:`~medfm_robust.perturb.registry.ParamSpec`). The search works on
 ``g = log(1 - s)``, which is close to linear in ``t`` for most types:
 
