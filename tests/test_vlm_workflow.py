@@ -1,0 +1,159 @@
+"""VLM workflow: the rules' helpers (targets, inputs, params) and the chain of library functions the rules
+call (sample tables -> perturbed inputs -> tiny training -> grounding LoRA -> evaluation tables)."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from medfm_robust.config import load_config
+
+pytest.importorskip("torch")
+
+REPO = Path(__file__).resolve().parents[1]
+METRIC_COLUMNS = ["sample_id", "model", "task", "dataset", "modality", "perturbation", "category", "level",
+                  "ssim", "in_band", "raw_output", "parsed", "parse_ok", "reference", "model_revision"]
+
+
+@pytest.fixture(scope="module")
+def default_config() -> dict:
+    return load_config(REPO / "config" / "config.yaml")
+
+
+def test_final_targets_cover_every_model_task_and_condition(default_config):
+    from medfm_robust.vlm import workflow as wf
+
+    types = wf.types(default_config)
+    assert types and set(types) <= set(default_config["vlm"]["perturbations"]["include"])
+    targets = wf.final_targets(default_config)
+    models = wf.models(default_config, enabled=True)
+    assert models == ["tiny_gemma3", "tiny_llava"]
+    assert len(targets) == len(set(targets)) == len(models) * 3 * (1 + len(types))
+    assert "results/metrics/vlm/tiny_llava/grounding/demo/clean.parquet" in targets
+
+
+def test_api_models_only_when_enabled(default_config):
+    from medfm_robust.vlm import workflow as wf
+
+    cfg = copy.deepcopy(default_config)
+    cfg["vlm"]["models"]["gpt_4o_mini"] = {"kind": "api", "enabled": False, "tasks": ["vqa"]}
+    assert not any("gpt_4o_mini" in t for t in wf.final_targets(cfg))
+    cfg["vlm"]["models"]["gpt_4o_mini"]["enabled"] = True
+    assert any(t.startswith("results/metrics/vlm/gpt_4o_mini/vqa/") for t in wf.final_targets(cfg))
+    assert not any(t.startswith("results/metrics/vlm/gpt_4o_mini/caption/") for t in wf.final_targets(cfg))
+    assert wf.eval_inputs(cfg, "gpt_4o_mini", "vqa", "demo")["model"] == []
+    api = wf.api_params(cfg, "gpt_4o_mini")
+    assert list(api["endpoints"]) == ["gpt_4o_mini"] and api["cache_dir"]
+
+
+def test_params_depend_only_on_their_own_settings(default_config):
+    """Changing one model's settings leaves the other model's jobs untouched (and vice versa)."""
+    from medfm_robust.vlm import workflow as wf
+
+    before = wf.eval_params(default_config, "tiny_llava", "vqa", "demo")
+    cfg = copy.deepcopy(default_config)
+    cfg["vlm"]["models"]["tiny_gemma3"]["batch_size"] = 3
+    cfg["vlm"]["grounding_finetune"]["lr"] = 0.5
+    assert wf.eval_params(cfg, "tiny_llava", "vqa", "demo") == before
+    assert wf.eval_params(cfg, "tiny_gemma3", "vqa", "demo") != wf.eval_params(default_config, "tiny_gemma3",
+                                                                            "vqa", "demo")
+    assert "adapter" in wf.eval_inputs(default_config, "tiny_llava", "grounding", "demo")
+    assert "adapter" not in wf.eval_inputs(default_config, "tiny_llava", "vqa", "demo")
+    cfg["vlm"]["models"]["tiny_llava"]["max_new_tokens"] = {"vqa": 3}
+    assert wf.max_new_tokens(cfg, "tiny_llava", "vqa") == 3
+    assert wf.max_new_tokens(cfg, "tiny_llava", "caption") == cfg["vlm"]["tasks"]["caption"]["max_new_tokens"]
+
+
+def test_canonical_shards_are_reused_only_where_they_exist(default_config):
+    from medfm_robust.perturb import applicable_types
+    from medfm_robust.vlm import workflow as wf
+
+    for t in wf.types(default_config):
+        for shard in wf.canonical_shards(default_config, "demo", t):
+            ds = shard.split("/")[2]
+            assert t in applicable_types(default_config["datasets"][ds]["modality"], [], [])
+    cfg = copy.deepcopy(default_config)
+    cfg["vlm"]["perturbations"]["levels"] = [1, 3]
+    assert wf.levels(cfg) == [1, 3]
+    assert wf.canonical_shards(cfg, "demo", "gaussian_noise") == []  # other levels: nothing to reuse
+
+
+def test_local_model_dir_is_under_resources(default_config):
+    from medfm_robust.vlm import workflow as wf
+
+    cfg = copy.deepcopy(default_config)
+    cfg["vlm"]["models"]["medgemma"] = {"kind": "local", "path": "vlm/medgemma-4b-it", "enabled": True,
+                                        "tasks": ["vqa"], "grounding_finetune": True}
+    assert wf.model_dir(cfg, "medgemma") == str(Path(cfg["resources_dir"]) / "vlm/medgemma-4b-it")
+    assert wf.model_dir(cfg, "tiny_llava") == "results/vlm/models/tiny_llava"
+
+
+def test_library_chain_the_rules_call(tmp_path):
+    """sample tables -> perturbed inputs -> tiny model -> LoRA -> metric tables, with the rules' helpers."""
+    import torch
+    from test_vlm_models import SPECS, build_tables
+
+    from medfm_robust.vlm.grounding_lora import finetune_grounding
+    from medfm_robust.vlm.models import box_convention
+    from medfm_robust.vlm.perturb import perturb_vlm_dataset
+    from medfm_robust.vlm.run import run_evaluation_job
+    from medfm_robust.vlm.train import train_tiny_from_tables
+
+    torch.set_num_threads(1)
+    tables = build_tables(tmp_path / "data", 10, modalities=("ct", "dermoscopy"))
+    types = ["gaussian_noise", "rotation"]
+    shards = {t: tmp_path / "perturbed" / f"{t}.parquet" for t in types}
+    perturb_vlm_dataset(list(tables.values()), shards, levels=[1, 5], max_evals=6, progress=False)
+    spec = SPECS["tiny_gemma3"]
+    model_dir = tmp_path / "models" / "tiny_gemma3"
+    training = {"vocab_size": 320, "epochs": 1, "min_epochs": 1, "batch_size": 16, "lr": 0.003,
+                "vqa_target": "option_text"}
+    info = train_tiny_from_tables("tiny_gemma3", spec, training, tables, model_dir, tmp_path / "m.json")
+    assert info["epochs_run"] == 1 and "accuracy" in info["history"][0]
+    lora = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"],
+            "target_scope": "vision_tower", "epochs": 1, "batch_size": 8, "lr": 0.001}
+    finetune_grounding("tiny_gemma3", spec, lora, base_dir=model_dir, samples_path=tables["grounding"],
+                       out_dir=tmp_path / "adapter", info_path=tmp_path / "adapter.json",
+                       state_path=tmp_path / "state.pt", convention=box_convention("tiny_gemma3", spec))
+    for task in ("vqa", "grounding"):
+        outputs = {c: tmp_path / "metrics" / task / f"{c}.parquet" for c in ["clean", *types]}
+        run_evaluation_job(model_name="tiny_gemma3", spec=spec, task=task, samples=tables[task],
+                           shards={t: [shards[t]] for t in types}, outputs=outputs, max_new_tokens=8,
+                           levels=[1, 5], model_dir=model_dir,
+                           adapter_dir=tmp_path / "adapter" if task == "grounding" else None)
+        n_test = int((pd.read_parquet(tables[task])["split"] == "test").sum())
+        clean = pd.read_parquet(outputs["clean"])
+        assert set(METRIC_COLUMNS) <= set(clean.columns)
+        assert len(clean) == n_test and (clean["level"] == 0).all()
+        assert (clean["perturbation"] == "clean").all()
+        noisy = pd.read_parquet(outputs["gaussian_noise"])
+        assert len(noisy) == 2 * n_test and sorted(set(noisy["level"])) == [1, 5]
+        assert (noisy["ssim"] < 1).all()
+        assert clean["model_revision"].nunique() == 1
+        if task == "grounding":
+            assert "+lora-" in clean["model_revision"].iloc[0]
+            assert {"iou", "hit"} <= set(clean.columns)
+            rotated = pd.read_parquet(outputs["rotation"])  # boxes move with label-moving types
+            merged = rotated.merge(clean[["sample_id", "reference"]], on="sample_id", suffixes=("", "_clean"))
+            assert (merged["reference"] != merged["reference_clean"]).any()
+        else:
+            assert "+lora-" not in clean["model_revision"].iloc[0]
+            assert clean["correct"].dtype == bool
+
+
+@pytest.mark.workflow
+def test_dry_run_plans_the_vlm_jobs():
+    out = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--configfile", "tests/config/ci.yaml", "--cores", "2",
+         "-q", "rules"], cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    text = out.stdout + out.stderr
+    for rule, count in [("vlm_samples", 3), ("vlm_perturb", 1), ("vlm_train_tiny", 2),
+                        ("vlm_finetune_grounding", 2), ("vlm_evaluate", 6)]:
+        assert any(line.split()[:2] == [rule, str(count)] for line in text.splitlines()), (rule, text[-3000:])
