@@ -172,6 +172,10 @@ def test_rankings_follow_the_synthetic_effects(seg_run):
 
 def test_vlm_tables(tmp_path):
     paths = write_vlm_tree(tmp_path)
+    # a perturbed file covering only some samples: clean must still be paired with the same images
+    part = next(p for p in paths if p.endswith("vqa/demo_xray/contrast.parquet"))
+    frame = pd.read_parquet(part)
+    write_parquet_atomic(part, frame[frame["sample_id"] > "vqa_003"])
     run_tables("vlm", paths, tmp_path / "tables", tmp_path / "tables/vlm.parquet", PARAMS)
     t = pd.read_csv(tmp_path / "tables/vlm_clean_vs_perturbed.csv")
     assert len(t) == 6 and set(t["metric"]) == {"correct", "rouge_l", "iou"}

@@ -321,7 +321,9 @@ def vlm_tables(
         clean, drop = paired_drops(
             rows, metrics[task], VLM_UNIT, in_band_only=in_band_only, source=f"VLM {task}"
         )
-        cleans.append(clean)
+        # the clean score of the same images, in the same hierarchy, so that clean - perturbed = drop
+        paired = drop[drop["perturbed"].notna()].drop(columns=["drop", "perturbed"])
+        cleans.append(paired.rename(columns={"clean": "value"}))
         drops.append(drop.rename(columns={"drop": "value"}))
         perturbed.append(drop.drop(columns=["drop"]).rename(columns={"perturbed": "value"}))
     clean, drop, pert = (pd.concat(x, ignore_index=True) for x in (cleans, drops, perturbed))
@@ -347,7 +349,10 @@ def vlm_tables(
             ["clean", "perturbed", "absolute drop"],
             rows=rows,
             extra=extra,
-            notes=["Relative drop = absolute drop / clean score (point estimate)."],
+            notes=[
+                "Clean = clean score of the perturbed images, averaged in the same hierarchy, so "
+                "clean - perturbed = absolute drop. Relative drop = absolute drop / clean (point estimate)."
+            ],
         )
     ]
     pt = hm(drop, ["perturbation", "category", "task"])
