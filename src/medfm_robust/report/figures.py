@@ -320,6 +320,7 @@ def draw_figures(
 ) -> list[Path]:
     """Draw the panels named by the output ``stems`` (``.../<panel name>``) from a cells Parquet file."""
     cells = pd.read_parquet(cells_path)
+    metric = {"iou": "IoU", "dice": "Dice", "nsd": "NSD"}.get(metric, metric)
     written: list[Path] = []
     for stem in map(Path, stems):
         name = stem.name
