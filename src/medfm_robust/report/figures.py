@@ -291,7 +291,8 @@ def panel_vlm_clean_vs_perturbed(cells: pd.DataFrame, task: str, source: str):
             linewidth=2,
         )
     ax.set_xticks(np.arange(len(models)), [palette.label(m) for m in models], rotation=20, ha="right")
-    ax.set_ylabel(f"{palette.label(task)} {metric}")
+    names = {"correct": "accuracy", "rouge_l": "ROUGE-L", "iou": "IoU", "hit": "Acc@0.5", "cider": "CIDEr"}
+    ax.set_ylabel(f"{palette.label(task)} {names.get(metric, metric.upper())}")
     letter = {"vqa": "g", "grounding": "h", "caption": "i"}.get(task, "")
     ax.set_title(f"({letter}) {palette.label(task)}: clean vs perturbed")
     ax.legend()
