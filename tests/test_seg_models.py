@@ -298,3 +298,16 @@ def test_state_hash_tracks_weights(tiny: M.SamLongestSide) -> None:
     with torch.no_grad():
         other.image_encoder.pos_embed.add_(1e-3)
     assert M.state_hash(other.image_encoder) != a
+
+
+@pytest.mark.slow
+def test_sam_med2d_runs_end_to_end_on_a_non_square_image() -> None:
+    # Full ViT-B with 12 adapters (random weights, ~271 M parameters): about 10 s to build and 5-15 s to run
+    # on 2 CPU cores, hence slow.
+    torch.manual_seed(0)
+    model = M.build_model("sam_med2d")
+    x = torch.rand(2, 1, 64, 48)
+    with torch.no_grad():
+        out = model(x, torch.tensor([[5.0, 6.0, 30.0, 50.0], [0.0, 0.0, 47.0, 63.0]]))
+    assert out.shape == (2, 1, 64, 48) and torch.isfinite(out).all()
+    assert out[0].std() > 0 and not torch.equal(out[0], out[1])
