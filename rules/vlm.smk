@@ -48,7 +48,7 @@ rule vlm_perturb:
 
 rule vlm_train_tiny:
     input:
-        vlm_wf.tables(config, VLM["tiny_training"]["dataset"]),
+        lambda wildcards: vlm_wf.tables(config, VLM["tiny_training"]["dataset"]),
     output:
         model=directory("results/vlm/models/{vlm_model}"),
         info="results/vlm/models/{vlm_model}.json",
@@ -71,7 +71,7 @@ rule vlm_train_tiny:
 rule vlm_finetune_grounding:
     input:
         model=lambda wildcards: vlm_wf.model_dir(config, wildcards.vlm_model),
-        samples=f"results/vlm/data/{VLM['grounding_finetune']['dataset']}/grounding.parquet",
+        samples=lambda wildcards: f"results/vlm/data/{VLM['grounding_finetune']['dataset']}/grounding.parquet",
     output:
         adapter=directory("results/vlm/adapters/{vlm_model}/grounding"),
         info="results/vlm/adapters/{vlm_model}/grounding.json",
