@@ -20,6 +20,7 @@ from medfm_robust.perturb import (  # noqa: F401
 )
 
 # isort: on
+from medfm_robust.perturb._common import Context
 from medfm_robust.perturb.calibrate import DEFAULT_BANDS, CalibrationResult, calibrate, in_band
 from medfm_robust.perturb.registry import MODALITIES, REGISTRY, ParamSpec, PerturbationSpec, applicable_types
 from medfm_robust.perturb.ssim import SSIMReference, ssim
@@ -29,6 +30,7 @@ __all__ = [
     "MODALITIES",
     "REGISTRY",
     "CalibrationResult",
+    "Context",
     "ParamSpec",
     "PerturbationSpec",
     "SSIMReference",
