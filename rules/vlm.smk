@@ -59,7 +59,7 @@ rule vlm_train_tiny:
         training=VLM["tiny_training"],
         max_new_tokens=VLM["tasks"]["vqa"]["max_new_tokens"],
         seed=SEED,
-    threads: 2
+    threads: 1
     wildcard_constraints:
         vlm_model=vlm_wf.alternatives(vlm_wf.models(config, kinds=("tiny",))),
     conda:
@@ -82,7 +82,7 @@ rule vlm_finetune_grounding:
         settings=VLM["grounding_finetune"],
         state=lambda wildcards: f"results/vlm/adapters/{wildcards.vlm_model}/grounding.resume.pt",
         seed=SEED,
-    threads: 2
+    threads: 1
     resources:
         gpu=lambda wildcards: int(VLM["models"][wildcards.vlm_model]["kind"] == "local"),
     wildcard_constraints:
@@ -102,7 +102,7 @@ rule vlm_evaluate:
         "logs/vlm_evaluate/{vlm_model}/{task}/{vlm_dataset}.log",
     params:
         settings=lambda wc: vlm_wf.eval_params(config, wc.vlm_model, wc.task, wc.vlm_dataset),
-    threads: 2
+    threads: 1
     resources:
         gpu=lambda wildcards: int(VLM["models"][wildcards.vlm_model]["kind"] == "local"),
     wildcard_constraints:

@@ -183,6 +183,7 @@ def build_tiny_gemma3(tokenizer: Any, arch: dict[str, Any]) -> tuple[Any, Any]:
     Same ``arch`` keys as :func:`build_tiny_llava` plus ``mm_tokens_per_image`` (a square number that
     divides the patch grid, e.g. 16 for an 8 x 8 grid): the number of pooled image tokens in the prompt.
     """
+    import torch
     from transformers import (
         Gemma3Config,
         Gemma3ForConditionalGeneration,
@@ -211,6 +212,7 @@ def build_tiny_gemma3(tokenizer: Any, arch: dict[str, Any]) -> tuple[Any, Any]:
         num_key_value_heads=1,
         head_dim=head_dim,
         sliding_window=64,
+        query_pre_attn_scalar=head_dim,  # 1/sqrt(head_dim) attention scaling at this tiny size
         max_position_embeddings=512,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -233,6 +235,11 @@ def build_tiny_gemma3(tokenizer: Any, arch: dict[str, Any]) -> tuple[Any, Any]:
         image_token_index=tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS["image"]),
     )
     model = Gemma3ForConditionalGeneration(cfg)
+    # transformers initialises the image-to-text projection to zeros (real checkpoints overwrite it); a
+    # freshly built tiny model would start blind, so draw it like every other weight.
+    with torch.no_grad():
+        projection = model.model.multi_modal_projector.mm_input_projection_weight
+        projection.normal_(0.0, cfg.text_config.initializer_range)
     _set_generation_ids(model, tokenizer)
     image_processor = Gemma3ImageProcessor(size={"height": size, "width": size}, do_pan_and_scan=False)
     processor = Gemma3Processor(
