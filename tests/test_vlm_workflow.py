@@ -157,3 +157,58 @@ def test_dry_run_plans_the_vlm_jobs():
     for rule, count in [("vlm_samples", 3), ("vlm_perturb", 1), ("vlm_train_tiny", 2),
                         ("vlm_finetune_grounding", 2), ("vlm_evaluate", 6)]:
         assert any(line.split()[:2] == [rule, str(count)] for line in text.splitlines()), (rule, text[-3000:])
+
+
+def test_api_model_through_the_evaluation_job(tmp_path, monkeypatch):
+    """An API model (OpenAI-compatible server on 127.0.0.1) answers every condition; a re-run is served
+    from the persistent cache without a single request."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from test_vlm_models import build_tables
+
+    from medfm_robust.vlm.run import run_evaluation_job
+
+    calls = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            calls.append(body["model"])
+            reply = {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
+                     "choices": [{"index": 0, "finish_reason": "stop",
+                                  "message": {"role": "assistant", "content": "The answer is B."}}]}
+            data = json.dumps(reply).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("MEDFM_TEST_KEY", "sk-test")
+        tables = build_tables(tmp_path / "data", 6, modalities=("ct",))
+        spec = {"kind": "api", "api_model": "fake-vlm", "base_url": f"http://127.0.0.1:{server.server_port}/v1",
+                "api_key_env": "MEDFM_TEST_KEY", "system_prompt": None}
+        api = {"cache_dir": str(tmp_path / "cache"), "max_concurrency": 2, "timeout_s": 10, "max_retries": 1,
+               "backoff_initial_s": 0.0, "backoff_max_s": 0.0, "temperature": 0.0, "endpoints": {}}
+        outputs = {"clean": tmp_path / "clean.parquet"}
+        kwargs = dict(model_name="fake_api", spec=spec, task="vqa", samples=tables["vqa"], shards={},
+                      outputs=outputs, max_new_tokens=8, levels=[1], api_settings=api)
+        run_evaluation_job(**kwargs)
+        table = pd.read_parquet(outputs["clean"])
+        assert len(calls) == len(table) > 0 and set(calls) == {"fake-vlm"}
+        assert (table["raw_output"] == "The answer is B.").all() and (table["parsed"] == "B").all()
+        assert (table["model_revision"] == "fake_api@fake-vlm").all()
+        outputs["clean"].unlink()
+        run_evaluation_job(**kwargs)
+        assert len(calls) == len(table)  # every answer came from the cache
+        pd.testing.assert_frame_equal(pd.read_parquet(outputs["clean"]), table)
+    finally:
+        server.shutdown()
