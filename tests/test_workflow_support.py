@@ -219,8 +219,18 @@ LOCAL_RUN = ("--workflow-profile", "profiles/local", "--cores", "2")
 
 
 def _snapshot(work: Path) -> dict[Path, int]:
+    """Modification times of the result files (hidden files, e.g. atomic-write temporaries, left out)."""
     root = work / "results"
-    return {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()} if root.exists() else {}
+    files = (
+        [p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")] if root.exists() else []
+    )
+    out = {}
+    for p in files:
+        try:
+            out[p] = p.stat().st_mtime_ns
+        except FileNotFoundError:  # renamed or removed while we looked
+            continue
+    return out
 
 
 def _incomplete_outputs(work: Path) -> set[str]:
