@@ -72,8 +72,8 @@ def test_pretrained_tiny_sam_reaches_the_dice_bar_on_test_splits(demo: tuple[dic
 def test_every_strategy_beats_zero_shot_on_validation(
     demo: tuple[dict, Path, list[str]], tmp_path: Path
 ) -> None:
-    cfg, root, names = demo
-    dataset = names[0]
+    cfg, root, _ = demo
+    dataset = "demo_dermoscopy"
     for strategy in cfg["finetune"]["models"]["tiny_sam"]["strategies"]:
         out = tmp_path / f"{strategy}.safetensors"
         result = finetune_run(
