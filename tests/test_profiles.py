@@ -122,12 +122,33 @@ def test_fake_slurm_submissions(ci_jobs, tmp_path):
     work, jobs = ci_jobs
     local = local_rules()
     remote = [j for j in jobs if j.rule not in local and j.outputs]
+    producer = {out: j for j in jobs for out in j.outputs}
+
+    def ancestors(job) -> set:
+        seen, todo = set(), [job]
+        while todo:
+            for f in todo.pop().inputs:
+                up = producer.get(f)
+                if up is not None and up.key not in seen:
+                    seen.add(up.key)
+                    todo.append(up)
+        return seen
+
+    # jobs that do not depend on each other, so all are submitted at once
+    def independent(job, chosen) -> bool:
+        return all(job.key not in ancestors(c) and c.key not in ancestors(job) for c in chosen)
+
     gpus = [j for j in remote if int(j.resource("gpu") or 0) > 0]
-    pinned = next((j for j in gpus if j.rule in SLURM["set-resources"]), None)
-    auto = next((j for j in gpus if j.rule not in SLURM["set-resources"]), None)
-    chosen = [j for j in (pinned, auto) if j is not None]
+    chosen: list = []
+    for want_pinned in (True, False):
+        job = next(
+            (j for j in gpus if (j.rule in SLURM["set-resources"]) == want_pinned and independent(j, chosen)),
+            None,
+        )
+        if job is not None:
+            chosen.append(job)
     assert chosen, "no GPU job in the CI configuration"
-    cpu = next(j for j in remote if int(j.resource("gpu") or 0) == 0)
+    cpu = next(j for j in remote if int(j.resource("gpu") or 0) == 0 and independent(j, chosen))
     chosen.append(cpu)
     clone = clone_run(work, tmp_path / "run")
     fake_bin = tmp_path / "fakebin"

@@ -87,14 +87,32 @@ def test_nothing_changed_nothing_reruns(ci_run, tmp_path):
     assert planned_jobs(work) == set()
 
 
+def _rule_scripts() -> list[tuple[re.Pattern, str]]:
+    """(rule-name pattern, script) for every rule of rules/*.smk, including rules named by an f-string
+    (``rule:`` + ``name: f"segment_evaluate_{_model}_{_dataset}"``, whose braces become wildcards)."""
+    out = []
+    for smk in sorted((REPO / "rules").glob("*.smk")):
+        text = smk.read_text()
+        for m in re.finditer(
+            r"^([ \t]*)rule(?: (\w+))?:\n(.*?)(?=^[ \t]*rule[ \w]*:\n|\Z)", text, re.M | re.S
+        ):
+            body = m.group(3)
+            name = m.group(2)
+            if name is None:
+                fs = re.search(r'name:\s*\n?\s*f?"([^"]+)"', body)
+                if not fs:
+                    continue
+                name = fs.group(1)
+            pattern = re.compile("^" + re.sub(r"\\\{[^}]*\\\}", ".+", re.escape(name)) + "$")
+            script = re.search(r'script:\s*\n\s*"\.\./(workflow/scripts/[^"]+)"', body)
+            if script:
+                out.append((pattern, script.group(1)))
+    return out
+
+
 def _script_of(rule: str) -> str | None:
     """The workflow script a rule runs (read from rules/*.smk)."""
-    for smk in sorted((REPO / "rules").glob("*.smk")):
-        m = re.search(rf"^rule {re.escape(rule)}:\n(.*?)(?=^rule |\Z)", smk.read_text(), re.M | re.S)
-        if m:
-            s = re.search(r'script:\s*\n\s*"\.\./(workflow/scripts/[^"]+)"', m.group(1))
-            return s.group(1) if s else None
-    return None
+    return next((script for pattern, script in _rule_scripts() if pattern.match(rule)), None)
 
 
 def _rules_using(script: str, nodes) -> set[str]:
