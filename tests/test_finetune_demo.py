@@ -77,12 +77,19 @@ def test_every_strategy_beats_zero_shot_on_validation(
     for strategy in cfg["finetune"]["models"]["tiny_sam"]["strategies"]:
         out = tmp_path / f"{strategy}.safetensors"
         result = finetune_run(
-            model_name="tiny_sam", base_checkpoint=root / "pretrained.safetensors", dataset=dataset,
-            strategy=strategy, train_shard=root / "data" / dataset / "train.parquet",
-            val_shard=root / "data" / dataset / "val.parquet", checkpoint_out=out,
-            log_csv=tmp_path / f"{strategy}.csv", curve_png=tmp_path / f"{strategy}.png",
-            settings=ft_cfg.run_settings(cfg["finetune"], "tiny_sam", strategy), global_seed=cfg["seed"],
-            device="cpu", progress=False,
+            model_name="tiny_sam",
+            base_checkpoint=root / "pretrained.safetensors",
+            dataset=dataset,
+            strategy=strategy,
+            train_shard=root / "data" / dataset / "train.parquet",
+            val_shard=root / "data" / dataset / "val.parquet",
+            checkpoint_out=out,
+            log_csv=tmp_path / f"{strategy}.csv",
+            curve_png=tmp_path / f"{strategy}.png",
+            settings=ft_cfg.run_settings(cfg["finetune"], "tiny_sam", strategy),
+            global_seed=cfg["seed"],
+            device="cpu",
+            progress=False,
         )
         print(
             f"{dataset}/{strategy}: zero-shot {result.zero_shot_val_dice:.3f} -> {result.best_val_dice:.3f} "
