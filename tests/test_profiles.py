@@ -201,14 +201,18 @@ def test_fake_slurm_submissions(ci_jobs, tmp_path):
                 return a.split("=", 1)[1]
         return None
 
+    def want(job, name: str) -> str:
+        """The rule's own value, else the profile's default (both must reach sbatch)."""
+        return job.resource(name) or str(SLURM["default-resources"][name])
+
     parts = yaml.safe_load((REPO / SLURM["slurm-partition-config"]).read_text())["partitions"]
     gpu_parts = {name for name, p in parts.items() if p.get("max_gpu", 0) >= 1}
     for job in chosen[:-1]:  # the GPU jobs: a GPU, on a GPU partition
         g = by_rule[job.rule]
         assert opt(g, "-p") in gpu_parts, (job.rule, g)
         assert opt(g, "--gpus") == "1" or (opt(g, "--gres") or "").startswith("gpu"), g
-        assert opt(g, "--mem") == job.resource("mem_mb") and opt(g, "-t") == job.resource("runtime"), g
+        assert opt(g, "--mem") == want(job, "mem_mb") and opt(g, "-t") == want(job, "runtime"), g
     c = by_rule[cpu.rule]
     assert opt(c, "-p") not in gpu_parts, c
     assert opt(c, "--gpus") is None and not (opt(c, "--gres") or "").startswith("gpu"), c
-    assert opt(c, "--mem") == cpu.resource("mem_mb") and opt(c, "-t") == cpu.resource("runtime"), c
+    assert opt(c, "--mem") == want(cpu, "mem_mb") and opt(c, "-t") == want(cpu, "runtime"), c
