@@ -259,34 +259,40 @@ def _unreadable(work: Path) -> list[str]:
     return bad
 
 
-def run_and_kill(work: Path, sig: int, new_files: int, timeout: float = 900) -> tuple[dict, dict[Path, int]]:
-    """Start the local run, send ``sig`` to its process group once ``new_files`` result files were written.
+def run_and_kill(
+    work: Path, sig: int, finished_jobs: int, timeout: float = 900
+) -> tuple[dict, dict[Path, int]]:
+    """Start the local run; send ``sig`` to its process group once it reported ``finished_jobs`` jobs done.
 
-    Returns the observations and the files completed (written and not marked incomplete) by the run.
+    Returns the observations and the result files completed (written and not marked incomplete) by the run.
     """
     before = _snapshot(work)
-    proc = subprocess.Popen(
-        [SNAKEMAKE, "--configfile", CI_CONFIG, *LOCAL_RUN],
-        cwd=work,
-        env=env_for(work),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    log = work / f".interrupted_{signal.Signals(sig).name}.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [SNAKEMAKE, "--configfile", CI_CONFIG, *LOCAL_RUN],
+            cwd=work,
+            env=env_for(work),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
 
-    def progressed() -> bool:
-        now = _snapshot(work)
-        return proc.poll() is not None or sum(1 for p, t in now.items() if before.get(p) != t) >= new_files
+        def progressed() -> bool:
+            return (
+                proc.poll() is not None
+                or log.read_text(errors="replace").count("Finished jobid") >= finished_jobs
+            )
 
-    wait_for(progressed, timeout=timeout, interval=0.3)
-    running = proc.poll() is None
-    os.killpg(proc.pid, sig)
-    try:
-        proc.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
+        wait_for(progressed, timeout=timeout, interval=0.3)
+        running = proc.poll() is None
+        os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     changed = {p: t for p, t in _snapshot(work).items() if before.get(p) != t}
     incomplete = _incomplete_outputs(work)
     completed = {p: t for p, t in changed.items() if str(p.relative_to(work)) not in incomplete}
@@ -296,7 +302,8 @@ def run_and_kill(work: Path, sig: int, new_files: int, timeout: float = 900) -> 
 
 def completed_ci_run(tmp_path_factory) -> CompletedRun:
     """One completed run of the CI configuration per test session, reached the hard way: the first run is
-    interrupted with SIGINT (Ctrl-C), the second with SIGKILL, the third (after ``--unlock``) completes.
+    interrupted with SIGINT (Ctrl-C) after one finished job, the second with SIGKILL after three more, the
+    third (after ``--unlock``) completes.
 
     Tests clone ``work`` (:func:`clone_run`) before changing anything.
     """
@@ -305,8 +312,8 @@ def completed_ci_run(tmp_path_factory) -> CompletedRun:
         run = CompletedRun(work, 0.0)
         t0 = time.monotonic()
         completed: dict[Path, int] = {}
-        for sig, new_files in ((signal.SIGINT, 6), (signal.SIGKILL, 12)):
-            obs, done = run_and_kill(work, sig, new_files)
+        for sig, jobs in ((signal.SIGINT, 1), (signal.SIGKILL, 3)):
+            obs, done = run_and_kill(work, sig, jobs)
             run.interruptions[signal.Signals(sig).name] = obs
             completed.update(done)
         locked = snakemake(work, *LOCAL_RUN, check=False)
