@@ -18,9 +18,16 @@ SAM_STD = torch.tensor(M.SAM_PIXEL_STD).view(1, 3, 1, 1)
 
 
 @pytest.fixture(scope="module")
-def tiny() -> M.SamLongestSide:
+def tiny() -> M.TinySamSegmenter:
     torch.manual_seed(0)
     return M.build_model("tiny_sam")
+
+
+@pytest.fixture(scope="module")
+def sam256() -> M.SamLongestSide:
+    """SAM's own preprocessing at 256 (no weights needed)."""
+    ident = torch.nn.Identity()
+    return M.SamLongestSide(ident, ident, ident, input_size=256, name="sam256")
 
 
 def _meta(name: str) -> M.PromptableSegmenter:
@@ -47,7 +54,8 @@ def test_to_unit_range_scales_by_dtype_range_and_repeats_gray() -> None:
 # --------------------------------------------------------------------------------------- preprocessing
 
 
-def test_sam_preprocessing_normalises_then_pads_bottom_right(tiny: M.SamLongestSide) -> None:
+def test_sam_preprocessing_normalises_then_pads_bottom_right(sam256: M.SamLongestSide) -> None:
+    tiny = sam256
     # 256 x 128 needs no resize (longest side already 256): SAM mean/std on 0-255 values, zero padding right.
     x = torch.full((1, 1, 256, 128), 0.5)
     out = tiny.preprocess(x)
@@ -64,7 +72,8 @@ def test_sam_preprocessing_normalises_then_pads_bottom_right(tiny: M.SamLongestS
     assert boxes.tolist() == [[20.0, 40.0, 60.0, 80.0]]
 
 
-def test_sam_resize_matches_segment_anything_resize_longest_side(tiny: M.SamLongestSide) -> None:
+def test_sam_resize_matches_segment_anything_resize_longest_side(sam256: M.SamLongestSide) -> None:
+    tiny = sam256
     # SamPredictor's ResizeLongestSide.apply_image (PIL bilinear on uint8) up to PIL's rounding to integers.
     from segment_anything.utils.transforms import ResizeLongestSide
 
@@ -76,6 +85,53 @@ def test_sam_resize_matches_segment_anything_resize_longest_side(tiny: M.SamLong
         ours = tiny.preprocess(x)[..., : ref.shape[0], : ref.shape[1]] * SAM_STD + SAM_MEAN
         assert ref.shape[:2] == M.longest_side_hw(h, w, 256)
         assert np.abs(ours[0].permute(1, 2, 0).numpy() - ref).max() <= 1.01
+
+
+def test_tiny_sam_preprocessing_minmax_then_imagenet_standardisation(tiny: M.TinySamSegmenter) -> None:
+    # 16-bit CT far below its dtype range: min-max first, so it spans the full standardised range.
+    x = torch.full((1, 1, 256, 128), 0.01)
+    x[..., :, 64:] = 0.03
+    out = tiny.preprocess(x)
+    assert out.shape == (1, 3, 256, 256)
+    mean = torch.tensor(M.SAM_PIXEL_MEAN).view(3) / 255.0
+    std = torch.tensor(M.SAM_PIXEL_STD).view(3) / 255.0
+    assert torch.allclose(out[0, :, 10, 10], (0.0 - mean) / std, atol=1e-5)
+    assert torch.allclose(out[0, :, 10, 100], (1.0 - mean) / std, atol=1e-5)
+    assert torch.all(out[..., 128:] == 0)
+    boxes = tiny.input_boxes(torch.tensor([[10.0, 20.0, 30.0, 40.0]]), (128, 64))
+    assert boxes.tolist() == [[20.0, 40.0, 60.0, 80.0]]
+
+
+def test_tiny_sam_box_raster_is_a_filled_rectangle_at_mask_input_size(tiny: M.TinySamSegmenter) -> None:
+    # Cells of 4 input pixels; inclusive max: [8, 23] covers cells 2..5 fully, [10, 13] half of 2 and 3.
+    raster = tiny.box_prompt_mask(torch.tensor([[8.0, 10.0, 23.0, 13.0]]))
+    assert raster.shape == (1, 1, 64, 64) and tiny.mask_input_size == 64
+    assert raster[0, 0, 2, 2:6].tolist() == [0.5] * 4 and raster[0, 0, 3, 2:6].tolist() == [0.5] * 4
+    assert raster.sum().item() == pytest.approx(16 * 4 / 16)
+    assert raster[0, 0, :, 6:].sum() == 0 and raster[0, 0, 4:].sum() == 0
+    full = tiny.box_prompt_mask(torch.tensor([[0.0, 0.0, 255.0, 255.0]]))
+    assert torch.all(full == 1)
+
+
+def test_tiny_sam_decodes_with_sparse_box_and_dense_mask_prompt(tiny: M.TinySamSegmenter) -> None:
+    x = torch.rand(2, 3, 256, 256)
+    boxes = torch.tensor([[10.0, 20.0, 100.0, 120.0], [50.0, 50.0, 200.0, 210.0]])
+    with torch.no_grad():
+        emb = tiny.encode(x)
+        ours = tiny.decode_low_res(emb, boxes, (256, 256))
+        for i in range(2):
+            sparse, dense = tiny.prompt_encoder(
+                points=None, boxes=boxes[i : i + 1, None], masks=tiny.box_prompt_mask(boxes[i : i + 1])
+            )
+            ref, _ = tiny.mask_decoder(
+                emb[i : i + 1], tiny.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output=False
+            )
+            assert torch.allclose(ours[i], ref[0], atol=1e-5)
+        # the dense prompt is the box raster, not SAM's no-mask embedding
+        _, no_mask = tiny.prompt_encoder(points=None, boxes=boxes[:1, None], masks=None)
+        raster = tiny.box_prompt_mask(boxes[:1])
+        _, dense = tiny.prompt_encoder(points=None, boxes=boxes[:1, None], masks=raster)
+        assert not torch.allclose(no_mask, dense)
 
 
 def test_medsam_preprocessing_equals_skimage_resize_then_minmax() -> None:
@@ -141,8 +197,10 @@ def test_lite_medsam_preprocessing_minmax_area_and_padding() -> None:
 # -------------------------------------------------------------------------------------------- decoding
 
 
-def test_batched_decoder_matches_official_sam_per_image(tiny: M.SamLongestSide) -> None:
+def test_batched_decoder_matches_official_sam_per_image(tiny: M.TinySamSegmenter) -> None:
     from segment_anything.modeling import Sam
+
+    tiny = M.SamLongestSide(tiny.image_encoder, tiny.prompt_encoder, tiny.mask_decoder, 256, "sam256").eval()
 
     x = torch.rand(3, 3, 256, 256)
     boxes = torch.tensor([[10.0, 20.0, 100.0, 120.0], [50.0, 50.0, 200.0, 210.0], [0.0, 0.0, 255.0, 255.0]])
@@ -161,7 +219,7 @@ def test_batched_decoder_matches_official_sam_per_image(tiny: M.SamLongestSide) 
     assert torch.equal(ours > 0, ref_logits > 0)
 
 
-def test_forward_is_differentiable_wrt_pixels(tiny: M.SamLongestSide) -> None:
+def test_forward_is_differentiable_wrt_pixels(tiny: M.TinySamSegmenter) -> None:
     x = torch.rand(2, 1, 96, 64, requires_grad=True)
     out = tiny(x, torch.tensor([[5.0, 5.0, 50.0, 80.0], [10.0, 0.0, 63.0, 95.0]]))
     assert out.shape == (2, 1, 96, 64)
@@ -169,7 +227,7 @@ def test_forward_is_differentiable_wrt_pixels(tiny: M.SamLongestSide) -> None:
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
 
 
-def test_decode_rejects_wrong_box_count(tiny: M.SamLongestSide) -> None:
+def test_decode_rejects_wrong_box_count(tiny: M.TinySamSegmenter) -> None:
     emb = tiny.encode(torch.rand(2, 3, 64, 64))
     with pytest.raises(DataError, match="B x 4"):
         tiny.decode(emb, torch.zeros(3, 4), (64, 64))
@@ -289,7 +347,7 @@ def test_bundled_lite_medsam_is_sha_checked_and_segments_a_bright_ellipse() -> N
     assert 2 * inter / (pred.sum() + mask.sum()) > 0.9
 
 
-def test_state_hash_tracks_weights(tiny: M.SamLongestSide) -> None:
+def test_state_hash_tracks_weights(tiny: M.TinySamSegmenter) -> None:
     a = M.state_hash(tiny.image_encoder)
     assert a == M.state_hash(tiny.image_encoder)
     other = M.build_tiny_sam()

