@@ -125,6 +125,9 @@ def test_tiny_model_round_trips_through_the_real_loader(name, tmp_path):
     prompts = ["What modality?", "Describe the image in one sentence please.", "Where?", "x"]
     out = vlm.generate(images, prompts, "caption", 5)
     assert len(out) == 4 and all(isinstance(o, str) for o in out)
+    if spec["family"] == "gemma3":  # a model turn ends at <end_of_turn> (as in the real checkpoints)
+        eot = vlm.tokenizer.convert_tokens_to_ids("<end_of_turn>")
+        assert eot in vlm.model.generation_config.eos_token_id
     # identical weights reload to the identical revision
     assert load_vlm(name, spec, model_dir=tmp_path / name, device="cpu").revision == vlm.revision
 

@@ -241,6 +241,9 @@ def build_tiny_gemma3(tokenizer: Any, arch: dict[str, Any]) -> tuple[Any, Any]:
         projection = model.model.multi_modal_projector.mm_input_projection_weight
         projection.normal_(0.0, cfg.text_config.initializer_range)
     _set_generation_ids(model, tokenizer)
+    # as in the real Gemma 3 checkpoints, a model turn ends generation at <end_of_turn> as well as at <eos>
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id,
+                                            tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS["eot"])]
     image_processor = Gemma3ImageProcessor(size={"height": size, "width": size}, do_pan_and_scan=False)
     processor = Gemma3Processor(
         image_processor=image_processor,
