@@ -64,3 +64,14 @@ def test_unknown_and_mistyped_keys_are_named(repo: Path) -> None:
     text = str(info.value)
     assert "data.imagesize" in text and "unknown key" in text
     assert "'seed'" in text
+
+
+def test_atomic_write_gives_normal_permissions(tmp_path: Path) -> None:
+    import os
+
+    target = tmp_path / "x.txt"
+    io.write_text_atomic(target, "hello")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask
+    assert target.read_text() == "hello"

@@ -1,7 +1,7 @@
 """Synthetic demo images for the nine imaging modalities, each with a target mask.
 
 Every generator takes a ``numpy.random.Generator`` and a size and returns ``(image, mask)``: the image
-is ``size x size`` (grayscale, ``uint8``; CT as ``uint16`` holding HU + 1024 in [0, 4095]) or
+is ``size x size`` (grayscale, ``uint8``; CT as ``uint16`` (HU + 1024) * 16, 12 bits left-aligned) or
 ``size x size x 3`` ``uint8`` RGB, the mask ``size x size`` bool. Images carry modality-like texture,
 noise and distractor structures, and targets vary in size, contrast, position and boundary shape, so
 box-prompted segmentation is not trivial.
@@ -142,8 +142,13 @@ def mri(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def ct(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Abdominal CT slice in Hounsfield units (stored as uint16 HU + 1024): fat, muscle, liver with a
-    hypo- or hyperdense lesion, spleen, kidneys, aorta, vertebra, bowel gas, correlated noise."""
+    """Abdominal CT slice in Hounsfield units: fat, muscle, liver with a hypo- or hyperdense lesion, spleen,
+    kidneys, aorta, vertebra, bowel gas, correlated noise.
+
+    Stored as uint16 ``(HU + 1024) * 16``: the 12-bit range [0, 4095] left-aligned in 16 bits, so that the
+    image spans the dtype's range, which is the SSIM ``data_range`` of the perturbation calibration (12-bit
+    values in the low bits would leave SSIM blind to most changes).
+    """
     s = float(size)
     ry, cy, cx = rng.uniform(0.3, 0.35) * s, s / 2 + rng.normal(0, 4), s / 2 + rng.normal(0, 4)
     body = blob(
@@ -197,7 +202,7 @@ def ct(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
     hu += delta * soften(mask, rng.uniform(0.6, 2.0)) * (1 + 0.1 * smooth_noise(rng, size, 2))
     noise = ndi.gaussian_filter(rng.standard_normal((size, size)).astype(np.float32), 0.6) * 2.2
     hu += rng.uniform(6, 20) * noise
-    return np.clip(np.rint(hu + 1024), 0, 4095).astype(np.uint16), mask
+    return (np.clip(np.rint(hu + 1024), 0, 4095) * 16).astype(np.uint16), mask
 
 
 def xray(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
