@@ -24,6 +24,7 @@ def main(smk) -> None:
         adapter_dir=smk.input.get("adapter"),
         resources_dir=s["resources_dir"],
         api_settings=smk.params.get("api"),
+        scoring=s["scoring"],
     )
 
 

@@ -16,6 +16,7 @@ def main(smk) -> None:
         exclude=s["exclude"],
         bands=s["bands"],
         max_evals=s["max_evals"],
+        overrides=s["overrides"],
     )
 
 

@@ -74,9 +74,19 @@ def evaluate_conditions(
     task: str,
     convention: str,
     max_new_tokens: int,
+    scoring: Mapping[str, Any] | None = None,
 ) -> dict[str, pd.DataFrame]:
-    """Generate for every row of every condition in one pass, then score and write each condition."""
+    """Generate for every row of every condition in one pass, then score and write each condition.
+
+    ``scoring`` may hold ``caption_tokenizer`` and ``meteor`` (caption scoring) and ``judge_cfg`` (the
+    ``vlm.judge`` and ``vlm.api`` settings when the optional LLM judge is enabled for this task).
+    """
+    from medfm_robust.metrics.captions import meteor_enabled
     from medfm_robust.metrics.vlm import score_outputs
+    from medfm_robust.vlm.api import maybe_judge
+
+    scoring = dict(scoring or {})
+    judge_cfg = scoring.get("judge_cfg")
 
     if set(outputs) != set(frames):
         raise ValueError(f"outputs {sorted(outputs)} do not match the conditions {sorted(frames)}")
@@ -93,8 +103,14 @@ def evaluate_conditions(
              1000 * seconds / max(1, len(rows)))
     tables = {}
     for name, (a, b) in spans.items():
+        judged = None
+        if judge_cfg:
+            judged = maybe_judge(task, frames[name].to_dict("records"), raw[a:b], judge_cfg,
+                                 cache_dir=judge_cfg["api"].get("cache_dir"))
         table = score_outputs(task, frames[name], raw[a:b], model=model.name, model_revision=model.revision,
-                              convention=convention)
+                              convention=convention,
+                              caption_tokenizer=scoring.get("caption_tokenizer", "simple"),
+                              meteor=meteor_enabled(scoring.get("meteor", False)), judge_scores=judged)
         write_parquet_atomic(outputs[name], table)
         tables[name] = table
     return tables
@@ -117,6 +133,7 @@ def run_evaluation_job(
     resources_dir: str | Path = "resources",
     api_settings: Mapping[str, Any] | None = None,
     device: str | None = None,
+    scoring: Mapping[str, Any] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """The ``vlm_evaluate`` / ``vlm_evaluate_api`` job: build conditions, load the model, evaluate, write.
 
@@ -133,4 +150,4 @@ def run_evaluation_job(
     log.info("%s (%s): %s on %s, %d conditions, box convention %s", model_name, model.revision, task,
              samples, len(frames), convention)
     return evaluate_conditions(model, frames, outputs, task=task, convention=convention,
-                               max_new_tokens=max_new_tokens)
+                               max_new_tokens=max_new_tokens, scoring=scoring)

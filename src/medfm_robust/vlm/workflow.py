@@ -104,6 +104,7 @@ def perturb_params(config: Config, dataset: str) -> dict[str, Any]:
         "max_evals": config["perturb"]["max_evals"],
         "include": pert["include"],
         "exclude": pert["exclude"],
+        "overrides": {t: o for t, o in config["perturb"].get("overrides", {}).items() if t in types(config)},
         "seed": config["seed"],
     }
 
@@ -157,7 +158,23 @@ def eval_params(config: Config, model: str, task: str, dataset: str) -> dict[str
         "include": pert["include"],
         "exclude": pert["exclude"],
         "resources_dir": config["resources_dir"],
+        "scoring": scoring_params(config, task),
     }
+
+
+def scoring_params(config: Config, task: str) -> dict[str, Any]:
+    """Scoring settings of one task: caption tokenisation/METEOR, and the LLM judge when it is enabled."""
+    vlm = config["vlm"]
+    out: dict[str, Any] = {}
+    if task == "caption":
+        cap = vlm["tasks"]["caption"]
+        out.update(caption_tokenizer=cap.get("tokenizer", "simple"), meteor=cap.get("meteor", False))
+    judge = vlm.get("judge", {})
+    if judge.get("enabled", False) and task in judge.get("tasks", []):
+        api = {k: v for k, v in vlm["api"].items() if k != "endpoints"}
+        api["endpoints"] = {judge["endpoint"]: vlm["api"]["endpoints"].get(judge["endpoint"], {})}
+        out["judge_cfg"] = {"judge": dict(judge), "api": api}
+    return out
 
 
 def api_params(config: Config, model: str) -> dict[str, Any]:
