@@ -24,6 +24,25 @@ from scipy import ndimage
 
 from medfm_robust.errors import DataError
 
+#: Columns of the per-image segmentation metric files (docs/ARCHITECTURE.md), in order.
+METRIC_COLUMNS = (
+    "model",
+    "strategy",
+    "dataset",
+    "modality",
+    "image_id",
+    "perturbation",
+    "category",
+    "level",
+    "ssim",
+    "in_band",
+    "iou",
+    "dice",
+    "nsd",
+    "hd95",
+    "checkpoint_hash",
+)
+
 NSD_TOLERANCE_PX = 2.0
 
 

@@ -27,25 +27,10 @@ import numpy as np
 import pandas as pd
 
 from medfm_robust.errors import DataError
+from medfm_robust.metrics.segmentation import METRIC_COLUMNS
 from medfm_robust.seeding import rng_for
 
-SEG_COLUMNS = (
-    "model",
-    "strategy",
-    "dataset",
-    "modality",
-    "image_id",
-    "perturbation",
-    "category",
-    "level",
-    "ssim",
-    "in_band",
-    "iou",
-    "dice",
-    "nsd",
-    "hd95",
-    "checkpoint_hash",
-)
+SEG_COLUMNS = METRIC_COLUMNS
 VLM_COLUMNS = (
     "sample_id",
     "model",

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from medfm_robust.errors import ConfigError, DataError
 from medfm_robust.io import array_hash, decode_png, write_parquet_atomic
-from medfm_robust.metrics.segmentation import NSD_TOLERANCE_PX, segmentation_scores
+from medfm_robust.metrics.segmentation import METRIC_COLUMNS, NSD_TOLERANCE_PX, segmentation_scores
 from medfm_robust.seg.attacks import ATTACKS, AttackSettings, run_attack
 from medfm_robust.seg.cache import EmbeddingEncoder
 from medfm_robust.seg.models import PromptableSegmenter, images_to_batch
@@ -37,23 +37,6 @@ from medfm_robust.seg.prompts import BoxJitter, box_from_mask, jitter_box
 
 log = logging.getLogger(__name__)
 
-METRIC_COLUMNS = (
-    "model",
-    "strategy",
-    "dataset",
-    "modality",
-    "image_id",
-    "perturbation",
-    "category",
-    "level",
-    "ssim",
-    "in_band",
-    "iou",
-    "dice",
-    "nsd",
-    "hd95",
-    "checkpoint_hash",
-)
 
 
 @dataclass(frozen=True)
