@@ -11,7 +11,8 @@ projections (``k_proj := q_proj``, scaled by ``attention_init_gain``, zero biase
 then start as a similarity of the positional encodings, so image positions attend to nearby box corners
 from the first step; from a plain random start a model this small takes many times longer to learn to use
 the box at all (measured on the demo data: segmenting every salient object, Dice ~0.45, for hundreds of
-steps). It is an initialisation only: every weight is trained.
+steps). It is an initialisation only: every weight is trained. The model also receives the box as a dense
+mask prompt (a filled rectangle, see ``TinySamSegmenter``), which its convolutions turn into localisation.
 """
 
 from __future__ import annotations

@@ -245,6 +245,8 @@ def train(
             "val": val_data.image_ids,
             "trainable": trainable,
             "total": total,
+            # a state trained from other base weights (e.g. a re-pretrained tiny SAM) must not be resumed
+            "base": str(getattr(model, "checkpoint_hash", "")),
         }
     )
     seg = Segmenter(model)
