@@ -102,6 +102,7 @@ rule pretrain_tiny_sam:
         datasets=ft_cfg.pretrain_datasets(config, DATASETS),
         device=FT["device"],
         seed=SEED,
+    priority: 100  # on the critical path: fine-tuning and evaluation of tiny_sam wait for it
     threads: FT["pretrain_tiny_sam"]["threads"]
     resources:
         gpu=1,
