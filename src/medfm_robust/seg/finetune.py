@@ -44,6 +44,22 @@ def write_history_csv(path: str | Path, history: Sequence[Mapping[str, float]]) 
     write_text_atomic(path, "\n".join(lines) + "\n")
 
 
+def run_record(result: TrainResult, settings: Mapping[str, Any], *, n_train: int, n_val: int,
+               global_seed: int, device: torch.device | str, selection: str) -> dict[str, Any]:
+    """Sidecar fields every training run records (data sizes, selection rule, settings, provenance)."""
+    return {
+        "n_train": n_train,
+        "n_val": n_val,
+        "selection": selection,
+        "config_hash": config_hash(dict(settings)),
+        "settings": dict(settings),
+        "global_seed": global_seed,
+        "device": str(device),
+        "seconds": round(result.seconds, 3),
+        "torch": torch.__version__,
+    }
+
+
 def plot_history(
     path: str | Path,
     history: Sequence[Mapping[str, float]],
@@ -165,15 +181,8 @@ def finetune_run(
         "val_dice": result.best_val_dice,
         "val_dice_zero_shot": result.zero_shot_val_dice,
         "epochs": tcfg.epochs,
-        "n_train": len(train_data),
-        "n_val": len(val_data),
-        "selection": "best mean Dice on the validation split",
-        "config_hash": config_hash(dict(settings)),
-        "settings": dict(settings),
-        "global_seed": global_seed,
-        "device": str(dev),
-        "seconds": round(result.seconds, 3),
-        "torch": torch.__version__,
+        **run_record(result, settings, n_train=len(train_data), n_val=len(val_data), global_seed=global_seed,
+                     device=dev, selection="best mean Dice on the validation split"),
     }
     write_history_csv(log_csv, result.history)
     plot_history(curve_png, result.history, title, result.zero_shot_val_dice, result.best_epoch)

@@ -24,11 +24,16 @@ from typing import Any
 
 import torch
 
-from medfm_robust.config import config_hash
-from medfm_robust.io import write_bytes_atomic, write_json_atomic
+from medfm_robust.io import sha256_bytes, write_bytes_atomic, write_json_atomic
 from medfm_robust.seeding import seed_for
 from medfm_robust.seg.augment import concat, load_split
-from medfm_robust.seg.finetune import pick_device, plot_history, state_path_for, write_history_csv
+from medfm_robust.seg.finetune import (
+    pick_device,
+    plot_history,
+    run_record,
+    state_path_for,
+    write_history_csv,
+)
 from medfm_robust.seg.strategies import StrategySpec, apply_strategy, restore_trained_state
 from medfm_robust.seg.trainer import TrainConfig, TrainResult, evaluate, train
 
@@ -125,8 +130,6 @@ def pretrain_tiny_sam(
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     data = save(state, metadata={"format": "medfm-robust-tiny-sam", "datasets": ",".join(datasets)})
     write_bytes_atomic(checkpoint_out, data)
-    from medfm_robust.io import sha256_bytes
-
     write_json_atomic(
         Path(checkpoint_out).with_suffix(".json"),
         {
@@ -137,15 +140,9 @@ def pretrain_tiny_sam(
             "best_epoch": result.best_epoch,
             "val_dice": result.best_val_dice,
             "val_dice_per_dataset": per_dataset,
-            "n_train": len(train_data),
-            "n_val": len(val_data),
-            "selection": "best mean Dice on the union of the validation splits",
-            "config_hash": config_hash(dict(settings)),
-            "settings": dict(settings),
-            "global_seed": global_seed,
-            "device": str(dev),
-            "seconds": round(result.seconds, 3),
-            "torch": torch.__version__,
+            **run_record(result, settings, n_train=len(train_data), n_val=len(val_data),
+                         global_seed=global_seed, device=dev,
+                         selection="best mean Dice on the union of the validation splits"),
         },
     )
     write_history_csv(log_csv, result.history)

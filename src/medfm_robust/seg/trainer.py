@@ -288,6 +288,7 @@ def train(
         history = []
         log.info("%s: validation Dice before training %.4f", "/".join(run_key), zero_dice)
 
+    finished = False
     for done_here, epoch in enumerate(range(start_epoch, cfg.epochs), start=1):
         te = time.perf_counter()
         set_train_mode(model)
@@ -373,19 +374,11 @@ def train(
         if on_epoch is not None:
             on_epoch(history)
         if stop_after is not None and done_here >= stop_after and epoch + 1 < cfg.epochs:
-            return TrainResult(
-                False,
-                best_state,
-                best_epoch,
-                best_dice,
-                zero_dice,
-                history,
-                trainable,
-                total,
-                time.perf_counter() - t0,
-            )
+            break
+    else:
+        finished = True
     return TrainResult(
-        True,
+        finished,
         best_state,
         best_epoch,
         best_dice,
