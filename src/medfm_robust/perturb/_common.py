@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import cv2
 import numpy as np
-from PIL import Image
+import scipy.fft as sfft
 
 from medfm_robust.errors import DataError
 from medfm_robust.perturb.ssim import SSIMReference, dtype_range
@@ -67,11 +68,18 @@ class Context:
         as they are. Unchanged pixels are therefore kept, and the saved image's SSIM varies smoothly with
         the parameter instead of in whole grey-level steps (which matter on black backgrounds).
         """
-        v = np.clip(y, 0.0, 1.0) * np.float32(self.maxval)
-        r = np.rint(v)
-        if dither is not None:
-            r = np.where(np.abs(v - r) < 1e-3, r, np.floor(v + dither))
-        return r.astype(self.dtype).reshape(self.input_shape)
+        v = np.clip(y, 0.0, 1.0)
+        v *= np.float32(self.maxval)
+        if dither is None:
+            np.rint(v, out=v)
+        else:
+            r = np.rint(v)
+            d = v - r
+            on_integer = np.abs(d, out=d) < 1e-3
+            v += dither
+            np.floor(v, out=v)
+            np.copyto(v, r, where=on_integer)
+        return v.astype(self.dtype).reshape(self.input_shape)
 
 
 def smooth_field(
@@ -145,7 +153,7 @@ def _padded_fft(ctx: Context) -> tuple[np.ndarray, int, tuple[int, int]]:
         hp = _fast_len(ctx.h + 2 * pad)
         wp = _fast_len(ctx.w + 2 * pad)
         xp = np.pad(ctx.x, ((pad, hp - ctx.h - pad), (pad, wp - ctx.w - pad), (0, 0)), mode="reflect")
-        spec = np.fft.rfft2(np.moveaxis(xp, -1, 0)).astype(np.complex64)
+        spec = sfft.rfft2(np.moveaxis(xp, -1, 0), workers=1).astype(np.complex64)
         ctx.cache["fft"] = (spec, pad, (hp, wp))
     return ctx.cache["fft"]
 
@@ -153,7 +161,7 @@ def _padded_fft(ctx: Context) -> tuple[np.ndarray, int, tuple[int, int]]:
 def fft_filter(ctx: Context, transfer: np.ndarray) -> np.ndarray:
     """Apply a transfer function (``Hp x Wp//2+1``, from :func:`kernel_transfer` or analytic) to the image."""
     spec, pad, (hp, wp) = _padded_fft(ctx)
-    out = np.fft.irfft2(spec * transfer, s=(hp, wp))
+    out = sfft.irfft2(spec * transfer, s=(hp, wp), workers=1)
     return np.moveaxis(out[:, pad : pad + ctx.h, pad : pad + ctx.w], 0, -1).astype(np.float32)
 
 
@@ -171,7 +179,7 @@ def kernel_transfer(ctx: Context, kernel: np.ndarray) -> np.ndarray:
     buf = np.zeros((hp, wp), np.float32)
     buf[:k, :k] = kernel
     buf = np.roll(buf, (-r, -r), axis=(0, 1))
-    return np.fft.rfft2(buf).astype(np.complex64)
+    return sfft.rfft2(buf, workers=1).astype(np.complex64)
 
 
 def gaussian_transfer(ctx: Context, sigma: float) -> np.ndarray:
@@ -187,29 +195,41 @@ def max_kernel_radius(ctx: Context) -> int:
     return fft_shape(ctx)[0]
 
 
+def _cv_inverse_matrix(inv: tuple[float, ...]) -> np.ndarray:
+    """Pillow's inverse-affine 6-tuple (continuous coordinates, pixel centres at +0.5) as OpenCV's
+    ``2 x 3`` inverse map on pixel-centre indices."""
+    a, b, c, d, e, f = inv
+    return np.array([[a, b, c + 0.5 * (a + b) - 0.5], [d, e, f + 0.5 * (d + e) - 0.5]], np.float64)
+
+
 def affine_warp(ctx: Context, inv: tuple[float, ...], fill: np.ndarray | float | None = None) -> np.ndarray:
     """Warp ``ctx.x`` by an inverse affine map (output -> input, Pillow's 6-tuple), bilinear, constant fill.
 
     Returns ``H x W x C`` float32. ``fill`` defaults to the context's background value ``bg``.
     """
     fillv = ctx.bg if fill is None else np.broadcast_to(np.asarray(fill, np.float32), (ctx.c,))
-    out = np.empty_like(ctx.x)
-    for c in range(ctx.c):
-        im = Image.fromarray(np.ascontiguousarray(ctx.x[:, :, c]))
-        res = im.transform(
-            (ctx.w, ctx.h), Image.Transform.AFFINE, inv, Image.Resampling.BILINEAR, fillcolor=float(fillv[c])
-        )
-        out[:, :, c] = np.asarray(res)
-    return out
+    border = tuple(float(v) for v in fillv) + (0.0,) * (4 - ctx.c)
+    out = cv2.warpAffine(
+        ctx.x,
+        _cv_inverse_matrix(inv),
+        (ctx.w, ctx.h),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=border,
+    )
+    return out.reshape(ctx.x.shape)
 
 
 def affine_warp_mask(mask: np.ndarray, inv: tuple[float, ...]) -> np.ndarray:
     """The same inverse affine map on an ``H x W`` uint8 mask (nearest neighbour, 0 outside)."""
-    im = Image.fromarray(np.ascontiguousarray(mask.astype(np.uint8)))
-    res = im.transform(
-        (mask.shape[1], mask.shape[0]), Image.Transform.AFFINE, inv, Image.Resampling.NEAREST, fillcolor=0
+    return cv2.warpAffine(
+        np.ascontiguousarray(mask.astype(np.uint8)),
+        _cv_inverse_matrix(inv),
+        (mask.shape[1], mask.shape[0]),
+        flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
     )
-    return np.asarray(res).copy()
 
 
 def centre_affine(

@@ -194,7 +194,7 @@ def calibrate(
         p = pspec.value(t)
         if p not in memo:
             out = ctx.quantise(op(p), dither)
-            memo[p] = (ctx.ref.score_normalised(_chw(out, ctx)), out)
+            memo[p] = (ctx.ref.score(out.reshape(ctx.image.shape)), out)
         s = memo[p][0]
         points.append((t, _g(s)))
         return p, s, in_band(s, level, bands_t)
@@ -267,11 +267,6 @@ def calibrate(
         n_evals=len(memo),
         moves_labels=spec.moves_labels,
     )
-
-
-def _chw(out: np.ndarray, ctx: Context) -> np.ndarray:
-    arr = out[None] if out.ndim == 2 else np.moveaxis(out, -1, 0)
-    return np.ascontiguousarray(arr, dtype=np.float32) * np.float32(1.0 / ctx.maxval)
 
 
 def _band_distance(s: float, lo: float, hi: float) -> float:

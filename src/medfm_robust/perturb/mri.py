@@ -6,6 +6,7 @@ Images are float32 ``H x W x C`` in [0, 1] units of the dtype range.
 from __future__ import annotations
 
 import numpy as np
+import scipy.fft as sfft
 
 from medfm_robust.perturb._common import Context, smooth_field
 from medfm_robust.perturb.registry import ParamSpec, register
@@ -28,13 +29,14 @@ def ghosting(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped
     axis = int(rng.integers(0, 2))
     period = int(rng.integers(2, 5))
     offset = int(rng.integers(0, period))
-    spec = np.fft.fft(ctx.x, axis=axis)
+    spec = sfft.fft(ctx.x, axis=axis, workers=1)
     n = ctx.x.shape[axis]
     keep = (np.arange(n) % period) == offset
     shape = [1, 1, 1]
     shape[axis] = n
     comb = keep.reshape(shape)
-    ghost = np.fft.ifft(spec * comb, axis=axis).astype(np.complex64)  # the part each unit of a removes
+    # the part each unit of a removes
+    ghost = sfft.ifft(spec * comb, axis=axis, workers=1).astype(np.complex64)
     gr, gi = ghost.real, ghost.imag
 
     def op(p: float) -> np.ndarray:
@@ -59,7 +61,7 @@ def kspace_motion(ctx: Context, rng: np.random.Generator):  # type: ignore[no-un
     segments, carry a displacement d * u (u in [-1, 1]) along a random direction. Magnitude image.
     """
     h, w = ctx.h, ctx.w
-    spec = np.fft.fft2(ctx.x, axes=(0, 1)).astype(np.complex64)
+    spec = sfft.fft2(ctx.x, axes=(0, 1), workers=1).astype(np.complex64)
     ky = np.fft.fftfreq(h).astype(np.float32)
     kx = np.fft.fftfreq(w).astype(np.float32)
     n_seg = int(rng.integers(6, 16))
@@ -78,6 +80,6 @@ def kspace_motion(ctx: Context, rng: np.random.Generator):  # type: ignore[no-un
 
     def op(p: float) -> np.ndarray:
         ph = np.exp(np.complex64(-2j * np.pi * p) * base)[:, :, None]
-        return np.abs(np.fft.ifft2(spec * ph, axes=(0, 1))).astype(np.float32)
+        return np.abs(sfft.ifft2(spec * ph, axes=(0, 1), workers=1)).astype(np.float32)
 
     return op

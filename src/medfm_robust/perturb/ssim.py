@@ -11,15 +11,18 @@ Definition, used everywhere (calibration, reports, the ``medfm-robust ssim`` com
 - colour: the mean over channels of the per-channel SSIM.
 
 It agrees with skimage to ~1e-6 (float32 arithmetic; tested to 1e-4) and is several times faster because
-the separable filter runs only over the valid interior, in float32, and the reference image's local mean
-and variance are computed once per image (:class:`SSIMReference`) and reused across a calibration search.
+the separable filter is OpenCV's (SIMD, float32) and the reference image's local mean and variance are
+computed once per image (:class:`SSIMReference`) and reused across a calibration search.
 """
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from medfm_robust.errors import DataError
+
+cv2.setNumThreads(1)  # one core per worker; parallelism comes from the workflow's jobs
 
 SIGMA = 1.5
 TRUNCATE = 3.5
@@ -44,42 +47,24 @@ def dtype_range(dtype: np.dtype | type) -> float:
     raise DataError(f"unsupported image dtype {dt} (expected uint8 or uint16)")
 
 
-def to_channels_first(image: np.ndarray) -> np.ndarray:
-    """``H x W`` or ``H x W x C`` integer image -> ``C x H x W`` float32 in [0, 1] (over the dtype range)."""
-    scale = np.float32(1.0 / dtype_range(image.dtype))
+def _planes(image: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``H x W`` or ``H x W x C`` integer image -> ``C x H x W`` float32 in [0, 1] (over the dtype range),
+    written into ``out``."""
     arr = image[None] if image.ndim == 2 else np.moveaxis(image, -1, 0)
-    return np.ascontiguousarray(arr, dtype=np.float32) * scale
+    np.multiply(arr, np.float32(1.0 / dtype_range(image.dtype)), out=out, casting="unsafe")
+    return out
 
 
-def _filter_valid(a: np.ndarray, rows: int = 64) -> np.ndarray:
-    """Separable Gaussian filter of ``M x H x W`` float32, keeping only the valid ``(H-10) x (W-10)``
-    interior (``M x (H-10) x (W-10)`` float32).
+def _filter_valid(plane: np.ndarray, dst: np.ndarray | None = None) -> np.ndarray:
+    """Separable Gaussian filter of one ``H x W`` float32 plane, keeping only the valid ``(H-10) x (W-10)``
+    interior (a view of ``dst``, an optional preallocated ``H x W`` float32 output).
 
     The interior is exactly what skimage keeps after its border crop, and it does not depend on the
-    padding mode, so no padding is needed. The symmetric kernel is applied as 5 pair-sums plus the centre,
-    in blocks of ``rows`` output rows so that the temporaries stay in cache.
+    padding mode. OpenCV's SIMD separable filter on contiguous planes is several times faster than a
+    NumPy pair-sum filter (and than filtering channel-interleaved maps, whose de-interleaving costs more).
     """
-    m_, h, w = a.shape
-    n, m = w - 2 * RADIUS, h - 2 * RADIUS
-    out = np.empty((m_, m, n), np.float32)
-    for r0 in range(0, m, rows):
-        r1 = min(r0 + rows, m)
-        blk = a[:, r0 : r1 + 2 * RADIUS, :]
-        hor = blk[..., RADIUS : RADIUS + n] * _W[RADIUS]
-        tmp = np.empty_like(hor)
-        for k in range(1, RADIUS + 1):
-            np.add(blk[..., RADIUS - k : RADIUS - k + n], blk[..., RADIUS + k : RADIUS + k + n], out=tmp)
-            tmp *= _W[RADIUS + k]
-            hor += tmp
-        rr = r1 - r0
-        res = out[:, r0:r1]
-        np.multiply(hor[:, RADIUS : RADIUS + rr], _W[RADIUS], out=res)
-        tmp = np.empty_like(res)
-        for k in range(1, RADIUS + 1):
-            np.add(hor[:, RADIUS - k : RADIUS - k + rr], hor[:, RADIUS + k : RADIUS + k + rr], out=tmp)
-            tmp *= _W[RADIUS + k]
-            res += tmp
-    return out
+    res = cv2.sepFilter2D(plane, cv2.CV_32F, _W, _W, dst=dst, borderType=cv2.BORDER_CONSTANT)
+    return res[RADIUS:-RADIUS, RADIUS:-RADIUS]
 
 
 def _check_pair(a: np.ndarray, b: np.ndarray) -> None:
@@ -97,41 +82,56 @@ class SSIMReference:
     """SSIM against one fixed reference image, with its local statistics cached.
 
     ``image``: ``H x W`` or ``H x W x C`` uint8/uint16 (H, W >= 11). :meth:`score` takes an image of the
-    same shape and dtype and returns the SSIM (float, in [-1, 1]).
+    same shape and dtype and returns the SSIM (float, in [-1, 1]). The work buffers are allocated once per
+    reference: fresh multi-megabyte arrays on every call cost as much again in page faults. So one
+    instance must not be scored from several threads at once.
     """
 
     def __init__(self, image: np.ndarray) -> None:
         _check_pair(image, image)
         self.shape = image.shape
         self.dtype = image.dtype
-        self.x = to_channels_first(image)
-        self.mu_x = _filter_valid(self.x)
-        self.var_x = _filter_valid(self.x * self.x) - self.mu_x * self.mu_x
-        self._n_ch = self.x.shape[0]
+        c = 1 if image.ndim == 2 else image.shape[2]
+        h, w = image.shape[:2]
+        self.x = _planes(image, np.empty((c, h, w), np.float32))
+        mu = [np.ascontiguousarray(_filter_valid(p)) for p in self.x]
+        var = [_filter_valid(p * p) - m * m for p, m in zip(self.x, mu, strict=True)]
+        self._mu_x = mu
+        self._mu_x2_c1 = [m * m + _C1 for m in mu]
+        self._var_x_c2 = [v + _C2 for v in var]
+        self._stack = np.empty((3 * c, h, w), np.float32)  # y, y^2, x y
+        self._filtered = np.empty((3 * c, h, w), np.float32)
+        self._tmp = np.empty((3, h - 2 * RADIUS, w - 2 * RADIUS), np.float32)
 
     def score(self, other: np.ndarray) -> float:
         """SSIM(reference, ``other``) by the module's definition."""
         if other.shape != self.shape or other.dtype != self.dtype:
             raise DataError(f"SSIM reference is {self.shape} {self.dtype}, got {other.shape} {other.dtype}")
-        return self.score_normalised(to_channels_first(other))
-
-    def score_normalised(self, y: np.ndarray) -> float:
-        """SSIM against ``y``: ``C x H x W`` float32 already divided by the dtype range (quantised values)."""
-        c = self._n_ch
-        stack = np.empty((3 * c, *y.shape[1:]), dtype=np.float32)
-        stack[:c] = y
+        c = self.x.shape[0]
+        stack, filt = self._stack, self._filtered
+        y = _planes(other, stack[:c])
         np.multiply(y, y, out=stack[c : 2 * c])
         np.multiply(self.x, y, out=stack[2 * c :])
-        f = _filter_valid(stack)
-        mu_y, yy, xy = f[:c], f[c : 2 * c], f[2 * c :]
-        mx = self.mu_x
-        mxy = mx * mu_y
-        var_y = yy - mu_y * mu_y
-        cov = xy - mxy
-        num = (2 * mxy + _C1) * (2 * cov + _C2)
-        den = (mx * mx + mu_y * mu_y + _C1) * (self.var_x + var_y + _C2)
-        s = num / den
-        return float(np.mean(s.reshape(c, -1).mean(axis=1, dtype=np.float64)))
+        mxy, cov, den = self._tmp
+        total = 0.0
+        for i in range(c):
+            mu_y, yy, xy = (_filter_valid(stack[k * c + i], filt[k * c + i]) for k in range(3))
+            # SSIM = (2 mu_x mu_y + C1)(2 cov + C2) / ((mu_x^2 + mu_y^2 + C1)(var_x + var_y + C2))
+            np.multiply(self._mu_x[i], mu_y, out=mxy)
+            np.subtract(xy, mxy, out=cov)
+            np.multiply(mu_y, mu_y, out=den)  # mu_y^2
+            np.subtract(yy, den, out=yy)  # var_y
+            yy += self._var_x_c2[i]
+            den += self._mu_x2_c1[i]
+            den *= yy
+            mxy *= 2
+            mxy += _C1
+            cov *= 2
+            cov += _C2
+            mxy *= cov
+            mxy /= den
+            total += float(mxy.sum(dtype=np.float64)) / mxy.size
+        return total / c
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
