@@ -12,6 +12,14 @@ from medfm_robust.perturb._common import LUMA, Context, blob_layout, colour, nea
 from medfm_robust.perturb.registry import ParamSpec, register
 
 
+def _hed2rgb(hed: np.ndarray) -> np.ndarray:
+    """skimage's ``hed2rgb`` (``combine_stains`` with ``rgb_from_hed``) in float32: ``H x W x 3`` -> RGB."""
+    from skimage.color.colorconv import rgb_from_hed
+
+    neg_log = (np.log(1e-6) * rgb_from_hed).astype(np.float32)  # -(-log 1e-6) * M
+    return np.clip(np.exp(hed @ neg_log), 0.0, 1.0)
+
+
 @register(
     "stain_variation",
     family="pathology",
@@ -22,12 +30,12 @@ def stain_variation(ctx: Context, rng: np.random.Generator):  # type: ignore[no-
 
     Grayscale input is treated as grey RGB and converted back to luminance (the change shows as intensity).
     """
-    from skimage.color import hed2rgb, rgb2hed  # imported here: skimage is slow to import
+    from skimage.color import rgb2hed  # imported here: skimage is slow to import
 
     rgb = ctx.x if ctx.c == 3 else np.repeat(ctx.x, 3, axis=2)
     if "hed" not in ctx.cache:
         hed0 = rgb2hed(rgb).astype(np.float32)
-        ctx.cache["hed"] = (hed0, hed2rgb(hed0).astype(np.float32))
+        ctx.cache["hed"] = (hed0, _hed2rgb(hed0))
     hed, recon = ctx.cache["hed"]
     direction = rng.uniform(-1, 1, 3).astype(np.float32)
     direction /= max(float(np.abs(direction).max()), 1e-6)
@@ -35,8 +43,7 @@ def stain_variation(ctx: Context, rng: np.random.Generator):  # type: ignore[no-
 
     def op(p: float) -> np.ndarray:
         # applied as a change relative to the round trip, so p -> 0 is exactly the identity
-        out = rgb + (hed2rgb(hed * np.exp(np.float32(p) * direction) + np.float32(p) * bias) - recon)
-        out = out.astype(np.float32)
+        out = rgb + (_hed2rgb(hed * np.exp(np.float32(p) * direction) + np.float32(p) * bias) - recon)
         return out if ctx.c == 3 else (out @ LUMA)[:, :, None]
 
     return op
