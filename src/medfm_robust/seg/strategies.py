@@ -27,6 +27,7 @@ only*, so a ViT's ``patch_embed.proj`` convolution is never a target (the origin
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -237,6 +238,8 @@ def merge_lora(model: nn.Module) -> nn.Module:
 
 def has_lora(model: nn.Module) -> bool:
     """Whether ``model`` holds (unmerged) peft LoRA layers."""
+    if "peft.tuners.lora" not in sys.modules:
+        return False  # no LoRA layer exists before peft is imported (importing it costs seconds)
     from peft.tuners.lora import LoraLayer
 
     return any(isinstance(m, LoraLayer) for m in model.modules())
