@@ -1,9 +1,13 @@
 # Perturb stage: each dataset's canonical test shard -> one SSIM-calibrated shard per applicable
 # perturbation type (results/perturbed/{dataset}/{perturbation}.parquet), a per-dataset calibration report,
-# and one contact sheet per modality. One job per (dataset, perturbation), so a cluster spreads the work;
+# and one contact sheet per modality. `perturb.one_job_per: dataset` gives one job per (dataset, type) (rule
+# perturb_generate), so a cluster spreads the work; `type` gives one job per type writing the same files for
+# every dataset the type applies to (rules perturb_generate_<type>), which saves job start-ups on small runs.
 # params carry only that one type's settings (medfm_robust.perturb.workflow holds the helpers).
 from medfm_robust.perturb import REGISTRY
 from medfm_robust.perturb import workflow as perturb_wf
+
+PERTURB_PER_TYPE = perturb_wf.jobs_per_type(config)
 
 
 wildcard_constraints:
@@ -19,11 +23,36 @@ rule perturb_generate:
     log:
         "logs/perturb_generate/{dataset}/{perturbation}.log",
     params:
+        perturbation=lambda wildcards: wildcards.perturbation,
         settings=lambda wildcards: perturb_wf.settings_for(config, wildcards.perturbation),
+    wildcard_constraints:
+        perturbation="NO_TYPE" if PERTURB_PER_TYPE else "|".join(REGISTRY),
     conda:
         "../envs/perturb.yaml"
     script:
         "../workflow/scripts/perturb_generate.py"
+
+
+# one_job_per: type -- one rule per type; its outputs are that type's shards of every dataset it applies to.
+for _name in perturb_wf.types_of(config, DATASETS) if PERTURB_PER_TYPE else []:
+    _datasets = perturb_wf.datasets_of_type(config, DATASETS, _name)
+
+    rule:
+        name:
+            f"perturb_generate_{_name}"
+        input:
+            [f"results/data/{d}/test.parquet" for d in _datasets],
+        output:
+            [f"results/perturbed/{d}/{_name}.parquet" for d in _datasets],
+        log:
+            f"logs/perturb_generate/{_name}.log",
+        params:
+            perturbation=_name,
+            settings=perturb_wf.settings_for(config, _name),
+        conda:
+            "../envs/perturb.yaml"
+        script:
+            "../workflow/scripts/perturb_generate.py"
 
 
 rule perturb_report:

@@ -26,6 +26,7 @@ from test_workflow_support import (
     copy_repo,
     dag_edges,
     env_for,
+    parse_dryrun,
     planned_jobs,
     snakemake,
     with_descendants,
@@ -148,9 +149,15 @@ def test_editing_a_script_reruns_its_rules_and_descendants(ci_run, full_dag, tmp
 @pytest.mark.slow
 def test_changing_one_perturbation_reruns_only_its_shards_and_dependants(ci_run, full_dag, tmp_path):
     nodes, edges = full_dag
-    shards = sorted(k for k in nodes.values() if k[0] == "perturb_generate")
+
+    def type_of(key) -> str | None:  # rule perturb_generate (one_job_per: dataset) or perturb_generate_<type>
+        if key[0] == "perturb_generate":
+            return dict(key[1])["perturbation"]
+        return key[0].removeprefix("perturb_generate_") if key[0].startswith("perturb_generate_") else None
+
+    shards = sorted(k for k in nodes.values() if type_of(k))
     assert shards, "no perturbation shard in the CI DAG"
-    name = dict(shards[len(shards) // 2][1])["perturbation"]
+    name = type_of(shards[len(shards) // 2])
     work = clone_run(ci_run.work, tmp_path / "run")
     cfg = yaml.safe_load((work / CI_CONFIG).read_text())
     evals = (cfg.get("perturb") or {}).get("max_evals", 14)
@@ -159,7 +166,7 @@ def test_changing_one_perturbation_reruns_only_its_shards_and_dependants(ci_run,
         c.setdefault("perturb", {}).setdefault("overrides", {})[name] = {"max_evals": evals + 3}
 
     _edit_config(work, edit)
-    seeds = {k for k in shards if dict(k[1])["perturbation"] == name}
+    seeds = {k for k in shards if type_of(k) == name}
     assert planned_jobs(work) == with_descendants(seeds, nodes, edges)
 
 
@@ -182,6 +189,24 @@ def test_changing_one_strategy_reruns_only_its_training_evaluation_and_tables(ci
     planned = planned_jobs(work)
     assert planned == with_descendants(seeds, nodes, edges)
     assert {dict(k[1]).get("strategy") for k in planned if "strategy" in dict(k[1])} == {strategy}
+
+
+def test_perturb_job_modes_plan_the_same_shards(tmp_path):
+    """`perturb.one_job_per: type` (one job per type over its datasets) and `dataset` (one job per pair)
+    write exactly the same shard files with the same settings; only the job count differs."""
+    work = copy_repo(tmp_path / "repo")
+    planned = {}
+    for mode in ("dataset", "type"):
+        _edit_config(work, lambda c, m=mode: c.setdefault("perturb", {}).update({"one_job_per": m}))
+        jobs = parse_dryrun(snakemake(work, "-n", "--forceall").stdout)
+        planned[mode] = [j for j in jobs if j.rule.startswith("perturb_generate")]
+    shards = {m: sorted(o for j in jobs for o in j.outputs) for m, jobs in planned.items()}
+    assert shards["dataset"] == shards["type"] and shards["type"]
+    assert {j.rule for j in planned["dataset"]} == {"perturb_generate"}
+    by_type = {j.rule.removeprefix("perturb_generate_"): sorted(j.outputs) for j in planned["type"]}
+    assert len(planned["type"]) == len(by_type) < len(planned["dataset"])
+    for name, outputs in by_type.items():  # each type's job writes that type's shard of every dataset
+        assert outputs and all(o.endswith(f"/{name}.parquet") for o in outputs)
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""Snakemake adapter: canonical test shard -> one SSIM-calibrated perturbed shard (rule perturb_generate)."""
+"""Snakemake adapter: canonical test shard(s) -> SSIM-calibrated perturbed shard(s) of one type (rule
+perturb_generate: one dataset; rules perturb_generate_<type>: every dataset of that type, input i -> output i)."""
 
 import pandas as pd
 
@@ -8,17 +9,18 @@ from medfm_robust.perturb.table import perturb_table, select_images, write_pertu
 
 def main(smk) -> None:
     s = smk.params.settings
-    df = select_images(pd.read_parquet(smk.input[0]), s["max_images"], s["seed"])
-    out = perturb_table(
-        df,
-        smk.wildcards.perturbation,
-        levels=s["levels"],
-        global_seed=s["seed"],
-        bands=s["bands"],
-        param_range=s["param_range"],
-        max_evals=s["max_evals"],
-    )
-    write_perturbed_shard(smk.output[0], out)
+    for test, out in zip(smk.input, smk.output, strict=True):
+        df = select_images(pd.read_parquet(test), s["max_images"], s["seed"])
+        shard = perturb_table(
+            df,
+            smk.params.perturbation,
+            levels=s["levels"],
+            global_seed=s["seed"],
+            bands=s["bands"],
+            param_range=s["param_range"],
+            max_evals=s["max_evals"],
+        )
+        write_perturbed_shard(out, shard)
 
 
 run_snakemake_script(snakemake, main)

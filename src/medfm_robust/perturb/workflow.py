@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from medfm_robust.perturb.registry import applicable_types
+from medfm_robust.perturb.registry import REGISTRY, applicable_types
 
 
 def types_for(config: Mapping[str, Any], dataset: str) -> list[str]:
@@ -18,6 +18,22 @@ def types_for(config: Mapping[str, Any], dataset: str) -> list[str]:
     if not modality:
         return []
     return applicable_types(modality, cfg["include"], cfg["exclude"])
+
+
+def jobs_per_type(config: Mapping[str, Any]) -> bool:
+    """Whether ``perturb.one_job_per`` is ``type`` (one job per type over all its datasets)."""
+    return config["perturb"]["one_job_per"] == "type"
+
+
+def types_of(config: Mapping[str, Any], datasets: Sequence[str]) -> list[str]:
+    """Every type produced for at least one of ``datasets``, in registry order."""
+    wanted = {name for d in datasets for name in types_for(config, d)}
+    return [name for name in REGISTRY if name in wanted]
+
+
+def datasets_of_type(config: Mapping[str, Any], datasets: Sequence[str], name: str) -> list[str]:
+    """The datasets (sorted) that get a shard of type ``name``."""
+    return sorted(d for d in datasets if name in types_for(config, d))
 
 
 def settings_for(config: Mapping[str, Any], name: str) -> dict[str, Any]:
