@@ -33,7 +33,8 @@ SPECS = {
                     "system_prompt": "You are an expert medical imaging specialist."},
 }
 TRAINING = {"vocab_size": 400, "epochs": 12, "min_epochs": 2, "batch_size": 32, "lr": 0.005,
-            "weight_decay": 0.0, "stop_at_chance_multiple": 2.5, "vqa_target": "option_text"}
+            "vision_lr_scale": 0.2, "weight_decay": 0.0, "stop_at_chance_multiple": 2.5,
+            "vqa_target": "option_text"}
 LORA = {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": ["q_proj", "k_proj", "v_proj", "out_proj"],
         "target_scope": "vision_tower", "epochs": 2, "batch_size": 8, "lr": 0.001, "weight_decay": 0.0,
         "grad_clip": 1.0, "max_train_samples": 24}
@@ -190,6 +191,24 @@ def test_response_only_labels(tables):
         target = item["input_ids"][item["labels"] >= 0]
         assert processor.tokenizer.decode(target) == f"{ex.answer}<end_of_turn>\n"
         assert (item["labels"][: len(item["input_ids"]) - len(target)] == -100).all()
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_vision_tower_trains_at_its_own_learning_rate(name):
+    """param_groups: every trainable weight exactly once; the vision tower (and only it) at lr x scale."""
+    from medfm_robust.vlm.tiny import build_tiny
+    from medfm_robust.vlm.train import param_groups
+
+    spec = SPECS[name]
+    model, _ = build_tiny(spec["family"], ["a CT image", "[1, 2, 3, 4]"], spec["arch"], 300)
+    model.model.language_model.embed_tokens.weight.requires_grad_(False)
+    groups = param_groups(model, 0.005, 0.2)
+    assert [g["lr"] for g in groups] == [0.005, pytest.approx(0.001)]
+    vision_ids = {id(p) for p in model.model.vision_tower.parameters()}
+    assert {id(p) for p in groups[1]["params"]} == vision_ids
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) == sum(p.requires_grad for p in model.parameters())
+    assert not vision_ids & {id(p) for p in model.model.multi_modal_projector.parameters()}
 
 
 @pytest.mark.slow

@@ -115,8 +115,12 @@ def build_tiny_llava(tokenizer: Any, arch: dict[str, Any]) -> tuple[Any, Any]:
 
     ``arch`` keys: ``image_size``, ``patch_size``, ``hidden_size``, ``intermediate_size``,
     ``num_layers``, ``num_heads``, ``vision_hidden_size``, ``vision_layers``. The processor resizes any
-    ``H x W x 3`` uint8 image to ``image_size``² and emits ``(image_size / patch_size)² + 1`` image tokens
-    (patches plus CLS, as LLaVA's ``default`` feature strategy drops CLS but the processor counts it).
+    ``H x W x 3`` uint8 image to ``image_size``² and emits ``(image_size / patch_size)²`` image tokens: it
+    counts the CLS token (``num_additional_image_tokens=1``) and, like the model's ``default`` feature
+    strategy, drops it again, so the prompt holds one token per patch feature of the last CLIP layer.
+    Those features are CLIP's raw residual stream (no final LayerNorm before the projector, unlike the
+    normalised SigLIP features of Gemma 3), so training the tower from scratch needs a lower learning rate
+    for it (``vlm.tiny_training.vision_lr_scale``, see :func:`medfm_robust.vlm.train.param_groups`).
     """
     from transformers import (
         CLIPVisionConfig,

@@ -27,6 +27,9 @@ from medfm_robust.seeding import rng_for, seed_for
 
 log = logging.getLogger(__name__)
 
+# Default of vlm.tiny_training.vision_lr_scale (the vision tower's learning rate relative to ``lr``).
+VISION_LR_SCALE = 0.2
+
 
 @dataclass(frozen=True)
 class Example:
@@ -140,6 +143,26 @@ def run_epoch(model: Any, optimizer: Any, encoded: Sequence[dict[str, Any]], *, 
     return float(np.mean(losses)) if losses else float("nan")
 
 
+def param_groups(model: Any, lr: float, vision_lr_scale: float = 1.0) -> list[dict[str, Any]]:
+    """AdamW parameter groups: the vision encoder (modules named ``vision_tower``) at
+    ``lr x vision_lr_scale``, everything else (projector, language model) at ``lr``; frozen parameters are
+    left out.
+
+    Why: a tiny tower trained from scratch at the language model's rate drifts. LLaVA hands the projector
+    CLIP's raw last-layer residual stream (no final LayerNorm), which then grows several-fold within an
+    epoch or two; the projector's GELU inputs saturate and the image tokens swamp the text embeddings, so
+    clean VQA stalls near chance. Real VLM recipes likewise freeze the vision encoder or train it slower.
+    """
+    vision, rest = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (vision if "vision_tower" in name.split(".") else rest).append(p)
+    groups = [{"params": rest, "lr": lr}]
+    if vision:
+        groups.append({"params": vision, "lr": lr * vision_lr_scale})
+    return groups
+
+
 def replace_dir(tmp: Path, final: Path) -> None:
     """Move the finished folder ``tmp`` onto ``final`` (removing an old ``final``)."""
     if final.exists():
@@ -161,7 +184,8 @@ def train_tiny(
     """Build, train and save tiny model ``name`` (config entry ``spec``: ``family``, ``arch``) in ``out_dir``.
 
     ``settings`` (``vlm.tiny_training``): ``vocab_size``, ``epochs`` (maximum), ``min_epochs``,
-    ``batch_size``, ``lr``, ``weight_decay``, ``stop_at_chance_multiple``. After each epoch from
+    ``batch_size``, ``lr``, ``vision_lr_scale`` (vision tower at ``lr x vision_lr_scale``, see
+    :func:`param_groups`), ``weight_decay``, ``stop_at_chance_multiple``. After each epoch from
     ``min_epochs`` on, ``validate(model, processor)`` returns ``{"accuracy", "chance"}`` of clean VQA on
     held-out examples; training stops once accuracy >= ``stop_at_chance_multiple`` x chance. The folder
     holds the ``save_pretrained`` files only (its hash is the weights' identity); the returned record
@@ -182,8 +206,9 @@ def train_tiny(
     model, processor = build_tiny(family, texts, spec["arch"], int(settings["vocab_size"]))
     system_prompt, position = spec.get("system_prompt"), spec.get("image_position", "before")
     encoded = encode_examples(processor, train_examples, system_prompt=system_prompt, image_position=position)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=float(settings["lr"]),
-                                  weight_decay=float(settings.get("weight_decay", 0.0)))
+    optimizer = torch.optim.AdamW(
+        param_groups(model, float(settings["lr"]), float(settings.get("vision_lr_scale", VISION_LR_SCALE))),
+        weight_decay=float(settings.get("weight_decay", 0.0)))
     history: list[dict[str, float]] = []
     reached = False
     target = float(settings.get("stop_at_chance_multiple", 2.0))
