@@ -1,5 +1,7 @@
-"""Snakemake adapter: canonical test shard(s) -> SSIM-calibrated perturbed shard(s) of one type (rule
-perturb_generate: one dataset; rules perturb_generate_<type>: every dataset of that type, input i -> output i)."""
+"""Snakemake adapter: canonical test shard(s) -> SSIM-calibrated perturbed shard(s) of one type.
+
+Rule perturb_generate: one dataset; rules perturb_generate_<type>: every dataset of that type (input i ->
+output i)."""
 
 import pandas as pd
 
