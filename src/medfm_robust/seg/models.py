@@ -270,12 +270,13 @@ class SamLongestSide(PromptableSegmenter):
     """
 
     def __init__(self, image_encoder: nn.Module, prompt_encoder: nn.Module, mask_decoder: nn.Module,
-                 input_size: int, name: str) -> None:
+                 input_size: int, name: str, pixel_mean: Sequence[float] = SAM_PIXEL_MEAN,
+                 pixel_std: Sequence[float] = SAM_PIXEL_STD) -> None:
         super().__init__(image_encoder, prompt_encoder, mask_decoder)
         self.input_size = input_size
         self.name = name
-        self.register_buffer("pixel_mean", torch.tensor(SAM_PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(SAM_PIXEL_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, 3, 1, 1), persistent=False)
 
     def preprocess(self, x01: torch.Tensor) -> torch.Tensor:
         x = _as_rgb(x01) * 255.0
@@ -343,7 +344,7 @@ def box_raster(boxes: torch.Tensor, input_size: int, raster_size: int) -> torch.
     return (cy[:, :, None] * cx[:, None, :])[:, None]
 
 
-class TinySamSegmenter(PromptableSegmenter):
+class TinySamSegmenter(SamLongestSide):
     """The workflow's own tiny SAM (SAM architecture at ~0.3 M parameters, 256 input).
 
     Preprocessing (as MedSAM / LiteMedSAM, in torch, batched and differentiable): longest side to 256
@@ -358,17 +359,14 @@ class TinySamSegmenter(PromptableSegmenter):
     by SAM's ``mask_downscaling`` convolutions (instead of ``no_mask_embed``). A model this small then
     localises the boxed object by convolution, rather than having to learn to attend to the corner tokens.
     The raster depends only on the box, so the forward stays differentiable w.r.t. the pixels.
-    Logits: bilinear to 256 x 256, crop the unpadded part, bilinear to the original size.
+    Boxes and logits as :class:`SamLongestSide` (bilinear to 256 x 256, crop the unpadded part, bilinear to
+    the original size).
     """
-
-    name = "tiny_sam"
 
     def __init__(self, image_encoder: nn.Module, prompt_encoder: nn.Module, mask_decoder: nn.Module,
                  input_size: int = 256) -> None:
-        super().__init__(image_encoder, prompt_encoder, mask_decoder)
-        self.input_size = input_size
-        self.register_buffer("pixel_mean", torch.tensor(UNIT_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(UNIT_STD).view(1, 3, 1, 1), persistent=False)
+        super().__init__(image_encoder, prompt_encoder, mask_decoder, input_size, "tiny_sam",
+                         pixel_mean=UNIT_MEAN, pixel_std=UNIT_STD)
 
     @property
     def mask_input_size(self) -> int:
@@ -384,9 +382,6 @@ class TinySamSegmenter(PromptableSegmenter):
         x = (minmax_per_image(x) - self.pixel_mean) / self.pixel_std
         return _pad_bottom_right(x, self.input_size)
 
-    def input_boxes(self, boxes_px: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
-        return scale_boxes(boxes_px, orig_hw, longest_side_hw(*orig_hw, self.input_size))
-
     def box_prompt_mask(self, boxes: torch.Tensor) -> torch.Tensor:
         """Dense mask prompt ``B x 1 x 64 x 64`` from input-frame boxes ``B x 4``."""
         return box_raster(boxes, self.input_size, self.mask_input_size)
@@ -400,13 +395,6 @@ class TinySamSegmenter(PromptableSegmenter):
         sparse, dense = self.prompt_encoder(points=None, boxes=boxes[:, None, :], masks=masks)
         return batched_mask_decoder(self.mask_decoder, embeddings, self.prompt_encoder.get_dense_pe(),
                                     sparse, dense)
-
-    def postprocess(self, low_res: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
-        s = self.input_size
-        nh, nw = longest_side_hw(*orig_hw, s)
-        x = F.interpolate(low_res, (s, s), mode="bilinear", align_corners=False)
-        x = x[..., :nh, :nw]
-        return F.interpolate(x, orig_hw, mode="bilinear", align_corners=False)
 
 
 class SamMed2DSegmenter(PromptableSegmenter):
