@@ -26,59 +26,17 @@ def test_seg_predict_writes_a_mask_and_rejects_bad_boxes(
     img = np.zeros((40, 60), np.uint8)
     img[10:30, 20:45] = 200
     write_image(tmp_path / "in.png", img)
-    assert (
-        main(
-            [
-                "seg-predict",
-                "tiny_sam",
-                str(tmp_path / "in.png"),
-                str(tmp_path / "m.png"),
-                "--box",
-                "20",
-                "10",
-                "44",
-                "29",
-            ]
-        )
-        == 0
-    )
+
+    def predict(box: tuple[int, int, int, int], *extra: str) -> int:
+        paths = [str(tmp_path / "in.png"), str(tmp_path / "m.png")]
+        return main(["seg-predict", "tiny_sam", *paths, "--box", *map(str, box), *extra])
+
+    assert predict((20, 10, 44, 29)) == 0
     mask = read_image(tmp_path / "m.png")
     assert mask.shape == (40, 60) and set(np.unique(mask)) <= {0, 255}
-    assert (
-        main(
-            [
-                "seg-predict",
-                "tiny_sam",
-                str(tmp_path / "in.png"),
-                str(tmp_path / "m.png"),
-                "--box",
-                "0",
-                "0",
-                "60",
-                "10",
-            ]
-        )
-        == 2
-    )
+    assert predict((0, 0, 60, 10)) == 2
     assert "not inside the 60 x 40 image" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "seg-predict",
-                "tiny_sam",
-                str(tmp_path / "in.png"),
-                str(tmp_path / "m.png"),
-                "--box",
-                "0",
-                "0",
-                "5",
-                "5",
-                "--checkpoint",
-                str(tmp_path / "none.pth"),
-            ]
-        )
-        == 2
-    )
+    assert predict((0, 0, 5, 5), "--checkpoint", str(tmp_path / "none.pth")) == 2
     assert "none.pth: checkpoint file for model 'tiny_sam' not found" in capsys.readouterr().err
 
 

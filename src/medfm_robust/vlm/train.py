@@ -143,7 +143,7 @@ def run_epoch(model: Any, optimizer: Any, encoded: Sequence[dict[str, Any]], *, 
     return float(np.mean(losses)) if losses else float("nan")
 
 
-def param_groups(model: Any, lr: float, vision_lr_scale: float = 1.0) -> list[dict[str, Any]]:
+def param_groups(model: Any, lr: float, vision_lr_scale: float) -> list[dict[str, Any]]:
     """AdamW parameter groups: the vision encoder (modules named ``vision_tower``) at
     ``lr x vision_lr_scale``, everything else (projector, language model) at ``lr``; frozen parameters are
     left out.
