@@ -16,13 +16,15 @@ import numpy as np
 
 from medfm_robust.data.registry import Item, Loaded, register
 from medfm_robust.data.shards import binarise_mask
-from medfm_robust.errors import DataError
+from medfm_robust.errors import ConfigError, DataError
 from medfm_robust.io import read_image
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 JPEG_EXTENSIONS = (".jpg", ".jpeg")
+MEDICAL_EXTENSIONS = (".dcm", ".nii", ".nii.gz")  # read in Hounsfield units / scaled values (read_source)
+SOURCE_EXTENSIONS = IMAGE_EXTENSIONS + MEDICAL_EXTENSIONS
 
 
 def safe_id(text: str) -> str:
@@ -48,14 +50,73 @@ def _subdir(root: Path, *names: str) -> Path | None:
 
 def _images_in(folder: Path, extensions: Iterable[str] = IMAGE_EXTENSIONS) -> list[Path]:
     exts = tuple(extensions)
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in exts)
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(exts))
+
+
+def _ext(path: Path) -> str:
+    """The file's extension, ``.nii.gz`` counted as one."""
+    return ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix
+
+
+def _stem(path: Path) -> str:
+    """The file name without its extension (:func:`_ext`)."""
+    return path.name[: len(path.name) - len(_ext(path))]
+
+
+def read_dicom(path: Path) -> np.ndarray:
+    """One DICOM slice: ``pixel_array`` times RescaleSlope plus RescaleIntercept (float64 Hounsfield units
+    for CT) when either is set, else the stored integers. Multi-frame files are a ``DataError``."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path)
+        px = np.asarray(ds.pixel_array)
+    except Exception as exc:  # pydicom raises many types on bad files (InvalidDicomError, ValueError, ...)
+        raise DataError(f"{path}: cannot read DICOM ({exc})") from exc
+    if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
+        raise DataError(f"{path}: multi-frame DICOM ({ds.NumberOfFrames} frames); one slice per file")
+    slope, intercept = float(getattr(ds, "RescaleSlope", 1.0)), float(getattr(ds, "RescaleIntercept", 0.0))
+    if slope != 1.0 or intercept != 0.0:
+        return px.astype(np.float64) * slope + intercept
+    return px
+
+
+def read_nifti(path: Path) -> np.ndarray:
+    """One NIfTI slice (``.nii`` / ``.nii.gz``, singleton axes dropped) with ``scl_slope`` / ``scl_inter``
+    applied (nibabel), transposed so that rows follow the second voxel axis (``H x W = j x i``)."""
+    import nibabel as nib
+
+    try:
+        data = np.asanyarray(nib.load(path).dataobj)
+    except Exception as exc:  # nibabel raises ImageFileError, OSError, EOFError, ... on bad files
+        raise DataError(f"{path}: cannot read NIfTI ({exc})") from exc
+    data = np.squeeze(data)
+    if data.ndim != 2:
+        raise DataError(f"{path}: NIfTI holds shape {data.shape}; one 2-D slice per file is supported")
+    return np.ascontiguousarray(data.T)
+
+
+def read_source(path: Path) -> np.ndarray:
+    """A source image or mask: DICOM and NIfTI through their readers (raw values, possibly HU floats),
+    everything else through :func:`medfm_robust.io.read_image`."""
+    ext = _ext(path).lower()
+    if ext in MEDICAL_EXTENSIONS and not path.is_file():
+        raise DataError(f"{path}: image file not found")
+    if ext == ".dcm":
+        return read_dicom(path)
+    if ext in (".nii", ".nii.gz"):
+        return read_nifti(path)
+    return read_image(path)
 
 
 def _read_mask(path: Path, image_path: Path, threshold: int) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"{path}: mask file not found (for image {image_path})")
     unit = path.suffix.lower() not in JPEG_EXTENSIONS
-    return binarise_mask(read_image(path), threshold, str(path), unit_labels=unit)
+    mask = read_source(path)
+    if mask.dtype.kind == "f" and np.all(np.isfinite(mask)) and np.array_equal(mask, np.rint(mask)):
+        mask = mask.astype(np.int64)  # NIfTI / DICOM label images read as floats
+    return binarise_mask(mask, threshold, str(path), unit_labels=unit)
 
 
 def file_loader(image_path: Path, mask_paths: list[Path], threshold: int) -> Callable[[], Loaded]:
@@ -66,7 +127,7 @@ def file_loader(image_path: Path, mask_paths: list[Path], threshold: int) -> Cal
     """
 
     def load() -> Loaded:
-        image = read_image(image_path)
+        image = read_source(image_path)
         if not mask_paths:
             raise DataError(f"{image_path}: no mask file found for this image")
         mask: np.ndarray | None = None
@@ -199,6 +260,43 @@ def _read_mat_fields(path: Path) -> dict[str, np.ndarray]:
     return fields
 
 
+def _chars(value: np.ndarray | str) -> str:
+    """A MATLAB char array (h5py: uint16 codes; scipy: str) as a stripped Python string."""
+    if isinstance(value, str):
+        return value.strip()
+    arr = np.asarray(value)
+    if arr.dtype.kind in "US":
+        return "".join(str(v) for v in arr.ravel()).strip()
+    return "".join(chr(int(c)) for c in arr.ravel() if int(c)).strip()
+
+
+def read_brain_tumor_pid(path: Path) -> str:
+    """``cjdata.PID`` (the patient id) of one figshare 1512427 ``.mat`` file; ``DataError`` when absent."""
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: MATLAB file not found")
+    pid = ""
+    if h5py.is_hdf5(path):
+        try:
+            with h5py.File(path, "r") as fh:
+                pid = _chars(np.asarray(fh["cjdata"]["PID"]))
+        except (OSError, KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{path}: field cjdata.PID not readable ({exc})") from exc
+    else:
+        from scipy.io import loadmat
+
+        try:
+            cj = loadmat(path, squeeze_me=True, struct_as_record=False, variable_names=["cjdata"])["cjdata"]
+            pid = _chars(cj.PID)
+        except Exception as exc:  # scipy raises many types on bad files; a missing field is AttributeError
+            raise DataError(f"{path}: field cjdata.PID not readable ({exc})") from exc
+    if not pid:
+        raise DataError(f"{path}: field cjdata.PID is empty (needed for patient-level splits)")
+    return pid
+
+
 def read_brain_tumor_mat(path: Path) -> Loaded:
     """Read one figshare 1512427 ``.mat`` file (as published: MATLAB v7.3 = HDF5, read with h5py).
 
@@ -221,16 +319,21 @@ def read_brain_tumor_mat(path: Path) -> Loaded:
     layout="**/<n>.mat (figshare 1512427, MATLAB v7.3: cjdata.image, cjdata.tumorMask); cvind.mat ignored",
 )
 def brain_tumor(dataset: str, spec: Mapping[str, Any], root: Path | None, seed: int) -> list[Item]:
-    """Figshare brain tumour T1-CE MRI (Cheng et al.): every ``.mat`` file under the folder, any depth."""
+    """Figshare brain tumour T1-CE MRI (Cheng et al.): every ``.mat`` file under the folder, any depth,
+    grouped by patient (``cjdata.PID``) for the splits."""
     root = _need(root)
     files = sorted(p for p in root.rglob("*.mat") if p.is_file() and p.stem.lower() != "cvind")
     if not files:
         raise DataError(f"{root}: no .mat files found (expected figshare 1512427's <n>.mat)")
-    return [Item(safe_id(p.stem), _rel(p, root), _mat_loader(p)) for p in files]
+    return [Item(safe_id(p.stem), _rel(p, root), _mat_loader(p), _pid_reader(p)) for p in files]
 
 
 def _mat_loader(path: Path) -> Callable[[], Loaded]:
     return lambda: read_brain_tumor_mat(path)
+
+
+def _pid_reader(path: Path) -> Callable[[], str]:
+    return lambda: read_brain_tumor_pid(path)
 
 
 # Label-map layout (REFUGE / ORIGA style): one grey mask per image with 0 = cup, 128 = disc rim,
@@ -347,14 +450,11 @@ def busi(dataset: str, spec: Mapping[str, Any], root: Path | None, seed: int) ->
 def find_mask(image: Path, mask_dir: Path, suffix: str) -> list[Path]:
     """The mask of ``image`` in ``mask_dir``: ``<stem><suffix>``; a suffix without an extension tries
     the image's own extension, then the common ones (two matches are an error)."""
+    stem = _stem(image)
     if Path(suffix).suffix:
-        return [mask_dir / f"{image.stem}{suffix}"]
-    exts = dict.fromkeys([image.suffix, *IMAGE_EXTENSIONS, *(e.upper() for e in IMAGE_EXTENSIONS)])
-    found = [
-        mask_dir / f"{image.stem}{suffix}{e}"
-        for e in exts
-        if (mask_dir / f"{image.stem}{suffix}{e}").is_file()
-    ]
+        return [mask_dir / f"{stem}{suffix}"]
+    exts = dict.fromkeys([_ext(image), *SOURCE_EXTENSIONS, *(e.upper() for e in SOURCE_EXTENSIONS)])
+    found = [mask_dir / f"{stem}{suffix}{e}" for e in exts if (mask_dir / f"{stem}{suffix}{e}").is_file()]
     if len(found) > 1:
         raise DataError(
             f"{image}: several candidate masks {[str(p) for p in found]}; set mask_suffix with an extension"
@@ -366,14 +466,84 @@ def _folder_loader(image: Path, mask_dir: Path, suffix: str, threshold: int) -> 
     return lambda: file_loader(image, find_mask(image, mask_dir, suffix), threshold)()
 
 
+def group_reader(
+    dataset: str, spec: Mapping[str, Any], root: Path
+) -> Callable[[Path], Callable[[], str]] | None:
+    """The ``folder`` adapter's ``group_by``: None (every image its own group), a regex with one capture
+    group matched (``re.search``) on the image file name, or ``{csv, image_column, group_column}``: a CSV
+    file (relative to the dataset folder) whose ``image_column`` holds the image's file name or stem.
+    Returns a factory of per-image readers; an image the rule cannot place raises ``DataError`` naming it."""
+    rule = spec.get("group_by")
+    key = f"datasets.{dataset}.group_by"
+    if rule is None:
+        return None
+    if isinstance(rule, str):
+        try:
+            pattern = re.compile(rule)
+        except re.error as exc:
+            raise ConfigError(f"config key '{key}': invalid regular expression ({exc})") from exc
+        if pattern.groups != 1:
+            raise ConfigError(
+                f"config key '{key}': the pattern needs exactly one capture group, has {pattern.groups}"
+            )
+
+        def by_name(path: Path) -> Callable[[], str]:
+            def read() -> str:
+                m = pattern.search(path.name)
+                if m is None or not m.group(1):
+                    raise DataError(f"{path}: file name does not match config key '{key}' ({rule})")
+                return m.group(1)
+
+            return read
+
+        return by_name
+    if not isinstance(rule, Mapping) or set(rule) != {"csv", "image_column", "group_column"}:
+        raise ConfigError(f"config key '{key}': expected a regex or {{csv, image_column, group_column}}")
+    csv_path = root / str(rule["csv"])
+    table = _read_group_csv(csv_path, str(rule["image_column"]), str(rule["group_column"]), key)
+
+    def by_csv(path: Path) -> Callable[[], str]:
+        def read() -> str:
+            group = table.get(path.name, table.get(_stem(path)))
+            if not group:
+                raise DataError(f"{path}: no group in {csv_path} (config key '{key}')")
+            return group
+
+        return read
+
+    return by_csv
+
+
+def _read_group_csv(path: Path, image_column: str, group_column: str, key: str) -> dict[str, str]:
+    """``image file name or stem -> group`` from a CSV file (two entries for one image are an error)."""
+    import csv
+
+    if not path.is_file():
+        raise DataError(f"{path}: group CSV not found (config key '{key}.csv')")
+    out: dict[str, str] = {}
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        for col in (image_column, group_column):
+            if col not in (reader.fieldnames or []):
+                raise DataError(f"{path}: column '{col}' not found (config key '{key}')")
+        for row in reader:
+            name, group = str(row[image_column]).strip(), str(row[group_column]).strip()
+            if name in out and out[name] != group:
+                raise DataError(f"{path}: image '{name}' listed with groups '{out[name]}' and '{group}'")
+            out[name] = group
+    return out
+
+
 @register(
     "folder",
     modality=None,
     needs_path=True,
-    layout="<images_dir>/<stem>.<ext> + <masks_dir>/<stem><mask_suffix> (modality from the config)",
+    layout="<images_dir>/<stem>.<ext> + <masks_dir>/<stem><mask_suffix> (modality from the config; "
+    "ext: png, jpg, tif, bmp, dcm, nii, nii.gz)",
 )
 def folder(dataset: str, spec: Mapping[str, Any], root: Path | None, seed: int) -> list[Item]:
-    """A user's own dataset: ``images_dir`` images, ``masks_dir`` masks named ``<stem><mask_suffix>``."""
+    """A user's own dataset: ``images_dir`` images, ``masks_dir`` masks named ``<stem><mask_suffix>``,
+    optionally grouped by patient (``group_by``, :func:`group_reader`)."""
     root = _need(root)
     img_dir = root / str(spec.get("images_dir", "images"))
     mask_dir = root / str(spec.get("masks_dir", "masks"))
@@ -384,13 +554,13 @@ def folder(dataset: str, spec: Mapping[str, Any], root: Path | None, seed: int) 
     same = img_dir.resolve() == mask_dir.resolve()
     if same and not suffix:
         raise DataError(f"{img_dir}: images and masks share a folder; set 'datasets.{dataset}.mask_suffix'")
+    groups = group_reader(dataset, spec, root)
     items = []
-    for img in _images_in(img_dir):
-        if same and (img.name.endswith(suffix) if Path(suffix).suffix else img.stem.endswith(suffix)):
+    for img in _images_in(img_dir, SOURCE_EXTENSIONS):
+        if same and (img.name.endswith(suffix) if Path(suffix).suffix else _stem(img).endswith(suffix)):
             continue
-        items.append(
-            Item(safe_id(img.stem), _rel(img, root), _folder_loader(img, mask_dir, suffix, _threshold(spec)))
-        )
+        loader = _folder_loader(img, mask_dir, suffix, _threshold(spec))
+        items.append(Item(safe_id(_stem(img)), _rel(img, root), loader, groups(img) if groups else None))
     if not items:
         raise DataError(f"{img_dir}: no images found")
     return items

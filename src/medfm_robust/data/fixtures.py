@@ -111,7 +111,9 @@ def _brain(root: Path, n: int) -> None:
         img, msk = fixture_sample("mri", str(i), (60, 76))
         image16 = img.astype(np.int16) * 12  # a 12-bit-like MRI range beyond 8 bits
         folder = "brainTumorDataPublic_1-766" if i <= max(n // 2, 1) else "brainTumorDataPublic_767-1532"
-        write_matlab_v73(root / folder / f"{i}.mat", image16, msk, label=1 + i % 3)
+        # two slices per patient, as in the real set (patient-level splits need several patients)
+        pid = str(100360 + (i - 1) // 2)
+        write_matlab_v73(root / folder / f"{i}.mat", image16, msk, label=1 + i % 3, pid=pid)
     (root / "cvind.mat").write_bytes(b"not an image file: cross-validation indices")
 
 

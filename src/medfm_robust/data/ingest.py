@@ -21,6 +21,7 @@ from medfm_robust.data.shards import (
     write_shard,
 )
 from medfm_robust.errors import ConfigError, DataError
+from medfm_robust.intensity import apply_policy, parse_policy, policy_json
 from medfm_robust.io import write_json_atomic
 from medfm_robust.seeding import unit_hash
 
@@ -54,6 +55,7 @@ def check_dataset_paths(config: MutableMapping[str, Any]) -> None:
     for name, spec in sorted(config.get("datasets", {}).items()):
         try:
             spec["modality"] = dataset_modality(name, spec)
+            parse_policy(spec.get("intensity", "none"), f"datasets.{name}.intensity")
             root = dataset_root(name, spec)
         except ConfigError as exc:
             problems.append(str(exc))
@@ -95,8 +97,10 @@ def ingest_dataset(
     """Read one dataset through its adapter and write ``out_dir/{train,val,test}.parquet`` and
     ``out_dir/ingest_report.json`` (all atomically). Returns the report.
 
-    Images are resized once to ``data_cfg['image_size']`` (null keeps them), images with empty masks are
-    excluded and counted, and a corrupt file raises ``DataError`` naming it, unless
+    Each image goes through the dataset's intensity policy (``spec['intensity']``,
+    :func:`medfm_robust.intensity.apply_policy`; recorded in the ``intensity`` and ``value_range``
+    columns), then is resized once to ``data_cfg['image_size']`` (null keeps them); images with empty
+    masks are excluded and counted, and a corrupt file raises ``DataError`` naming it, unless
     ``data_cfg['on_error'] == 'skip'``, which lists it in the report instead. ``workers`` threads read
     and encode images (file decoding releases the GIL); the output does not depend on it.
     """
@@ -108,18 +112,29 @@ def ingest_dataset(
     on_error = data_cfg.get("on_error", "fail")
     size = data_cfg.get("image_size")
     cap = None if adapter.generated else spec.get("n_images")
+    policy = parse_policy(spec.get("intensity", "none"), f"datasets.{dataset}.intensity")
+    intensity = policy_json(policy)
     items = _ordered(dataset, adapter.list_items(dataset, spec, root, seed), adapter.generated)
     kept: list[dict[str, Any]] = []  # encoded rows (PNG bytes), not arrays, to bound memory
     empty: list[dict[str, str]] = []
     skipped: list[dict[str, str]] = []
+    groups: dict[str, str] = {}
 
     def process(it: Item) -> dict[str, Any] | DataError | None:
         try:
             image, mask = it.load()
-            sample = prepare_sample(it.image_id, image, mask, it.source, size)
+            # generated 16-bit data are drawn over the whole dtype range, which is their value range
+            image, value_range = apply_policy(image, policy, it.source, full_dtype_range=adapter.generated)
+            sample = prepare_sample(it.image_id, image, mask, it.source, size, value_range)
+            group = it.group() if it.group is not None else None
         except DataError as exc:
             return exc
-        return None if sample is None else sample_row(sample, dataset, modality)
+        if sample is None:
+            return None
+        row = sample_row(sample, dataset, modality, intensity)
+        if group is not None:
+            groups[it.image_id] = group
+        return row
 
     bar = tqdm(total=len(items), desc=f"ingest {dataset}", unit="img", disable=not progress, mininterval=2)
     with ThreadPoolExecutor(max_workers=max(int(workers), 1)) as pool:
@@ -147,7 +162,11 @@ def ingest_dataset(
             f"{dataset}: no usable image (listed {len(items)}, empty masks {len(empty)}, "
             f"skipped {len(skipped)})"
         )
-    splits = assign_splits(dataset, [r["image_id"] for r in kept], data_cfg.get("splits", {}))
+    kept_ids = [r["image_id"] for r in kept]
+    grouped = [i for i in kept_ids if i in groups]
+    if grouped and len(grouped) != len(kept_ids):
+        raise DataError(f"{dataset}: {len(kept_ids) - len(grouped)} image(s) have no patient group")
+    splits = assign_splits(dataset, kept_ids, data_cfg.get("splits", {}), groups if grouped else None)
     out = Path(out_dir)
     counts = {}
     for split in SPLITS:
@@ -169,6 +188,11 @@ def ingest_dataset(
         "skipped": sorted(skipped, key=lambda r: r["image_id"]),
         "n_images_cap": cap,
         "on_error": on_error,
+        "intensity": policy,
+        "n_groups": len(set(groups.values())) if grouped else None,
+        "groups_per_split": (
+            {sp: len({groups[i] for i in grouped if splits[i] == sp}) for sp in SPLITS} if grouped else None
+        ),
     }
     write_json_atomic(out / "ingest_report.json", report)
     log.info(

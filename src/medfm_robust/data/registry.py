@@ -21,12 +21,15 @@ class Item:
 
     ``source`` is the image's path relative to the dataset folder (or a generator tag for demo data),
     so shards do not depend on where the dataset lives. ``load`` raises ``DataError`` naming the file
-    when the image or its mask is missing or unreadable.
+    when the image or its mask is missing or unreadable. ``group`` (None: the image is its own group)
+    returns the image's patient id, read when the image is ingested; all images of a group land in one
+    split (:func:`medfm_robust.data.shards.assign_splits`).
     """
 
     image_id: str
     source: str
     load: Callable[[], Loaded]
+    group: Callable[[], str] | None = None
 
 
 ListItems = Callable[[str, Mapping[str, Any], Path | None, int], list[Item]]

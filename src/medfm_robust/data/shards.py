@@ -34,6 +34,8 @@ SHARD_SCHEMA = pa.schema(
         ("width", pa.int32()),
         ("channels", pa.int32()),
         ("source", pa.string()),
+        ("intensity", pa.string()),
+        ("value_range", pa.list_(pa.float64(), 2)),
     ]
 )
 
@@ -43,7 +45,8 @@ class PreparedSample:
     """One image ready for a shard: stored image, binary mask and inclusive box.
 
     ``image`` is ``H x W`` or ``H x W x 3``, uint8 or uint16; ``mask`` is ``H x W`` bool;
-    ``box`` is ``[x_min, y_min, x_max, y_max]`` with inclusive max, in pixels of ``image``.
+    ``box`` is ``[x_min, y_min, x_max, y_max]`` with inclusive max, in pixels of ``image``;
+    ``value_range`` the stored values meaning black and white (:mod:`medfm_robust.intensity`).
     """
 
     image_id: str
@@ -51,6 +54,7 @@ class PreparedSample:
     mask: np.ndarray
     box: tuple[int, int, int, int]
     source: str
+    value_range: tuple[float, float] = (0.0, 255.0)
 
 
 def check_image(image: np.ndarray, source: str) -> np.ndarray:
@@ -126,9 +130,15 @@ def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
 
 
 def prepare_sample(
-    image_id: str, image: np.ndarray, mask: np.ndarray, source: str, image_size: int | None
+    image_id: str,
+    image: np.ndarray,
+    mask: np.ndarray,
+    source: str,
+    image_size: int | None,
+    value_range: tuple[float, float] = (0.0, 255.0),
 ) -> PreparedSample | None:
-    """Validate, optionally resize (image bilinear/area, mask nearest) and box one image.
+    """Validate, optionally resize (image bilinear/area, mask nearest) and box one image (already through
+    its intensity policy, ``value_range`` from :func:`medfm_robust.intensity.apply_policy`).
 
     Returns None when the mask is empty (before or after resizing); the caller counts it.
     """
@@ -141,7 +151,7 @@ def prepare_sample(
     box = mask_box(mask)
     if box is None:
         return None
-    return PreparedSample(image_id, image, mask.astype(bool), box, source)
+    return PreparedSample(image_id, image, mask.astype(bool), box, source, value_range)
 
 
 def check_fractions(fractions: Mapping[str, float]) -> dict[str, float]:
@@ -176,27 +186,56 @@ def split_sizes(n: int, fractions: Mapping[str, float]) -> dict[str, int]:
     return sizes
 
 
-def assign_splits(dataset: str, image_ids: Iterable[str], fractions: Mapping[str, float]) -> dict[str, str]:
-    """Assign every image id to train/val/test from a hash of ``(dataset, image_id)``.
+def assign_splits(
+    dataset: str,
+    image_ids: Iterable[str],
+    fractions: Mapping[str, float],
+    groups: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """Assign every image id to train/val/test from a hash of ``(dataset, image_id)``, or of
+    ``(dataset, group)`` when ``groups`` maps image ids to a patient (a patient's images share a split).
 
-    Images are ordered by ``unit_hash("split", dataset, image_id)``; the first ``sizes['train']`` go to
-    train, the next ``sizes['val']`` to val, the rest to test (:func:`split_sizes`), so the split sizes
-    follow the configured fractions exactly and the result never depends on file order. Adding images
-    moves at most a few images that sit next to a split boundary in hash order.
+    Units (images, or groups) are ordered by ``unit_hash("split", dataset, unit)``; the split sizes in
+    images are :func:`split_sizes`; a unit goes to the split in which the middle of its run of images
+    falls (train first, then val, then test). A split with a positive fraction that got no unit takes the
+    nearest unit of a neighbouring split that has two or more. Never depends on file order; without
+    ``groups`` (or with one image per group named like it) the first ``sizes['train']`` images in hash
+    order go to train, the next ``sizes['val']`` to val, the rest to test.
     """
-    ids = sorted(set(image_ids), key=lambda i: (unit_hash("split", dataset, i), i))
+    ids = sorted(set(image_ids))
+    unit_of = {i: (groups[i] if groups is not None else i) for i in ids}
+    members: dict[str, list[str]] = {}
+    for i in ids:
+        members.setdefault(unit_of[i], []).append(i)
+    units = sorted(members, key=lambda u: (unit_hash("split", dataset, u), u))
     sizes = split_sizes(len(ids), fractions)
+    bounds = np.cumsum([sizes[s] for s in SPLITS])
+    # cut[k]: index of the first unit of split k (cut[0] = 0, cut[len(SPLITS)] = len(units))
+    starts = np.cumsum([0] + [len(members[u]) for u in units])
+    mids = (starts[:-1] + starts[1:]) / 2.0
+    which = [int(np.searchsorted(bounds, m, side="right")) for m in mids]
+    cut = [0] + [sum(1 for w in which if w <= k) for k in range(len(SPLITS) - 1)] + [len(units)]
+    fr = check_fractions(fractions)
+    for k, name in enumerate(SPLITS):
+        if fr[name] <= 0 or cut[k + 1] > cut[k]:
+            continue
+        if k > 0 and cut[k] - cut[k - 1] >= 2:
+            cut[k] -= 1  # the previous split's last unit moves in
+        elif k + 1 < len(SPLITS) and cut[k + 2] - cut[k + 1] >= 2:
+            cut[k + 1] += 1  # the next split's first unit moves in
     out: dict[str, str] = {}
-    start = 0
-    for name in SPLITS:
-        for i in ids[start : start + sizes[name]]:
-            out[i] = name
-        start += sizes[name]
+    for k, name in enumerate(SPLITS):
+        for u in units[cut[k] : cut[k + 1]]:
+            for i in members[u]:
+                out[i] = name
     return out
 
 
-def sample_row(sample: PreparedSample, dataset: str, modality: str) -> dict[str, Any]:
-    """One shard row (without ``split``): image and mask as lossless PNG bytes, box, size, source."""
+def sample_row(
+    sample: PreparedSample, dataset: str, modality: str, intensity: str = '"none"'
+) -> dict[str, Any]:
+    """One shard row (without ``split``): image and mask as lossless PNG bytes, box, size, source, the
+    intensity policy (canonical JSON, :func:`medfm_robust.intensity.policy_json`) and ``value_range``."""
     image = sample.image
     return {
         "image_id": sample.image_id,
@@ -209,6 +248,8 @@ def sample_row(sample: PreparedSample, dataset: str, modality: str) -> dict[str,
         "width": int(image.shape[1]),
         "channels": 1 if image.ndim == 2 else int(image.shape[2]),
         "source": sample.source,
+        "intensity": intensity,
+        "value_range": [float(v) for v in sample.value_range],
     }
 
 
