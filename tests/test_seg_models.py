@@ -38,11 +38,13 @@ def _meta(name: str) -> M.PromptableSegmenter:
 # ---------------------------------------------------------------------------------------------- inputs
 
 
-def test_to_unit_range_scales_by_dtype_range_and_repeats_gray() -> None:
+def test_to_unit_range_scales_by_value_range_and_repeats_gray() -> None:
     gray16 = np.array([[0, 65535], [32768, 100]], dtype=np.uint16)
-    out = M.to_unit_range(gray16)
+    out = M.to_unit_range(gray16, (0, 65535))
     assert out.shape == (2, 2, 3) and out.dtype == np.float32
     assert out[0, 1, 2] == 1.0 and out[1, 0, 0] == pytest.approx(32768 / 65535)
+    with pytest.raises(DataError, match="value_range"):  # 16-bit data never fall back to the dtype range
+        M.to_unit_range(gray16)
     rgb8 = np.full((3, 4, 3), 51, dtype=np.uint8)
     assert np.allclose(M.to_unit_range(rgb8), 0.2)
     with pytest.raises(DataError):

@@ -14,9 +14,9 @@ Two halves, one place:
   - ``{percentile: [p_lo, p_hi]}``: per image, the ``p_lo`` and ``p_hi`` percentiles (numpy's linear
     interpolation, over all pixels and channels) become 0 and 255; uint8 output.
   - ``{window: [lo, hi]}``: the fixed stored values ``lo`` and ``hi`` become 0 and 255; uint8 output.
-  - ``{ct_preset: soft_tissue|lung|bone|brain}``: a window in Hounsfield units (:data:`CT_PRESETS`) for
-    DICOM / NIfTI sources, whose values are HU after RescaleSlope/RescaleIntercept (``scl_slope`` /
-    ``scl_inter``); uint8 output.
+  - ``{ct_preset: soft_tissue|lung|bone|brain}``: a window in Hounsfield units (:data:`CT_PRESETS`, as
+    DICOM's LINEAR VOI function, :func:`ct_window`) for DICOM / NIfTI sources, whose values are HU after
+    RescaleSlope/RescaleIntercept (``scl_slope`` / ``scl_inter``); uint8 output.
 
   Windowing is ``round(clip((x - lo) / (hi - lo), 0, 1) * 255)`` in float64.
 
@@ -35,7 +35,7 @@ import numpy as np
 
 from medfm_robust.errors import ConfigError, DataError
 
-# CT windows as (level, width) in HU, the usual radiology presets (Radiopaedia, "Windowing (CT)"):
+# CT windows as (centre, width) in HU, the usual radiology presets (Radiopaedia, "Windowing (CT)"):
 # soft tissue W 400 L 40, lung W 1500 L -600, bone W 1800 L 400, brain W 80 L 40.
 CT_PRESETS: dict[str, tuple[float, float]] = {
     "soft_tissue": (40.0, 400.0),
@@ -95,9 +95,10 @@ def policy_json(policy: Policy) -> str:
 
 
 def ct_window(preset: str) -> ValueRange:
-    """``(lo, hi)`` in HU of a CT preset: level -/+ width / 2."""
-    level, width = CT_PRESETS[preset]
-    return level - width / 2.0, level + width / 2.0
+    """``(lo, hi)`` in HU of a CT preset as DICOM's LINEAR VOI function defines a window of centre ``c``
+    and width ``w`` (PS3.3 C.11.2.1.2.1): ``c - 0.5 -/+ (w - 1) / 2`` map to black and white."""
+    c, w = CT_PRESETS[preset]
+    return c - 0.5 - (w - 1.0) / 2.0, c - 0.5 + (w - 1.0) / 2.0
 
 
 def window_to_uint8(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -106,7 +107,7 @@ def window_to_uint8(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.rint(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def _as_stored(image: np.ndarray, source: str) -> np.ndarray:
+def _as_stored(image: np.ndarray, source: str, key: str) -> np.ndarray:
     """uint8/uint16 kept; other integer-valued images within [0, 65535] become uint16; else an error."""
     if image.dtype in (np.uint8, np.uint16):
         return image
@@ -122,25 +123,31 @@ def _as_stored(image: np.ndarray, source: str) -> np.ndarray:
         bad = f"dtype {arr.dtype}"
     raise DataError(
         f"{source}: image has {bad}; intensity policy 'none' keeps stored values, so declare a window, "
-        "a percentile window or a ct_preset (config key 'datasets.<name>.intensity')"
+        f"a percentile window or a ct_preset (config key '{key}')"
     )
 
 
 def apply_policy(
-    image: np.ndarray, policy: Policy, source: str, *, full_dtype_range: bool = False
+    image: np.ndarray,
+    policy: Policy,
+    source: str,
+    *,
+    full_dtype_range: bool = False,
+    key: str = "datasets.<name>.intensity",
 ) -> tuple[np.ndarray, ValueRange]:
     """Apply a parsed intensity ``policy`` to one source image; returns ``(stored image, value_range)``.
 
     ``image``: ``H x W`` or ``H x W x 3``, any numeric dtype (HU floats for DICOM / NIfTI sources).
     Output: uint8 with ``(0, 255)`` for the windowing policies and 8-bit sources; uint16 with the image's
     own ``(min, max)`` (``full_dtype_range``: ``(0, 65535)``) or the declared range for 16-bit data kept
-    raw. ``source`` names the file in errors; ``ct_preset`` needs a DICOM / NIfTI ``source``.
+    raw. ``source`` names the file and ``key`` the config key in errors; ``ct_preset`` needs a DICOM /
+    NIfTI ``source``.
     """
     arr = np.asarray(image)
     if arr.size == 0:
         raise DataError(f"{source}: empty image")
     if policy == "none" or (isinstance(policy, dict) and "value_range" in policy):
-        stored = _as_stored(arr, source)
+        stored = _as_stored(arr, source, key)
         if stored.dtype == np.uint8 and policy == "none":
             return stored, UINT8_RANGE
         if isinstance(policy, dict):

@@ -56,6 +56,11 @@ def check_dataset_paths(config: MutableMapping[str, Any]) -> None:
         try:
             spec["modality"] = dataset_modality(name, spec)
             parse_policy(spec.get("intensity", "none"), f"datasets.{name}.intensity")
+            if spec.get("group_by") is not None and spec["adapter"] != "folder":
+                raise ConfigError(
+                    f"config key 'datasets.{name}.group_by': only the folder adapter reads it "
+                    "(brain_tumor groups by cjdata.PID)"
+                )
             root = dataset_root(name, spec)
         except ConfigError as exc:
             problems.append(str(exc))
@@ -112,7 +117,8 @@ def ingest_dataset(
     on_error = data_cfg.get("on_error", "fail")
     size = data_cfg.get("image_size")
     cap = None if adapter.generated else spec.get("n_images")
-    policy = parse_policy(spec.get("intensity", "none"), f"datasets.{dataset}.intensity")
+    policy_key = f"datasets.{dataset}.intensity"
+    policy = parse_policy(spec.get("intensity", "none"), policy_key)
     intensity = policy_json(policy)
     items = _ordered(dataset, adapter.list_items(dataset, spec, root, seed), adapter.generated)
     kept: list[dict[str, Any]] = []  # encoded rows (PNG bytes), not arrays, to bound memory
@@ -124,7 +130,9 @@ def ingest_dataset(
         try:
             image, mask = it.load()
             # generated 16-bit data are drawn over the whole dtype range, which is their value range
-            image, value_range = apply_policy(image, policy, it.source, full_dtype_range=adapter.generated)
+            image, value_range = apply_policy(
+                image, policy, it.source, full_dtype_range=adapter.generated, key=policy_key
+            )
             sample = prepare_sample(it.image_id, image, mask, it.source, size, value_range)
             group = it.group() if it.group is not None else None
         except DataError as exc:

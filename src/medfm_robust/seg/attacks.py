@@ -4,7 +4,13 @@ The loss is the binary cross-entropy between the model's logits (at the original
 full preprocessing: :meth:`PromptableSegmenter.forward`) and the ground-truth mask, averaged over each
 image's pixels and summed over the batch (so every image's gradient is independent of the batch). The box
 prompt is fixed (never attacked). Models must be in ``eval()`` mode (no dropout in the gradient or the
-score). Adversarial images are quantised to ``quantize_bits`` (8) before scoring.
+score).
+
+Units: [0, 1] is the image's own value range (``x01 = (stored - lo) / (hi - lo)``, the shard's
+``value_range``, :func:`medfm_robust.seg.models.to_unit_range`), so ``eps`` is a fraction of that range: on
+a uint16 slice stored in [0, 1300], ``eps = 2/255`` allows ``2/255 * 1300 ~ 10.2`` stored units. Adversarial
+images are quantised to the image's stored integer grid (:func:`quantize_to_range`; ``1/255`` steps for
+8-bit images), or to ``quantize_bits`` when no value range is given.
 
 Levels ``1..5``: ``eps = 2, 4, 6, 8, 10 / 255``; PGD with ``3, 5, 7, 10, 15`` steps of size
 ``2.5 * eps / steps`` from a uniform random start in the eps-ball (seeded per image and level), projected on
@@ -68,6 +74,20 @@ def quantize(x01: torch.Tensor, bits: int = 8) -> torch.Tensor:
     """Round [0, 1] values to the ``2**bits - 1`` grid (what saving as an 8-bit image would do)."""
     scale = float(2**bits - 1)
     return torch.round(x01.clamp(0.0, 1.0) * scale) / scale
+
+
+def quantize_to_range(x01: torch.Tensor, value_ranges: Sequence[Sequence[float]]) -> torch.Tensor:
+    """Round each image of ``x01`` (``B x C x H x W`` in [0, 1] of its value range ``[lo, hi]``) to the
+    stored integer values: ``(round(x * (hi - lo) + lo) - lo) / (hi - lo)``, clipped to [0, 1]. For
+    ``[0, 255]`` this is :func:`quantize` at 8 bits, bit for bit."""
+    if len(value_ranges) != x01.shape[0]:
+        raise ConfigError(f"{x01.shape[0]} images but {len(value_ranges)} value ranges")
+    shape = (-1,) + (1,) * (x01.ndim - 1)
+    lo = torch.tensor([float(r[0]) for r in value_ranges], dtype=x01.dtype, device=x01.device).view(shape)
+    span = torch.tensor(
+        [float(r[1]) - float(r[0]) for r in value_ranges], dtype=x01.dtype, device=x01.device
+    ).view(shape)
+    return ((torch.round(x01.clamp(0.0, 1.0) * span + lo) - lo) / span).clamp(0.0, 1.0)
 
 
 def attack_loss(logits: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
@@ -147,11 +167,14 @@ def run_attack(
     gt: torch.Tensor,
     keys: Sequence[tuple[str, str]],
     seed: int,
+    value_ranges: Sequence[Sequence[float] | None] | None = None,
 ) -> torch.Tensor:
-    """Adversarial batch for ``attack`` at ``level``, quantised to ``settings.quantize_bits``.
+    """Adversarial batch for ``attack`` at ``level``, quantised to each image's stored grid.
 
-    ``x01``: ``B x C x H x W`` in [0, 1]; ``boxes``: ``B x 4`` original-pixel boxes; ``gt``: ``B x 1 x H x W``
-    binary; ``keys``: (dataset, image id) per image for the seeded PGD start.
+    ``x01``: ``B x C x H x W`` in [0, 1] of each image's value range; ``boxes``: ``B x 4`` original-pixel
+    boxes; ``gt``: ``B x 1 x H x W`` binary; ``keys``: (dataset, image id) per image for the seeded PGD
+    start; ``value_ranges``: per image the shard's ``[lo, hi]`` (None entries: 8-bit, ``[0, 255]``);
+    without it the result is quantised to ``settings.quantize_bits``.
     """
     if attack not in ATTACKS:
         raise ConfigError(f"unknown attack '{attack}' (known: {', '.join(ATTACKS)})")
@@ -171,4 +194,6 @@ def run_attack(
             start,
         )
         log.debug("pgd level %d: final loss %.4f", level, loss)
-    return quantize(x_adv, settings.quantize_bits)
+    if value_ranges is None:
+        return quantize(x_adv, settings.quantize_bits)
+    return quantize_to_range(x_adv, [(0.0, 255.0) if r is None else r for r in value_ranges])

@@ -53,7 +53,8 @@ class SegData:
     """One split held in memory.
 
     Attributes:
-        images: ``N x 3 x S x S`` uint8 tensor (8-bit sources) or float32 in [0, 1] (16-bit sources).
+        images: ``N x 3 x S x S`` uint8 tensor (8-bit images with range [0, 255]) or float32 in [0, 1] of
+            each image's value range (16-bit images).
         masks: ``N x S x S`` bool tensor.
         image_ids: ``N`` image ids (sorted as in the shard).
         dataset: dataset name per image (pretraining mixes datasets).
@@ -73,21 +74,27 @@ class SegData:
         return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
 
 
-def image_to_chw(image: np.ndarray, *, source: str) -> torch.Tensor:
+def image_to_chw(
+    image: np.ndarray, *, source: str, value_range: Sequence[float] | None = None
+) -> torch.Tensor:
     """``H x W`` or ``H x W x 3`` uint8/uint16 array to a ``3 x H x W`` tensor.
 
-    uint8 stays uint8 (0..255); uint16 becomes float32 in [0, 1] (divided by 65535).
+    uint8 with range [0, 255] (or none) stays uint8 (0..255); otherwise float32 in [0, 1] of the image's
+    ``value_range`` (the shard column, :func:`medfm_robust.intensity.to_unit`; required for uint16).
     """
+    from medfm_robust.intensity import to_unit
+
     if image.ndim == 2:
         image = np.repeat(image[:, :, None], 3, axis=2)
     if image.ndim != 3 or image.shape[2] != 3:
         raise DataError(f"{source}: expected an H x W or H x W x 3 image, got shape {image.shape}")
-    t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-    if image.dtype == np.uint8:
-        return t
-    if image.dtype == np.uint16:
-        return t.float() / 65535.0
-    raise DataError(f"{source}: unsupported image dtype {image.dtype}")
+    if image.dtype not in (np.uint8, np.uint16):
+        raise DataError(f"{source}: unsupported image dtype {image.dtype}")
+    if image.dtype == np.uint8 and (value_range is None or tuple(map(float, value_range)) == (0.0, 255.0)):
+        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+    if value_range is None:
+        raise DataError(f"{source}: {image.dtype} image without a value_range column (re-run the ingestion)")
+    return torch.from_numpy(np.ascontiguousarray(to_unit(image, value_range).transpose(2, 0, 1)))
 
 
 def load_split(
@@ -118,7 +125,7 @@ def load_split(
     missing = sorted(need - set(table.column_names))
     if missing:
         raise DataError(f"{p}: missing column(s) {missing}")
-    cols = table.select(sorted(need)).to_pydict()
+    cols = table.select(sorted(need | ({"value_range"} & set(table.column_names)))).to_pydict()
     order = sorted(range(len(cols["image_id"])), key=lambda i: str(cols["image_id"][i]))
     if max_images is not None:
         order = order[:max_images]
@@ -126,7 +133,8 @@ def load_split(
     for i in order:
         iid = str(cols["image_id"][i])
         src = f"{p} image_id={iid}"
-        img = image_to_chw(decode_png(cols["image_png"][i], source=f"{src} image_png"), source=src)
+        image = decode_png(cols["image_png"][i], source=f"{src} image_png")
+        img = image_to_chw(image, source=src, value_range=cols.get("value_range", [None] * (i + 1))[i])
         mask_arr = decode_png(cols["mask_png"][i], source=f"{src} mask_png")
         if mask_arr.ndim == 3:
             mask_arr = mask_arr.max(axis=2)

@@ -73,7 +73,8 @@ class RunIdentity:
 
 @dataclass
 class Sample:
-    """One image to score: stored pixels, boolean GT mask, box prompt and row metadata."""
+    """One image to score: stored pixels, boolean GT mask, box prompt, row metadata and the stored values
+    meaning black and white (the shard's ``value_range``; None only for 8-bit images)."""
 
     image_id: str
     image: np.ndarray
@@ -81,6 +82,7 @@ class Sample:
     box: np.ndarray
     meta: dict[str, Any]
     image_hash: str = ""
+    value_range: tuple[float, float] | None = None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -114,6 +116,21 @@ def _read_table(path: str | Path, columns: Sequence[str]) -> pd.DataFrame:
     if missing:
         raise DataError(f"{p}: missing column(s) {', '.join(missing)}")
     return table
+
+
+def row_value_range(
+    row: Any, image: np.ndarray, src: str, default: tuple[float, float] | None = None
+) -> tuple[float, float] | None:
+    """A shard row's ``value_range`` column, checked (absent or null: ``default``, which only an 8-bit
+    image may lack: its range is then [0, 255])."""
+    from medfm_robust.intensity import check_value_range
+
+    value = getattr(row, "value_range", None)
+    if value is not None:
+        return check_value_range([float(v) for v in value], f"{src} value_range")
+    if default is None and image.dtype != np.uint8:
+        raise DataError(f"{src}: {image.dtype} image without a value_range column (re-run the ingestion)")
+    return default
 
 
 def select_image_ids(
@@ -168,6 +185,7 @@ def load_test_samples(
                 f"{src}: stored box {list(row.box)} is not the tight box {tight.tolist()} of the mask"
             )
         box = jitter_box(tight, mask.shape, jitter, dataset, row.image_id)
+        value_range = row_value_range(row, image, src)
         meta = {
             "modality": row.modality,
             "perturbation": "clean",
@@ -176,7 +194,7 @@ def load_test_samples(
             "ssim": 1.0,
             "in_band": True,
         }
-        samples.append(Sample(row.image_id, image, mask, box, meta, array_hash(image)))
+        samples.append(Sample(row.image_id, image, mask, box, meta, array_hash(image), value_range))
     return samples
 
 
@@ -247,7 +265,8 @@ def load_perturbed_samples(
             "ssim": float(row.ssim),
             "in_band": bool(row.in_band),
         }
-        samples.append(Sample(row.image_id, image, mask, box_f, meta, array_hash(image)))
+        value_range = row_value_range(row, image, src, base.value_range)  # else the clean image's
+        samples.append(Sample(row.image_id, image, mask, box_f, meta, array_hash(image), value_range))
     if dropped:
         log.warning("%s: %d row(s) not scored, the label left the image: %s", shard, len(dropped), dropped)
     return samples
@@ -276,7 +295,7 @@ def predict_masks(
     model: PromptableSegmenter, encoder: EmbeddingEncoder, batch: Sequence[Sample]
 ) -> np.ndarray:
     """Boolean predictions ``B x H x W`` for one batch (one encoder pass per image not in the cache)."""
-    x = images_to_batch([s.image for s in batch])
+    x = images_to_batch([s.image for s in batch], value_ranges=[s.value_range for s in batch])
     emb = encoder.encode(x, [s.image_hash for s in batch])
     hw = (int(x.shape[-2]), int(x.shape[-1]))
     logits = model.decode(emb, _boxes(batch).to(emb.device), hw)
@@ -427,11 +446,14 @@ def evaluate_attacks(
         rows: list[dict[str, Any]] = []
         for level in tqdm(attack.levels, desc=f"{dataset} {name}", unit="level", leave=False):
             for batch in _batches(clean, settings.batch_size):
-                x = images_to_batch([s.image for s in batch]).to(device)
+                ranges = [s.value_range for s in batch]
+                x = images_to_batch([s.image for s in batch], value_ranges=ranges).to(device)
                 gt = torch.from_numpy(np.stack([s.mask for s in batch])[:, None]).to(device)
                 boxes = _boxes(batch).to(device)
                 keys = [(dataset, s.image_id) for s in batch]
-                x_adv = run_attack(model, name, level, attack, x, boxes, gt, keys, settings.seed)
+                x_adv = run_attack(
+                    model, name, level, attack, x, boxes, gt, keys, settings.seed, value_ranges=ranges
+                )
                 with torch.no_grad():
                     preds = (model(x_adv, boxes)[:, 0] > 0).cpu().numpy()
                 adv_u8 = np.round(x_adv.permute(0, 2, 3, 1).cpu().numpy() * 255).astype(np.uint8)

@@ -7,8 +7,9 @@ the official checkpoints, and fine-tuning strategies freeze or unfreeze by submo
 Input convention (all models):
 
 * ``x01``: ``B x C x H x W`` float tensor in [0, 1], ``C`` 1 (grayscale, repeated to 3 channels) or 3 (RGB).
-  :func:`to_unit_range` makes it from stored images: ``uint8 / 255``, ``uint16 / 65535`` (the dtype range,
-  not the image range; models that min-max normalise do so themselves).
+  :func:`to_unit_range` makes it from stored images and their shard ``value_range`` (the stored values
+  meaning black and white, :mod:`medfm_robust.intensity`): ``(x - lo) / (hi - lo)``; 8-bit images without
+  one are ``x / 255``. Models that min-max normalise do so themselves.
 * ``boxes_px``: ``B x 4`` float tensor ``[x_min, y_min, x_max, y_max]`` in pixels of the ORIGINAL image,
   inclusive max (as derived from ``np.where`` of the mask). Each wrapper scales them to its input space the
   way its authors do (coordinate times new size / old size).
@@ -62,18 +63,18 @@ BUNDLED = "bundled"  # checkpoint value: the LiteMedSAM asset shipped in `medsam
 # Input helpers
 
 
-def to_unit_range(image: np.ndarray) -> np.ndarray:
+def to_unit_range(image: np.ndarray, value_range: Sequence[float] | None = None) -> np.ndarray:
     """Stored image (``H x W`` or ``H x W x 3``, uint8 or uint16) to float32 ``H x W x 3`` in [0, 1].
 
-    uint8 is divided by 255 and uint16 by 65535 (the dtype range); grayscale is repeated to 3 channels.
+    ``value_range``: the shard's ``[lo, hi]`` (:func:`medfm_robust.intensity.to_unit`); only uint8 may omit
+    it (``x / 255``), a 16-bit image without it is a ``DataError``. Grayscale is repeated to 3 channels.
     """
+    from medfm_robust.intensity import to_unit
+
     arr = np.asarray(image)
-    if arr.dtype == np.uint8:
-        out = arr.astype(np.float32) / 255.0
-    elif arr.dtype == np.uint16:
-        out = arr.astype(np.float32) / 65535.0
-    else:
+    if arr.dtype not in (np.uint8, np.uint16):
         raise DataError(f"segmentation input must be uint8 or uint16, got {arr.dtype}")
+    out = to_unit(arr, value_range)
     if out.ndim == 3 and out.shape[2] == 1:
         out = out[:, :, 0]
     if out.ndim == 2:
@@ -83,9 +84,17 @@ def to_unit_range(image: np.ndarray) -> np.ndarray:
     return out
 
 
-def images_to_batch(images: Sequence[np.ndarray], device: torch.device | str = "cpu") -> torch.Tensor:
-    """Stack stored images of one size into a ``B x 3 x H x W`` float32 tensor in [0, 1]."""
-    arrays = [to_unit_range(im) for im in images]
+def images_to_batch(
+    images: Sequence[np.ndarray],
+    device: torch.device | str = "cpu",
+    value_ranges: Sequence[Sequence[float] | None] | None = None,
+) -> torch.Tensor:
+    """Stack stored images of one size into a ``B x 3 x H x W`` float32 tensor in [0, 1] (each through
+    :func:`to_unit_range` with its ``value_ranges`` entry; None: 8-bit images only)."""
+    ranges = list(value_ranges) if value_ranges is not None else [None] * len(images)
+    if len(ranges) != len(images):
+        raise DataError(f"{len(images)} images but {len(ranges)} value ranges")
+    arrays = [to_unit_range(im, vr) for im, vr in zip(images, ranges, strict=True)]
     shapes = {a.shape for a in arrays}
     if len(shapes) != 1:
         raise DataError(f"images in one batch must share their size, got {sorted(shapes)}")
