@@ -146,3 +146,23 @@ def test_folder_group_by_regex_and_csv(tmp_path: Path) -> None:
         ingest_dataset("f", {**spec, "group_by": r"^(case\d+)"}, DATA, tmp_path / "x", progress=False)
     with pytest.raises(ConfigError, match=r"datasets\.f\.group_by.*one capture group"):
         ingest_dataset("f", {**spec, "group_by": r"pat\d+"}, DATA, tmp_path / "x", progress=False)
+
+
+def test_brain_tumor_pid_from_older_v5_files(tmp_path: Path) -> None:
+    from scipy.io import savemat
+
+    img, msk = fixture_sample("mri", "v5", (20, 24))
+    cj = {"image": img.astype(np.int16), "tumorMask": msk.astype(np.uint8), "PID": "MR-042"}
+    savemat(tmp_path / "7.mat", {"cjdata": cj})
+    assert read_brain_tumor_pid(tmp_path / "7.mat") == "MR-042"
+    savemat(tmp_path / "8.mat", {"cjdata": {"image": cj["image"], "tumorMask": cj["tumorMask"]}})
+    with pytest.raises(DataError, match=r"8\.mat: field cjdata\.PID"):
+        read_brain_tumor_pid(tmp_path / "8.mat")
+
+
+def test_group_by_is_for_the_folder_adapter_only(tmp_path: Path) -> None:
+    from medfm_robust.data.ingest import check_dataset_paths
+
+    cfg = {"datasets": {"bt": {"adapter": "brain_tumor", "path": str(tmp_path), "group_by": "^(p)"}}}
+    with pytest.raises(ConfigError, match=r"datasets\.bt\.group_by"):
+        check_dataset_paths(cfg)
