@@ -1,4 +1,4 @@
-"""Sub-commands of the vlm stage: ``vlm-samples``, ``vlm-parse``, ``vlm-api-check``."""
+"""Sub-commands of the vlm stage: ``vlm-samples``, ``vlm-parse``, ``vlm-api-check``, ``vlm-convert``."""
 
 from __future__ import annotations
 
@@ -30,6 +30,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--config", default="config/config.yaml", help="workflow config (default: %(default)s)")
     p.set_defaults(func=_api_check)
 
+    p = subparsers.add_parser("vlm-convert", help="convert an official VLM release to a transformers folder")
+    p.add_argument("family", choices=["llava-med"], help="release format (llava-med: LLaVA-Med v1.5)")
+    p.add_argument("src", help="the official release folder (config.json, shards, tokenizer.model)")
+    p.add_argument("dst", help="output folder (must not exist)")
+    p.add_argument("--vision-tower", default=None,
+                   help="local copy of the CLIP folder named by mm_vision_tower (config, preprocessor)")
+    p.set_defaults(func=_convert)
+
 
 def _samples(args: argparse.Namespace) -> int:
     from medfm_robust.config import load_config
@@ -55,6 +63,16 @@ def _parse(args: argparse.Namespace) -> int:
     p = parse_answer(args.task, args.text, sample, args.convention)
     print(json.dumps({"ok": p.ok, "parsed": p.text, "method": p.method}))
     return 0 if p.ok else 1
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from medfm_robust.logs import setup_logging
+    from medfm_robust.vlm.convert_llava import convert_llava_med
+
+    setup_logging()
+    record = convert_llava_med(args.src, args.dst, vision_tower=args.vision_tower)
+    print(json.dumps(record))
+    return 0
 
 
 def _api_check(args: argparse.Namespace) -> int:

@@ -5,11 +5,13 @@ A model is built from its config entry (``vlm.models.<name>``) by :func:`load_vl
 model carries a ``revision`` string (weights and adapter hash, or the API model name) that is written beside
 each result so numbers can be traced to the exact weights.
 
-Local models (``medgemma``, ``medgemma_1_5``: Gemma 3 image-text-to-text; ``llava_med``: LLaVA-Med v1.5 in
-``transformers``' Llava format; ``tiny_llava`` / ``tiny_gemma3``) are loaded from a folder with
-``AutoProcessor`` and ``AutoModelForImageTextToText``; prompts are rendered with the processor's own chat
-template; decoding is greedy; batches are left-padded so that the new tokens of every row start at the same
-position.
+Local models (``medgemma``, ``medgemma_1_5``: Gemma 3 image-text-to-text; ``llava_med``: LLaVA-Med v1.5
+converted to ``transformers``' Llava format by ``medfm-robust vlm-convert llava-med``; ``tiny_llava`` /
+``tiny_gemma3``) are loaded from a folder with ``AutoProcessor`` and ``AutoModelForImageTextToText``; prompts
+are rendered with the processor's own chat template; decoding is greedy; batches are left-padded so that the
+new tokens of every row start at the same position. A converted LLaVA-Med folder (it holds ``llava_med.json``)
+is fed as the LLaVA code base feeds it (:class:`medfm_robust.vlm.llava_med.LlavaMedProcessor`: mean-colour
+square padding, ``mistral_instruct`` prompt, chunk-wise tokenisation around the image).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from medfm_robust.errors import CheckpointError, ConfigError, DataError
+from medfm_robust.vlm.llava_med import MARKER as LLAVA_MED_MARKER
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +232,10 @@ def load_local_vlm(
         log.warning("%s: %s weights on CPU are slow; consider dtype float32 for CPU runs", name, dtype)
     path = Path(path)
     processor = AutoProcessor.from_pretrained(path)
+    if (path / LLAVA_MED_MARKER).is_file():  # converted LLaVA-Med: the original's padding and tokenisation
+        from medfm_robust.vlm.llava_med import LlavaMedProcessor
+
+        processor = LlavaMedProcessor.from_folder(path, processor)
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch_dtype)
     revision = folder_revision(path)
     if adapter_dir is not None:
