@@ -17,6 +17,7 @@ square padding, ``mistral_instruct`` prompt, chunk-wise tokenisation around the 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -157,6 +158,7 @@ class LocalVLM:
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.revision = revision
+        self.processor_settings: dict[str, Any] = {}  # Gemma 3: what the processor applies (checked)
 
     def render(self, prompt: str) -> str:
         """The full model input text for one user prompt (chat template, generation prompt added)."""
@@ -231,11 +233,19 @@ def load_local_vlm(
     if device == "cpu" and torch_dtype != torch.float32:
         log.warning("%s: %s weights on CPU are slow; consider dtype float32 for CPU runs", name, dtype)
     path = Path(path)
-    processor = AutoProcessor.from_pretrained(path)
+    # PIL image backend: resizes the 8-bit image as the released (slow) image processors do; transformers'
+    # default torchvision backend resizes in float and differs by up to 2/255 per pixel
+    processor = AutoProcessor.from_pretrained(path, backend="pil")
+    settings: dict[str, Any] = {}
     if (path / LLAVA_MED_MARKER).is_file():  # converted LLaVA-Med: the original's padding and tokenisation
         from medfm_robust.vlm.llava_med import LlavaMedProcessor
 
         processor = LlavaMedProcessor.from_folder(path, processor)
+    elif json.loads((path / "config.json").read_text()).get("model_type") == "gemma3":
+        from medfm_robust.vlm.processor_check import check_processor_parity
+
+        settings = check_processor_parity(path, processor)  # MedGemma: settings as the folder declares
+        log.info("%s: processor settings %s", name, settings)
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch_dtype)
     revision = folder_revision(path)
     if adapter_dir is not None:
@@ -247,8 +257,10 @@ def load_local_vlm(
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
         revision = f"{revision}+lora-{folder_revision(adapter)}"
     model = model.to(device).eval()
-    return LocalVLM(name, model, processor, revision=f"{name}@{revision}", batch_size=batch_size,
-                    system_prompt=system_prompt, image_position=image_position)
+    vlm = LocalVLM(name, model, processor, revision=f"{name}@{revision}", batch_size=batch_size,
+                   system_prompt=system_prompt, image_position=image_position)
+    vlm.processor_settings = settings
+    return vlm
 
 
 class ApiVLM:

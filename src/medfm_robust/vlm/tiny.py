@@ -129,7 +129,7 @@ def build_tiny_llava(tokenizer: Any, arch: dict[str, Any]) -> tuple[Any, Any]:
         LlavaForConditionalGeneration,
         LlavaProcessor,
     )
-    from transformers.models.clip import CLIPImageProcessor
+    from transformers.models.clip import CLIPImageProcessorPil
 
     size, patch = int(arch["image_size"]), int(arch["patch_size"])
     _check_geometry(size, patch)
@@ -164,7 +164,7 @@ def build_tiny_llava(tokenizer: Any, arch: dict[str, Any]) -> tuple[Any, Any]:
     )
     model = LlavaForConditionalGeneration(cfg)
     _set_generation_ids(model, tokenizer)
-    image_processor = CLIPImageProcessor(
+    image_processor = CLIPImageProcessorPil(  # PIL backend, as the evaluation loads it (models.py)
         size={"shortest_edge": size},
         crop_size={"height": size, "width": size},
         do_center_crop=True,
@@ -195,7 +195,7 @@ def build_tiny_gemma3(tokenizer: Any, arch: dict[str, Any]) -> tuple[Any, Any]:
         Gemma3TextConfig,
         SiglipVisionConfig,
     )
-    from transformers.models.gemma3 import Gemma3ImageProcessor
+    from transformers.models.gemma3 import Gemma3ImageProcessorPil
 
     size, patch = int(arch["image_size"]), int(arch["patch_size"])
     _check_geometry(size, patch)
@@ -248,7 +248,7 @@ def build_tiny_gemma3(tokenizer: Any, arch: dict[str, Any]) -> tuple[Any, Any]:
     # as in the real Gemma 3 checkpoints, a model turn ends generation at <end_of_turn> as well as at <eos>
     model.generation_config.eos_token_id = [tokenizer.eos_token_id,
                                             tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS["eot"])]
-    image_processor = Gemma3ImageProcessor(size={"height": size, "width": size}, do_pan_and_scan=False)
+    image_processor = Gemma3ImageProcessorPil(size={"height": size, "width": size}, do_pan_and_scan=False)
     processor = Gemma3Processor(
         image_processor=image_processor,
         tokenizer=tokenizer,
