@@ -313,3 +313,33 @@ def test_bad_release_fields_name_the_file_and_field(release, tmp_path):
         convert_llava_med(src, tmp_path / "out")
     (src / "config.json").write_text(json.dumps({**cfg, "mm_vision_tower": "someone/unknown-tower"}))
     assert main(["vlm-convert", "llava-med", str(src), str(tmp_path / "out")]) == 2
+
+
+def test_tower_weights_come_from_the_mm_vision_tower_folder_when_it_holds_them(release, converted, tmp_path):
+    """As the original, which builds the CLIP tower from ``mm_vision_tower`` and ignores the shards' copy."""
+    from safetensors.torch import save_file
+    from transformers import LlavaForConditionalGeneration
+
+    from medfm_robust.vlm.convert_llava import convert_llava_med
+
+    assert json.loads((converted / "llava_med.json").read_text())["tower_weights"] == "shards"
+    tower = tmp_path / "clip-tower"
+    shutil.copytree(release["root"] / "clip-tower", tower)
+    gen = torch.Generator().manual_seed(5)
+    sd = dict(release["sd"])
+    theirs = {}
+    for key in [k for k in sd if k.startswith(T)]:
+        sd[key] = sd[key] + 0.05 * torch.randn(sd[key].shape, generator=gen)
+        theirs["vision_model." + key[len(T):]] = sd[key]
+    save_file(theirs, tower / "model.safetensors")
+    record = convert_llava_med(release["src"], tmp_path / "out", vision_tower=tower)
+    assert record["tower_weights"] == str(tower) and record["tower_max_abs_diff_to_shards"] > 0.05
+    model = LlavaForConditionalGeneration.from_pretrained(tmp_path / "out", dtype=torch.float32).eval()
+    sp = spm.SentencePieceProcessor(model_file=str(release["src"] / "tokenizer.model"))
+    ids = ref_input_ids(sp, PROMPT)
+    pos = ids.index(IMAGE_INDEX)
+    expanded = ids[:pos] + [VOCAB] * 16 + ids[pos + 1:]
+    pixels = ref_pixels(np.full((16, 16, 3), 90, np.uint8))
+    with torch.no_grad():
+        ours = model(input_ids=torch.tensor([expanded]), pixel_values=pixels).logits[0, -1, :VOCAB]
+    assert float((ours - ref_logits(sd, ids, pixels)).abs().max()) < 1e-4

@@ -7,7 +7,11 @@ The release (``microsoft/llava-med-v1.5-mistral-7b``) holds ``config.json`` (``m
 
 - ``model.embed_tokens``, ``model.layers.N.*``, ``model.norm``, ``lm_head``: a Mistral causal LM;
 - ``model.mm_projector.{0,2}.{weight,bias}``: ``mlp2x_gelu`` = Linear, GELU, Linear;
-- ``model.vision_tower.vision_tower.vision_model.*``: the CLIP vision tower (``CLIPVisionModel``).
+- ``model.vision_tower.vision_tower.vision_model.*``: a copy of the CLIP vision tower (``CLIPVisionModel``).
+  The original code ignores this copy: it builds the tower, its config and its image processor from the folder
+  named by ``mm_vision_tower`` (``openai/clip-vit-large-patch14-336``). When that folder is given (or found),
+  its weights replace the copy (the difference is recorded); otherwise the copy is used (identical when the
+  tower was frozen in training).
 
 The output is ``LlavaForConditionalGeneration`` (``model.language_model.*``, ``model.multi_modal_projector.
 linear_{1,2}``, ``model.vision_tower.*``, ``lm_head``) with ``vision_feature_layer = mm_vision_select_layer``
@@ -143,6 +147,35 @@ def tower_files(cfg: dict[str, Any], src: Path, vision_tower: str | Path | None)
                           "folder nor a known tower; pass its folder with --vision-tower")
 
 
+def tower_weights(state: dict[str, Any], origin: str) -> dict[str, Any]:
+    """Replace the shards' copy of the CLIP tower by the weights in the ``mm_vision_tower`` folder when it
+    holds any (the original builds the tower from that folder and ignores the copy); returns a record of the
+    replacement (where the weights came from, max absolute difference to the shards' copy)."""
+    folder = Path(origin)
+    has_weights = any(folder.glob("*.safetensors")) or any(folder.glob("pytorch_model*.bin"))
+    if not folder.is_dir() or not has_weights:
+        return {"tower_weights": "shards"}
+    theirs = {k[len("vision_model."):]: v for k, v in load_state_dict(folder).items()
+              if k.startswith("vision_model.") and not any(re.search(p, k) for p in DERIVED_BUFFERS)}
+    ours = {k[len(TOWER_PREFIX):] for k in state
+            if k.startswith(TOWER_PREFIX) and not any(re.search(p, k) for p in DERIVED_BUFFERS)}
+    if set(theirs) != ours:
+        raise CheckpointError(f"{folder}: its vision_model weights do not match the tower keys in the shards "
+                              f"({sorted(set(theirs) ^ ours)[:3]})")
+    diff = 0.0
+    for key, value in theirs.items():
+        mine = state[TOWER_PREFIX + key]
+        if tuple(value.shape) != tuple(mine.shape):
+            raise CheckpointError(f"{folder}: vision_model.{key} has shape {tuple(value.shape)}, the shards' "
+                                  f"copy {tuple(mine.shape)}")
+        diff = max(diff, float((value.float() - mine.float()).abs().max()))
+        state[TOWER_PREFIX + key] = value.to(mine.dtype)
+    if diff > 0:
+        log.warning("CLIP tower in %s differs from the shards' copy (max |diff| %.3g); using the folder's, "
+                    "as the original code does", folder, diff)
+    return {"tower_weights": str(folder), "tower_max_abs_diff_to_shards": diff}
+
+
 def vision_config(conf: dict[str, Any], state: dict[str, Any], origin: str) -> Any:
     """``CLIPVisionConfig`` from the tower's config, checked against the shapes of its weights."""
     from transformers import CLIPVisionConfig
@@ -259,6 +292,7 @@ def convert_llava_med(src: str | Path, dst: str | Path, *, vision_tower: str | P
     state = load_state_dict(src)
     v_conf, pre_conf, origin = tower_files(cfg, src, vision_tower)
     vc = vision_config(v_conf, state, origin)
+    tower_record = tower_weights(state, origin)
     tc = text_config(cfg)
     strategy = "default" if cfg.get("mm_vision_select_feature", "patch") == "patch" else "full"
     vocab = int(cfg["vocab_size"])
@@ -297,7 +331,7 @@ def convert_llava_med(src: str | Path, dst: str | Path, *, vision_tower: str | P
     record = {"source": str(src), "vision_tower": origin, "image_aspect_ratio": cfg.get("image_aspect_ratio"),
               "conv_template": "mistral_instruct", "image_token_id": vocab,
               "num_image_tokens": num_image_tokens(vc.image_size, vc.patch_size),
-              "keys_mapped": len(state), "dtype": str(dtype).replace("torch.", "")}
+              "keys_mapped": len(state), "dtype": str(dtype).replace("torch.", ""), **tower_record}
     (dst / MARKER).write_text(json.dumps(record, indent=2) + "\n")
     log.info("converted %s -> %s (%d keys)", src, dst, len(state))
     return record
