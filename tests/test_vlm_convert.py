@@ -258,8 +258,12 @@ def test_converted_model_gives_the_original_next_token_logits(release, converted
     assert diff < 1e-4
     assert int(ours[:VOCAB].argmax()) == int(ref.argmax())
     assert vlm.model.generation_config.suppress_tokens == [VOCAB]  # <image> is never generated
-    out = vlm.generate([image, image[:, :8]], [PROMPT, "Describe it."], "caption", 3)
-    assert len(out) == 2 and all(isinstance(o, str) for o in out)
+    images, prompts = [image, image[:, :8]], [PROMPT, "Describe it."]  # different lengths: left padding
+    out = vlm.generate(images, prompts, "caption", 4)
+    assert len(out) == 2 and all(isinstance(o, str) and o for o in out), out
+    spec = {"kind": "local", "dtype": "float32", "batch_size": 1}
+    single = load_vlm("llava_med", spec, model_dir=converted, device="cpu")
+    assert single.generate(images, prompts, "caption", 4) == out
 
 
 def test_conversion_record_and_folder(converted):
