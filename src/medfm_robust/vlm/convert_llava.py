@@ -331,7 +331,7 @@ def convert_llava_med(src: str | Path, dst: str | Path, *, vision_tower: str | P
     record = {"source": str(src), "vision_tower": origin, "image_aspect_ratio": cfg.get("image_aspect_ratio"),
               "conv_template": "mistral_instruct", "image_token_id": vocab,
               "num_image_tokens": num_image_tokens(vc.image_size, vc.patch_size),
-              "keys_mapped": len(state), "dtype": str(dtype).replace("torch.", ""), **tower_record}
+              "source_keys": len(state), "dtype": str(dtype).replace("torch.", ""), **tower_record}
     (dst / MARKER).write_text(json.dumps(record, indent=2) + "\n")
     log.info("converted %s -> %s (%d keys)", src, dst, len(state))
     return record
