@@ -347,3 +347,16 @@ def test_tower_weights_come_from_the_mm_vision_tower_folder_when_it_holds_them(r
     with torch.no_grad():
         ours = model(input_ids=torch.tensor([expanded]), pixel_values=pixels).logits[0, -1, :VOCAB]
     assert float((ours - ref_logits(sd, ids, pixels)).abs().max()) < 1e-4
+
+
+def test_mistral_instruct_is_used_when_the_folder_has_no_chat_template(converted, tmp_path):
+    """LLaVA's conv_mistral_instruct (LLAMA_2 style, empty system): image first, a system text in <<SYS>>."""
+    from medfm_robust.vlm.models import load_vlm
+
+    copy = tmp_path / "no-template"
+    shutil.copytree(converted, copy)
+    (copy / "chat_template.jinja").unlink()
+    spec = {"kind": "local", "dtype": "float32", "system_prompt": "Be brief.", "image_position": "after"}
+    vlm = load_vlm("llava_med", spec, model_dir=copy, device="cpu")
+    assert vlm.processor.processor.chat_template is None
+    assert vlm.render(PROMPT) == f"[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\n<image>\n{PROMPT} [/INST]"
