@@ -317,6 +317,11 @@ def test_bad_release_fields_name_the_file_and_field(release, tmp_path):
         convert_llava_med(src, tmp_path / "out")
     (src / "config.json").write_text(json.dumps({**cfg, "mm_vision_tower": "someone/unknown-tower"}))
     assert main(["vlm-convert", "llava-med", str(src), str(tmp_path / "out")]) == 2
+    # the released tower's facts (ViT-L/14-336) are checked against the weights: here they are tiny
+    known = {**cfg, "mm_vision_tower": "openai/clip-vit-large-patch14-336"}
+    (src / "config.json").write_text(json.dumps(known))
+    with pytest.raises(CheckpointError, match=r"'hidden_size' is 1024 but the tower weights in the shards"):
+        convert_llava_med(src, tmp_path / "out")
 
 
 def test_tower_weights_come_from_the_mm_vision_tower_folder_when_it_holds_them(release, converted, tmp_path):
