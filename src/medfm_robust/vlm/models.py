@@ -132,6 +132,8 @@ class LocalVLM:
         batch_size: prompts per ``generate`` call (left padding).
         system_prompt: optional system turn (dropped by chat templates without a system role).
         image_position: ``before`` or ``after`` the text in the user turn.
+        processor_settings: what the processor applies, checked against the folder's files (Gemma 3; see
+            :mod:`medfm_robust.vlm.processor_check`).
     """
 
     def __init__(
@@ -144,6 +146,7 @@ class LocalVLM:
         batch_size: int = 8,
         system_prompt: str | None = None,
         image_position: str = "before",
+        processor_settings: dict[str, Any] | None = None,
     ) -> None:
         self.name = name
         self.model = model
@@ -158,7 +161,7 @@ class LocalVLM:
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.revision = revision
-        self.processor_settings: dict[str, Any] = {}  # Gemma 3: what the processor applies (checked)
+        self.processor_settings = dict(processor_settings or {})
 
     def render(self, prompt: str) -> str:
         """The full model input text for one user prompt (chat template, generation prompt added)."""
@@ -257,10 +260,8 @@ def load_local_vlm(
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
         revision = f"{revision}+lora-{folder_revision(adapter)}"
     model = model.to(device).eval()
-    vlm = LocalVLM(name, model, processor, revision=f"{name}@{revision}", batch_size=batch_size,
-                   system_prompt=system_prompt, image_position=image_position)
-    vlm.processor_settings = settings
-    return vlm
+    return LocalVLM(name, model, processor, revision=f"{name}@{revision}", batch_size=batch_size,
+                    system_prompt=system_prompt, image_position=image_position, processor_settings=settings)
 
 
 class ApiVLM:
