@@ -4,6 +4,10 @@ A :class:`Table` holds *cells* in long form (row keys, a column label, ``mean``,
 ``n``) plus optional plain per-row columns (``extra``: rank, category, trainable parameters, ...). The CSV
 is wide with four columns per label (``<label>``, ``<label>_ci_low``, ``<label>_ci_high``, ``<label>_n``);
 Markdown and LaTeX show each cell as ``mean [ci_low, ci_high] n=N``.
+
+Honest cells: cells may carry ``n_images`` (distinct images, the bootstrap's resampling unit; CSV column
+``<label>_n_images``); a cell with fewer than the table's ``min_images`` images keeps its mean and n but
+loses its interval everywhere (CSV, Markdown, LaTeX, figures) and shows ``[k images, no CI]`` instead.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from medfm_robust.io import write_text_atomic
 from medfm_robust.report.palette import MODEL_LABELS, TASK_LABELS, label
 
 CELL_FIELDS = ("mean", "ci_low", "ci_high", "n")
+#: Optional cell field: distinct images behind the cell (see the module docstring).
+IMAGES_FIELD = "n_images"
 
 
 @dataclass
@@ -35,6 +41,7 @@ class Table:
         rows: the row-key frame in display order (defaults to the sorted unique rows of ``cells``).
         extra: per-row plain columns (joined on ``row_keys``), shown after the row keys.
         digits: decimals of the cell means.
+        min_images: cells with fewer distinct images (``n_images``) get no interval (0: no rule).
     """
 
     name: str
@@ -47,6 +54,14 @@ class Table:
     digits: int = 3
     notes: list[str] = field(default_factory=list)
     formatters: dict[str, Callable[[object], str]] = field(default_factory=dict)
+    min_images: int = 0
+
+    def __post_init__(self) -> None:
+        if self.min_images and IMAGES_FIELD in self.cells.columns:
+            few = pd.to_numeric(self.cells[IMAGES_FIELD], errors="coerce") < self.min_images
+            self.cells = self.cells.assign(
+                ci_low=self.cells["ci_low"].mask(few), ci_high=self.cells["ci_high"].mask(few)
+            )
 
     def row_frame(self) -> pd.DataFrame:
         """The rows in display order (row keys only)."""
@@ -59,13 +74,21 @@ class Table:
         out = self.row_frame()
         if self.extra is not None and len(self.extra.columns) > len(self.row_keys):
             out = out.merge(self.extra, on=self.row_keys, how="left")
+        imgs = [IMAGES_FIELD] if IMAGES_FIELD in self.cells.columns else []
         for col in self.columns:
-            sub = self.cells[self.cells["column"] == col][[*self.row_keys, *CELL_FIELDS]]
+            sub = self.cells[self.cells["column"] == col][[*self.row_keys, *CELL_FIELDS, *imgs]]
             sub = sub.rename(
-                columns={"mean": col, "ci_low": f"{col}_ci_low", "ci_high": f"{col}_ci_high", "n": f"{col}_n"}
+                columns={
+                    "mean": col,
+                    "ci_low": f"{col}_ci_low",
+                    "ci_high": f"{col}_ci_high",
+                    "n": f"{col}_n",
+                    **{c: f"{col}_{c}" for c in imgs},
+                }
             )
             out = out.merge(sub, on=self.row_keys, how="left")
-            out[f"{col}_n"] = out[f"{col}_n"].astype("Int64")
+            for c in ("n", *imgs):
+                out[f"{col}_{c}"] = out[f"{col}_{c}"].astype("Int64")
         return out
 
     def display(self) -> pd.DataFrame:
@@ -80,10 +103,17 @@ class Table:
                     out[col.replace("_", " ")] = wide[col].map(self.formatters.get(col, _plain))
         for col in self.columns:
             head = label(col) if col in MODEL_LABELS or col in TASK_LABELS else col
+            few = wide.get(f"{col}_{IMAGES_FIELD}", pd.Series(pd.NA, index=wide.index, dtype="Int64"))
+            few = few.where((few < self.min_images).fillna(False).astype(bool))
             out[head] = [
-                format_cell(m, lo, hi, n, self.digits)
-                for m, lo, hi, n in zip(
-                    wide[col], wide[f"{col}_ci_low"], wide[f"{col}_ci_high"], wide[f"{col}_n"], strict=True
+                format_cell(m, lo, hi, n, self.digits, k)
+                for m, lo, hi, n, k in zip(
+                    wide[col],
+                    wide[f"{col}_ci_low"],
+                    wide[f"{col}_ci_high"],
+                    wide[f"{col}_n"],
+                    few,
+                    strict=True,
                 )
             ]
         return out
@@ -97,12 +127,20 @@ def _plain(value: object) -> str:
     return str(value)
 
 
-def format_cell(mean: float, lo: float, hi: float, n: object, digits: int = 3) -> str:
-    """``0.034 [0.021, 0.047] n=120``; ``–`` for a missing cell; the CI is left out when not computed."""
+def format_cell(
+    mean: float, lo: float, hi: float, n: object, digits: int = 3, too_few_images: object = None
+) -> str:
+    """``0.034 [0.021, 0.047] n=120``; ``–`` for a missing cell; the CI is left out when not computed.
+
+    ``too_few_images`` (an image count, or None/NA) marks a cell under the table's ``min_images``: no
+    interval, ``0.034 [2 images, no CI] n=12``.
+    """
     if mean is None or pd.isna(mean):
         return "–"
     text = f"{mean:.{digits}f}"
-    if not (pd.isna(lo) or pd.isna(hi)):
+    if too_few_images is not None and not pd.isna(too_few_images):
+        text += f" [{int(too_few_images)} images, no CI]"
+    elif not (pd.isna(lo) or pd.isna(hi)):
         text += f" [{lo:.{digits}f}, {hi:.{digits}f}]"
     if n is not None and not pd.isna(n):
         text += f" n={int(n)}"
@@ -195,7 +233,7 @@ def cells_from(
     else:
         cols = [column] if isinstance(column, str) else list(column)
         out["column"] = [fmt.format(*vals) for vals in out[cols].itertuples(index=False)]
-    return out[[*row_keys, "column", *CELL_FIELDS]]
+    return out[[*row_keys, "column", *CELL_FIELDS, *([IMAGES_FIELD] if IMAGES_FIELD in out.columns else [])]]
 
 
 def long_cells(tables: Sequence[Table]) -> pd.DataFrame:
