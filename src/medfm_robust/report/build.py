@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ from medfm_robust.report.aggregate import (
     spread_across_runs,
 )
 from medfm_robust.report.palette import strategy_sort_key
+from medfm_robust.report.scores import DEFAULTS as STATS_DEFAULTS
+from medfm_robust.report.scores import STATS_TABLES, statistics_tables
 from medfm_robust.report.tables import Table, cells_from, format_params, long_cells, write_table
 
 log = logging.getLogger(__name__)
@@ -44,6 +47,7 @@ SEG_TABLES = (
     "severity_levels",
     "top_perturbations",
     "adversarial",
+    *STATS_TABLES,  # issue 15: normalised scores, dataset x perturbation effects, paired differences
 )
 VLM_TABLES = ("vlm_clean_vs_perturbed", "vlm_perturbation_drop", "vlm_level_drop")
 TRAINABLE_KEYS = ("trainable_params", "trainable_parameters", "n_trainable")
@@ -134,7 +138,7 @@ def segmentation_tables(
     m = METRIC_LABELS.get(metric, metric)
     hm = lambda obs, by: hierarchical_mean(obs, by, SEG_UNIT, ["dataset"], settings)  # noqa: E731
     tables: list[Table] = []
-    steps = tqdm(total=len(SEG_TABLES), desc="segmentation tables", unit="table")
+    steps = tqdm(total=len(SEG_TABLES) - len(STATS_TABLES), desc="segmentation tables", unit="table")
 
     # Table 1: model x strategy rows; per dataset clean, dB, dM; averages.
     ms_rows = _strategy_rows(clean, ["model", "strategy"])
@@ -414,9 +418,13 @@ def run_tables(
             int(params["top_k"]),
             bool(params["in_band_only"]),
         )
+        tables += statistics_tables(metric_paths, settings, params)  # issue 15 (report/scores.py)
     elif kind == "vlm":
         tables = vlm_tables(metric_paths, settings, params["vlm_metrics"], bool(params["in_band_only"]))
     else:
         raise ValueError(f"unknown table kind {kind!r}")
+    # honest cells: fewer than report.min_cell_n images -> n but no interval (report/tables.py)
+    min_n = int(params.get("min_cell_n", STATS_DEFAULTS["min_cell_n"]))
+    tables = [replace(t, min_images=min_n) for t in tables]
     log.info("%s: %d tables from %d metric files", kind, len(tables), len(metric_paths))
     return write_tables(tables, out_dir, cells_path)

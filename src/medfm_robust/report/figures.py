@@ -17,6 +17,9 @@ import pandas as pd
 from medfm_robust.errors import DataError
 from medfm_robust.io import atomic_path
 from medfm_robust.report import palette
+from medfm_robust.report.paired import PANEL_NAME as PAIRED_PANEL
+from medfm_robust.report.paired import PANEL_TITLE as PAIRED_TITLE
+from medfm_robust.report.paired import panel_paired_differences
 
 log = logging.getLogger(__name__)
 logging.getLogger("fontTools").setLevel(logging.WARNING)  # PDF font subsetting is chatty at INFO
@@ -28,6 +31,7 @@ SEG_PANELS = {
     "fig3d_dataset_sensitivity": "(d) Dataset sensitivity",
     "fig3e_top_perturbations": "(e) Most damaging perturbations",
     "fig3f_severity": "(f) Drop vs severity level",
+    PAIRED_PANEL: PAIRED_TITLE,  # issue 15 (report/paired.py)
 }
 #: VLM panels per task: (clean vs perturbed panel, per-perturbation panel).
 VLM_PANELS = {
@@ -265,6 +269,7 @@ SEG_PANEL_FUNCS: dict[str, Callable] = {
     "fig3d_dataset_sensitivity": panel_dataset_sensitivity,
     "fig3e_top_perturbations": panel_top_perturbations,
     "fig3f_severity": panel_severity,
+    PAIRED_PANEL: panel_paired_differences,  # issue 15 (report/paired.py)
 }
 
 
