@@ -12,7 +12,7 @@ from scipy import stats as sps
 from medfm_robust.errors import ConfigError
 from medfm_robust.report.aggregate import BootstrapSettings, paired_drops
 from medfm_robust.report.paired import adjust_pvalues, paired_statistics, paired_table, wilcoxon_p
-from medfm_robust.report.tables import format_cell, to_markdown
+from medfm_robust.report.tables import format_cell, long_cells, to_markdown
 from medfm_robust.seeding import rng_for
 
 UNIT = ("model", "strategy", "dataset")
@@ -146,6 +146,9 @@ def test_no_pairs_gives_an_empty_table():
     frame = metrics_frame(12, {"zero_shot": 0.0})
     table = paired_table(drops_of(frame), BootstrapSettings(0))
     assert table.wide().empty and "0 of 0 tested pairs" in to_markdown(table)
+    # numeric cell columns, so the long cells of all tables (read by the figures) stay float
+    cells = long_cells([table])
+    assert all(pd.api.types.is_float_dtype(cells[c]) for c in ("mean", "ci_low", "ci_high"))
 
 
 def test_holm_by_hand_and_bh_on_the_benjamini_hochberg_1995_example():

@@ -229,7 +229,7 @@ def paired_table(
         TABLE_NAME,
         f"Paired differences between strategies in mean {metric} drop (same images, perturbations, levels)",
         list(PAIR_KEYS),
-        cells_from(res, list(PAIR_KEYS), column) if len(res) else _no_cells(column),
+        cells_from(res, list(PAIR_KEYS), column) if len(res) else _no_cells(),
         [column],
         rows=res[list(PAIR_KEYS)],
         extra=extra,
@@ -238,10 +238,11 @@ def paired_table(
     )
 
 
-def _no_cells(column: str) -> pd.DataFrame:
-    return pd.DataFrame(columns=[*PAIR_KEYS, "column", "mean", "ci_low", "ci_high", "n"]).assign(
-        column=column
-    )
+def _no_cells() -> pd.DataFrame:
+    """Empty cells with numeric dtypes (so that the long cells of all tables keep float columns)."""
+    cols = {k: pd.Series(dtype=object) for k in (*PAIR_KEYS, "column")}
+    nums = {k: pd.Series(dtype="float64") for k in ("mean", "ci_low", "ci_high")}
+    return pd.DataFrame({**cols, **nums, "n": pd.Series(dtype="int64")})
 
 
 def panel_paired_differences(cells: pd.DataFrame, source: str, metric: str = "IoU"):

@@ -68,13 +68,9 @@ def corruption_errors(
             point estimate is used).
 
     Returns:
-        ``model``, ``strategy``, ``dataset``, ``mce`` (float64) and ``n`` (observations of the row).
+        ``model``, ``strategy``, ``dataset``, ``mce`` (float64) and ``n`` (observations of the row); only
+        (model, dataset) pairs with a reference row appear (the table notes the models without one).
     """
-    if not drops["strategy"].eq(reference).any():
-        raise DataError(
-            f"segmentation report: reference strategy '{reference}' has no metrics "
-            "(config report.reference_strategy)"
-        )
     obs = drops.assign(value=1.0 - drops["perturbed"])
     keys = ["model", "strategy", "dataset", "perturbation", "level"]
     err = hierarchical_mean(obs, keys, unit, ["dataset"], replace(settings, samples=0))
@@ -155,7 +151,9 @@ def normalised_table(
     ]
     no_ref = sorted(set(rows["model"]) - set(ce["model"]))
     if no_ref:
-        notes.append(f"No {reference} rows for model(s) {', '.join(no_ref)}: their mCE is blank.")
+        notes.append(
+            f"No {reference} rows (report.reference_strategy) for model(s) {', '.join(no_ref)}: mCE blank."
+        )
     return Table(
         "normalised_scores",
         f"Normalised and clinical scores: relative {m} drop, mCE vs {reference}, failure rate at {thr}",
