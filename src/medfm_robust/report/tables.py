@@ -106,7 +106,7 @@ class Table:
             few = wide.get(f"{col}_{IMAGES_FIELD}", pd.Series(pd.NA, index=wide.index, dtype="Int64"))
             few = few.where((few < self.min_images).fillna(False).astype(bool))
             out[head] = [
-                format_cell(m, lo, hi, n, self.digits, k)
+                format_cell(m, lo, hi, n, self.digits, too_few_images=k)
                 for m, lo, hi, n, k in zip(
                     wide[col],
                     wide[f"{col}_ci_low"],
@@ -128,7 +128,7 @@ def _plain(value: object) -> str:
 
 
 def format_cell(
-    mean: float, lo: float, hi: float, n: object, digits: int = 3, too_few_images: object = None
+    mean: float, lo: float, hi: float, n: object, digits: int = 3, *, too_few_images: object = None
 ) -> str:
     """``0.034 [0.021, 0.047] n=120``; ``–`` for a missing cell; the CI is left out when not computed.
 
