@@ -5,50 +5,69 @@ from __future__ import annotations
 import pytest
 
 from medfm_robust.errors import ConfigError
-from medfm_robust.vlm.parsing import clean_caption, parse_answer, parse_box, parse_choice
+from medfm_robust.vlm.parsing import (
+    abstained,
+    clean_caption,
+    is_abstention,
+    parse_answer,
+    parse_box,
+    parse_choice,
+)
 from medfm_robust.vlm.prompts import BOX_CONVENTIONS, box_to_convention, build_prompt, target_text
 
 OPTIONS = ["Left kidney", "Right kidney", "small", "very small"]
 
+# A reader recovers these without doubt: (raw output, letter). Options: OPTIONS above.
 CHOICES = [
-    ("B", "B"),
-    ("b", "B"),
-    ("(B)", "B"),
-    ("B.", "B"),
-    ("[C]", "C"),
-    ("Answer: B.", "B"),
-    ("answer: d", "D"),
-    ("The answer is b) Right kidney", "B"),
-    ("The correct answer is (C) small.", "C"),
-    ("**Answer:** D", "D"),
-    ("Option A", "A"),
-    ("The answer is A.", "A"),
-    ("C) small", "C"),
-    ("B. Right kidney\nThe lesion is located in the right kidney.", "B"),
-    ("Right kidney", "B"),
-    ("right kidney.", "B"),
-    ("The lesion is in the left kidney.", "A"),
+    # bare letters
+    ("B", "B"), ("b", "B"), ("(B)", "B"), ("B.", "B"), ("[C]", "C"), ("  d  ", "D"), ('"C"', "C"),
+    ("**D**", "D"), ("<end_of_turn>A<end_of_turn>", "A"), ("A</s>", "A"),
+    # cue + letter
+    ("Answer: B.", "B"), ("answer: d", "D"), ("The answer is A.", "A"), ("The answer is: b", "B"),
+    ("**Answer:** D", "D"), ("Option A", "A"), ("The correct option is C.", "C"), ("Final answer: (D)", "D"),
+    ("The answer is b) Right kidney", "B"), ("The correct answer is (C) small.", "C"),
+    ("Correct option - D) very small", "D"), ("My answer would be B.", "B"), ("Answer = C", "C"),
+    ("The best choice here is option D.", "D"),
+    # verbs and hedges
+    ("I would choose C.", "C"), ("I'd go with B.", "B"), ("I pick (A).", "A"), ("I think it's B.", "B"),
+    ("I think it is D", "D"), ("I believe it's C, the lesion is tiny.", "C"), ("It's B.", "B"),
+    ("I'd say A.", "A"), ("Probably C.", "C"), ("Most likely D.", "D"),
+    ("Hmm, tricky one, but I think it's b because the lesion is on the right.", "B"),
+    # leading letter with text
+    ("C) small", "C"), ("B. Right kidney\nThe lesion is located in the right kidney.", "B"),
+    ("(D) very small", "D"), ("A: Left kidney", "A"), ("B is the correct answer.", "B"),
+    ("D is correct.", "D"), ("A is the most likely answer.", "A"),
+    # letter named at the end of a short sentence, or in brackets
+    ("Based on the image, B.", "B"), ("Looking at the image, (B) fits best.", "B"),
+    ("The lesion looks tiny, so D.", "D"), ("Final: C", "C"),
+    # "A" as an article is not a letter
+    ("A lesion is visible, so the answer is B", "B"), ("A small nodule is seen; answer: D", "D"),
+    ("There is a mass in the right kidney, so the answer is B.", "B"),
+    ("A careful look shows it's C.", "C"),
+    # negated letters are skipped
+    ("It is not A; the answer is B.", "B"), ("Not C but D.", "D"),
+    # the option's text or an unambiguous synonym
+    ("Right kidney", "B"), ("right kidney.", "B"), ("The lesion is in the left kidney.", "A"),
     ("I think the lesion is very small compared with the organ.", "D"),
     ("Based on the image, the abnormality is best described as very small.</s>", "D"),
-    ("<end_of_turn>A<end_of_turn>", "A"),
-    ("  d  ", "D"),
-    ("I would choose C.", "C"),
-    ("B is the correct answer.", "B"),
-    ("The answer is: b", "B"),
-    ("Correct option - D) very small", "D"),
-    ("Looking at the image, (B) fits best.", "B"),
+    ("It is not in the left kidney but in the right kidney.", "B"),
+    ("B. Right kidney", "B"),
 ]
 
+# Modality options: synonyms of the option text.
+MODALITY_OPTIONS = ["CT", "MRI", "X-ray", "Ultrasound"]
+SYNONYM_CHOICES = [
+    ("This is a computed tomography scan.", "A"), ("Magnetic resonance imaging", "B"),
+    ("A chest radiograph.", "C"), ("The image was acquired with sonography.", "D"), ("x ray", "C"),
+]
+
+# Ambiguous or absent answers: unparsed (counted as wrong).
 FAILURES = [
-    "",
-    "   ",
-    "I cannot determine this from the image.",
-    "E",
-    "A or B",
-    "Either (A) or (B).",
-    "Either the left kidney or the right kidney.",
-    "The answer is a lesion.",
-    "123",
+    "", "   ", "I cannot determine this from the image.", "E", "A or B", "Either (A) or (B).",
+    "Either the left kidney or the right kidney.", "The answer is a lesion.", "123", "B or C",
+    "It could be A or D.", "(A) or (C), hard to tell.", "A, B", "A and B are both plausible.",
+    "A lesion is visible.", "The answer is B. No wait, C.", "I think it's a cyst.",
+    "Both kidneys look abnormal.", "B) Left kidney",
 ]
 
 
@@ -58,10 +77,49 @@ def test_choice_parsing(text: str, letter: str) -> None:
     assert p.ok and p.value == letter, (text, p)
 
 
+@pytest.mark.parametrize(("text", "letter"), SYNONYM_CHOICES)
+def test_choice_synonyms(text: str, letter: str) -> None:
+    p = parse_choice(text, MODALITY_OPTIONS)
+    assert p.ok and p.value == letter, (text, p)
+
+
 @pytest.mark.parametrize("text", FAILURES)
 def test_choice_failures_are_counted_not_guessed(text: str) -> None:
     p = parse_choice(text, OPTIONS)
-    assert not p.ok and p.value is None and p.text == ""
+    assert not p.ok and p.value is None and p.text == "", (text, p)
+
+
+ABSTAIN = ["I cannot determine this from the image.", "I'm sorry, but I can't view images.",
+           "Without the actual image, I am unable to answer.", "Cannot be determined.",
+           "No image was provided, so I can't say.", "None of the above.",
+           "Please consult a radiologist for a diagnosis.", "I'm not able to identify the finding."]
+NOT_ABSTAIN = ["B", "The answer is B.", "The lesion is in the right kidney.", "I can see a small lesion.",
+               "The image shows a CT of the abdomen.", "It is not A; the answer is B."]
+
+
+@pytest.mark.parametrize("text", ABSTAIN)
+def test_abstentions_are_detected(text: str) -> None:
+    assert is_abstention(text)
+    assert abstained(text, parse_choice(text, OPTIONS), "vqa")
+
+
+@pytest.mark.parametrize("text", NOT_ABSTAIN)
+def test_answers_are_not_abstentions(text: str) -> None:
+    assert not abstained(text, parse_choice(text, OPTIONS), "vqa")
+
+
+def test_a_hedged_answer_that_names_an_option_is_not_an_abstention() -> None:
+    text = "I cannot be certain without more views, but the answer is B."
+    assert is_abstention(text) is False or parse_choice(text, OPTIONS).ok
+    assert not abstained(text, parse_choice(text, OPTIONS), "vqa")
+
+
+def test_parse_rate_of_the_tables() -> None:
+    """Every phrasing of the tables is parsed as stated (the figure quoted in the change note)."""
+    recovered = sum(parse_choice(t, OPTIONS).value == v for t, v in CHOICES)
+    recovered += sum(parse_choice(t, MODALITY_OPTIONS).value == v for t, v in SYNONYM_CHOICES)
+    unparsed = sum(not parse_choice(t, OPTIONS).ok for t in FAILURES)
+    assert (recovered, unparsed) == (len(CHOICES) + len(SYNONYM_CHOICES), len(FAILURES))
 
 
 def test_letters_beyond_the_options_are_rejected() -> None:

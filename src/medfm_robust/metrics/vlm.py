@@ -3,11 +3,15 @@
 Per-sample metrics table (``results/metrics/vlm/{model}/{task}/{dataset}/{perturbation}.parquet``), one row
 per (sample, level), sorted by (``sample_id``, ``level``):
 ``sample_id``, ``model``, ``task``, ``dataset``, ``modality``, ``perturbation``, ``category``
-(``clean``/``base``/``medical``), ``level`` (0 for clean), ``ssim``, ``in_band``, ``raw_output`` (verbatim),
-``parsed`` (letter / cleaned caption / inclusive pixel box text; ``""`` when unparseable), ``parse_ok``,
-``parse_method``, ``reference`` (correct letter / reference caption / box text), task scores
-(``correct``; ``bleu1``..``bleu4``, ``rouge_l``, ``cider`` [``meteor``]; ``iou``, ``hit``),
+(``clean``/``base``/``medical``/``control``), ``level`` (0 for clean and controls), ``ssim``, ``in_band``,
+``raw_output`` (verbatim), ``parsed`` (letter / cleaned caption / inclusive pixel box text; ``""`` when
+unparseable), ``parse_ok``, ``parse_method``, ``abstained`` (the output declines to answer, see
+:func:`medfm_robust.vlm.parsing.abstained`), ``reference`` (correct letter / reference caption / box text),
+task scores (``correct``; ``bleu1``..``bleu4``, ``rouge_l``, ``cider`` [``meteor``]; ``iou``, ``hit``),
 [``judge_score``], ``model_revision``.
+
+The image-blind controls (``perturbation`` ``blank_image`` / ``no_image``, category ``control``) are the
+clean questions asked with a mid-grey image / without an image: a model near its control score is guessing.
 
 Failures are never dropped: an unparseable VQA answer is ``correct=False``; an unparseable box has
 ``iou=0``, ``hit=False``; an empty caption scores 0. ``parse_ok`` lets the report count them.
@@ -22,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from medfm_robust.metrics.captions import CAPTION_METRICS, caption_scores
-from medfm_robust.vlm.parsing import Parsed, parse_answer
+from medfm_robust.vlm.parsing import Parsed, abstained, parse_answer
 from medfm_robust.vlm.prompts import format_box
 
 IOU_THRESHOLD = 0.5
@@ -136,6 +140,7 @@ def score_outputs(
         "level": cond["level"].astype("int8"), "ssim": cond["ssim"].astype("float64"),
         "in_band": cond["in_band"].astype(bool), "raw_output": raw, "parsed": [p.text for p in parsed],
         "parse_ok": [p.ok for p in parsed], "parse_method": [p.method for p in parsed],
+        "abstained": [abstained(r, p, task) for r, p in zip(raw, parsed, strict=True)],
     })
     if task == "vqa":
         out["reference"] = cond["answer"].astype(str).to_numpy()
@@ -166,6 +171,7 @@ def summarise(table: pd.DataFrame, *, caption_tokenizer: str = "simple") -> pd.D
     for key, g in table.groupby(keys, sort=True):
         row: dict[str, Any] = dict(zip(keys, key, strict=True))
         row.update(n=len(g), parse_failures=int((~g["parse_ok"].astype(bool)).sum()),
+                   abstentions=int(g["abstained"].astype(bool).sum()) if "abstained" in g else 0,
                    mean_ssim=float(g["ssim"].mean()))
         task = row["task"]
         if task == "vqa":
