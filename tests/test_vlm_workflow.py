@@ -36,8 +36,11 @@ def test_final_targets_cover_every_model_task_and_condition(default_config):
     targets = wf.final_targets(default_config)
     models = wf.models(default_config, enabled=True)
     assert models == ["tiny_gemma3", "tiny_llava"]
-    assert len(targets) == len(set(targets)) == len(models) * 3 * (1 + len(types))
+    assert wf.controls(default_config) == ["blank_image", "no_image"]
+    assert len(targets) == len(set(targets)) == len(models) * 3 * (1 + 2 + len(types))
     assert "results/metrics/vlm/tiny_llava/grounding/demo/clean.parquet" in targets
+    assert "results/metrics/vlm/tiny_llava/vqa/demo/blank_image.parquet" in targets
+    assert "results/metrics/vlm/tiny_gemma3/grounding/demo/no_image.parquet" in targets
 
 
 def test_api_models_only_when_enabled(default_config):
@@ -123,11 +126,12 @@ def test_library_chain_the_rules_call(tmp_path):
     finetune_grounding("tiny_gemma3", spec, lora, base_dir=model_dir, samples_path=tables["grounding"],
                        out_dir=tmp_path / "adapter", info_path=tmp_path / "adapter.json",
                        state_path=tmp_path / "state.pt", convention=box_convention("tiny_gemma3", spec))
+    controls = ["blank_image", "no_image"]
     for task in ("vqa", "grounding"):
-        outputs = {c: tmp_path / "metrics" / task / f"{c}.parquet" for c in ["clean", *types]}
+        outputs = {c: tmp_path / "metrics" / task / f"{c}.parquet" for c in ["clean", *controls, *types]}
         run_evaluation_job(model_name="tiny_gemma3", spec=spec, task=task, samples=tables[task],
                            shards={t: [shards[t]] for t in types}, outputs=outputs, max_new_tokens=8,
-                           levels=[1, 5], model_dir=model_dir,
+                           levels=[1, 5], model_dir=model_dir, controls=controls,
                            adapter_dir=tmp_path / "adapter" if task == "grounding" else None)
         n_test = int((pd.read_parquet(tables[task])["split"] == "test").sum())
         clean = pd.read_parquet(outputs["clean"])
@@ -138,6 +142,12 @@ def test_library_chain_the_rules_call(tmp_path):
         assert len(noisy) == 2 * n_test and sorted(set(noisy["level"])) == [1, 5]
         assert (noisy["ssim"] < 1).all()
         assert clean["model_revision"].nunique() == 1
+        for control in controls:  # the clean questions, image-blind (the tiny Gemma 3 takes text only)
+            blind = pd.read_parquet(outputs[control])
+            assert len(blind) == n_test and (blind["category"] == "control").all()
+            assert (blind["perturbation"] == control).all() and blind["ssim"].isna().all()
+            assert list(blind["sample_id"]) == list(clean["sample_id"])
+            assert list(blind["reference"]) == list(clean["reference"])
         if task == "grounding":
             assert "+lora-" in clean["model_revision"].iloc[0]
             assert {"iou", "hit"} <= set(clean.columns)
@@ -174,11 +184,14 @@ def test_api_model_through_the_evaluation_job(tmp_path, monkeypatch):
     from medfm_robust.vlm.run import run_evaluation_job
 
     calls = []
+    images = []
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             calls.append(body["model"])
+            parts = body["messages"][-1]["content"]
+            images.append(sum(isinstance(p, dict) and p.get("type") == "image_url" for p in parts))
             reply = {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
                      "choices": [{"index": 0, "finish_reason": "stop",
                                   "message": {"role": "assistant", "content": "The answer is B."}}]}
@@ -201,17 +214,21 @@ def test_api_model_through_the_evaluation_job(tmp_path, monkeypatch):
                 "api_key_env": "MEDFM_TEST_KEY", "system_prompt": None}
         api = {"cache_dir": str(tmp_path / "cache"), "max_concurrency": 2, "timeout_s": 10, "max_retries": 1,
                "backoff_initial_s": 0.0, "backoff_max_s": 0.0, "temperature": 0.0, "endpoints": {}}
-        outputs = {"clean": tmp_path / "clean.parquet"}
+        outputs = {c: tmp_path / f"{c}.parquet" for c in ("clean", "blank_image", "no_image")}
         kwargs = dict(model_name="fake_api", spec=spec, task="vqa", samples=tables["vqa"], shards={},
-                      outputs=outputs, max_new_tokens=8, levels=[1], api_settings=api)
+                      outputs=outputs, max_new_tokens=8, levels=[1], api_settings=api,
+                      controls=["blank_image", "no_image"])
         run_evaluation_job(**kwargs)
         table = pd.read_parquet(outputs["clean"])
-        assert len(calls) == len(table) > 0 and set(calls) == {"fake-vlm"}
+        assert len(calls) == 3 * len(table) > 0 and set(calls) == {"fake-vlm"}
+        # the no-image control is a text-only request; clean and blank-image requests carry one image each
+        assert sorted(images) == [0] * len(table) + [1] * (2 * len(table))
+        assert len(pd.read_parquet(outputs["no_image"])) == len(table)
         assert (table["raw_output"] == "The answer is B.").all() and (table["parsed"] == "B").all()
         assert (table["model_revision"] == "fake_api@fake-vlm").all()
         outputs["clean"].unlink()
         run_evaluation_job(**kwargs)
-        assert len(calls) == len(table)  # every answer came from the cache
+        assert len(calls) == 3 * len(table)  # every answer came from the cache
         pd.testing.assert_frame_equal(pd.read_parquet(outputs["clean"]), table)
     finally:
         server.shutdown()

@@ -25,6 +25,8 @@ def main(smk) -> None:
         resources_dir=s["resources_dir"],
         api_settings=smk.params.get("api"),
         scoring=s["scoring"],
+        controls=s["controls"],
+        prompt=s["prompt"],
     )
 
 

@@ -387,7 +387,7 @@ def make_client(name: str, spec: Mapping[str, Any], api_settings: Mapping[str, A
 
 
 def generate_batch(
-    client: APIClient, *, images: Sequence[np.ndarray | bytes], prompts: Sequence[str],
+    client: APIClient, *, images: Sequence[np.ndarray | bytes | None], prompts: Sequence[str],
     system_prompt: str | None = None, max_tokens: int = 64, progress: bool = True,
 ) -> list[str]:
     """Raw answers (``""`` for a refused request) for (image, prompt) pairs through ``client``.
@@ -397,7 +397,8 @@ def generate_batch(
     if len(images) != len(prompts):
         raise ValueError("images and prompts differ in length")
     temperature = client.temperature
-    reqs = [ChatRequest(prompt=p, image_png=image_to_png(img), max_tokens=int(max_tokens),
+    reqs = [ChatRequest(prompt=p, image_png=None if img is None else image_to_png(img),  # None: text only
+                        max_tokens=int(max_tokens),
                         system=system_prompt if system_prompt is not None else SYSTEM_PROMPT,
                         temperature=temperature)
             for img, p in zip(images, prompts, strict=True)]

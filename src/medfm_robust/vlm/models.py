@@ -163,21 +163,27 @@ class LocalVLM:
         self.revision = revision
         self.processor_settings = dict(processor_settings or {})
 
-    def render(self, prompt: str) -> str:
-        """The full model input text for one user prompt (chat template, generation prompt added)."""
+    def render(self, prompt: str, with_image: bool = True) -> str:
+        """The full model input text for one user prompt (chat template, generation prompt added); without
+        the image entry when ``with_image`` is False (the image-blind control)."""
         image = {"type": "image"}
         text = {"type": "text", "text": prompt}
         content = [image, text] if self.image_position == "before" else [text, image]
+        content = content if with_image else [text]
         messages: list[dict[str, Any]] = []
         if self.system_prompt:
             messages.append({"role": "system", "content": [{"type": "text", "text": self.system_prompt}]})
         messages.append({"role": "user", "content": content})
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
-    def encode(self, images: Sequence[np.ndarray], texts: Sequence[str]) -> dict[str, Any]:
-        """Processor outputs (left-padded ``input_ids``, ``attention_mask``, ``pixel_values``) on device."""
-        pil = [[to_pil_rgb(img)] for img in images]
-        enc = self.processor(text=list(texts), images=pil, padding=True, return_tensors="pt")
+    def encode(self, images: Sequence[np.ndarray | None], texts: Sequence[str]) -> dict[str, Any]:
+        """Processor outputs (left-padded ``input_ids``, ``attention_mask``, ``pixel_values``) on device;
+        text only when every image is None (a batch never mixes the two)."""
+        if all(img is None for img in images):
+            enc = self.processor(text=list(texts), padding=True, return_tensors="pt")
+        else:
+            pil = [[to_pil_rgb(img)] for img in images]
+            enc = self.processor(text=list(texts), images=pil, padding=True, return_tensors="pt")
         out = {}
         for key, value in enc.items():
             value = value.to(self.device)
@@ -198,8 +204,10 @@ class LocalVLM:
             raise ValueError(f"unknown task {task!r}")
         answers: list[str] = []
         for start in range(0, len(prompts), self.batch_size):
-            texts = [self.render(p) for p in prompts[start : start + self.batch_size]]
-            enc = self.encode(images[start : start + self.batch_size], texts)
+            batch = slice(start, start + self.batch_size)
+            pairs = zip(prompts[batch], images[batch], strict=True)
+            texts = [self.render(p, image is not None) for p, image in pairs]
+            enc = self.encode(images[batch], texts)
             with torch.inference_mode():
                 out = self.model.generate(
                     **enc,

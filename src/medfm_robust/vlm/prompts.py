@@ -15,6 +15,7 @@ A sample is a mapping with the sample-table columns (``question``, ``options``, 
 
 from __future__ import annotations
 
+import string
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -25,6 +26,17 @@ LETTERS = "ABCDEFGH"
 SYSTEM_PROMPT = "You are an expert medical imaging specialist."
 VQA_INSTRUCTION = "Answer with the letter of the correct option only."
 CAPTION_INSTRUCTION = "Answer with one concise sentence."
+#: The demo's prompt templates (``vlm.tasks.<task>.prompt`` replaces them): ``{question}`` is the sample's
+#: question / instruction, ``{options}`` the option lines (``OPTION_LINE`` each), ``{box_format}`` the answer
+#: format sentence of the model's box convention (:func:`box_instruction`).
+DEFAULT_PROMPTS = {
+    "vqa": "{question}\nOptions:\n{options}\n" + VQA_INSTRUCTION,
+    "caption": "{question} " + CAPTION_INSTRUCTION,
+    "grounding": "{question} {box_format}",
+}
+OPTION_LINE = "{letter}. {text}"
+PLACEHOLDERS = {"vqa": ("question", "options"), "caption": ("question",),
+                "grounding": ("question", "box_format")}
 
 
 def check_convention(convention: str) -> str:
@@ -34,9 +46,39 @@ def check_convention(convention: str) -> str:
     return convention
 
 
-def format_options(options: Sequence[str]) -> str:
-    """``A. first\\nB. second ...`` (one option per line)."""
-    return "\n".join(f"{LETTERS[i]}. {opt}" for i, opt in enumerate(options))
+def format_options(options: Sequence[str], line: str = OPTION_LINE) -> str:
+    """``A. first\\nB. second ...`` (one option per line, each ``line`` with ``{letter}`` and ``{text}``)."""
+    return "\n".join(line.format(letter=LETTERS[i], text=opt) for i, opt in enumerate(options))
+
+
+def _fields(template: str) -> list[str]:
+    return [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+
+
+def check_prompt(task: str, template: str | None, option_line: str | None = None) -> None:
+    """Raise ``ConfigError`` naming ``vlm.tasks.<task>.prompt`` / ``.option_line`` when a template uses an
+    unknown placeholder, or a VQA prompt lacks ``{options}`` (the parser needs the lettered options)."""
+    if task not in DEFAULT_PROMPTS:
+        raise ConfigError(f"unknown VLM task '{task}'")
+    if template is not None:
+        try:
+            fields = _fields(template)
+        except ValueError as exc:
+            raise ConfigError(f"config key 'vlm.tasks.{task}.prompt': {exc}") from exc
+        bad = sorted(set(fields) - set(PLACEHOLDERS[task]))
+        if bad:
+            raise ConfigError(f"config key 'vlm.tasks.{task}.prompt': unknown placeholder(s) {bad} "
+                              f"(allowed: {', '.join(PLACEHOLDERS[task])})")
+        if task == "vqa" and "options" not in fields:
+            raise ConfigError("config key 'vlm.tasks.vqa.prompt': must contain {options}")
+    if option_line is not None:
+        try:
+            fields = _fields(option_line)
+        except ValueError as exc:
+            raise ConfigError(f"config key 'vlm.tasks.{task}.option_line': {exc}") from exc
+        if sorted(set(fields)) != ["letter", "text"]:
+            raise ConfigError(f"config key 'vlm.tasks.{task}.option_line': needs {{letter}} and {{text}} "
+                              f"and nothing else, got {fields}")
 
 
 def box_instruction(convention: str, width: int, height: int) -> str:
@@ -55,24 +97,25 @@ def box_instruction(convention: str, width: int, height: int) -> str:
             "0-1000.")
 
 
-def build_prompt(task: str, sample: Mapping[str, Any], model_convention: str = "pixel") -> str:
+def build_prompt(task: str, sample: Mapping[str, Any], model_convention: str = "pixel", *,
+                 template: str | None = None, option_line: str | None = None) -> str:
     """The user prompt (text only; the image is passed separately) for ``task`` on ``sample``.
 
-    - ``vqa``: question, lettered options, "answer with the letter only".
-    - ``caption``: the sample's instruction plus a one-sentence format hint.
-    - ``grounding``: the question plus the box format of ``model_convention``.
+    ``template`` (default :data:`DEFAULT_PROMPTS`): ``vqa`` -> question, lettered options, "answer with the
+    letter only"; ``caption`` -> the sample's instruction plus a one-sentence format hint; ``grounding`` ->
+    the question plus the box format of ``model_convention``. ``option_line`` formats each VQA option.
     """
+    check_prompt(task, template, option_line)
     question = str(sample["question"]).strip()
+    values: dict[str, str] = {"question": question}
     if task == "vqa":
         options = list(sample["options"])
         if len(options) < 2:
             raise ConfigError(f"sample {sample.get('sample_id')!r}: a VQA sample needs at least two options")
-        return f"{question}\nOptions:\n{format_options(options)}\n{VQA_INSTRUCTION}"
-    if task == "caption":
-        return f"{question} {CAPTION_INSTRUCTION}"
-    if task == "grounding":
-        return f"{question} {box_instruction(model_convention, int(sample['width']), int(sample['height']))}"
-    raise ConfigError(f"unknown VLM task '{task}'")
+        values["options"] = format_options(options, option_line or OPTION_LINE)
+    elif task == "grounding":
+        values["box_format"] = box_instruction(model_convention, int(sample["width"]), int(sample["height"]))
+    return (template if template is not None else DEFAULT_PROMPTS[task]).format(**values)
 
 
 def box_to_convention(box: Sequence[float], convention: str, width: int, height: int) -> list[float]:

@@ -159,7 +159,28 @@ def eval_params(config: Config, model: str, task: str, dataset: str) -> dict[str
         "exclude": pert["exclude"],
         "resources_dir": config["resources_dir"],
         "scoring": scoring_params(config, task),
+        "controls": controls(config),
+        "prompt": prompt_params(config, task),
     }
+
+
+def controls(config: Config) -> list[str]:
+    """The image-blind control conditions of every evaluation (``vlm.controls``), in a fixed order."""
+    from medfm_robust.vlm.run import CONTROLS
+
+    own = config["vlm"].get("controls", list(CONTROLS))
+    return [c for c in CONTROLS if c in own]
+
+
+def prompt_params(config: Config, task: str) -> dict[str, str]:
+    """The task's prompt ``template`` / ``option_line`` when configured (``vlm.tasks.<task>``), checked."""
+    from medfm_robust.vlm.prompts import check_prompt
+
+    spec = config["vlm"]["tasks"].get(task, {})
+    keys = (("template", "prompt"), ("option_line", "option_line"))
+    out = {k: str(spec[c]) for k, c in keys if spec.get(c)}
+    check_prompt(task, out.get("template"), out.get("option_line"))
+    return out
 
 
 def scoring_params(config: Config, task: str) -> dict[str, Any]:
@@ -184,18 +205,23 @@ def api_params(config: Config, model: str) -> dict[str, Any]:
     return api
 
 
+def conditions(config: Config) -> list[str]:
+    """Condition names of every evaluation job: ``clean``, the image-blind controls, then the types."""
+    return ["clean", *controls(config), *types(config)]
+
+
 def metric_outputs(config: Config, prefix: str) -> dict[str, str]:
-    """Named outputs of an evaluation job: ``clean`` plus one table per type."""
-    return {name: f"{prefix}/{name}.parquet" for name in ["clean", *types(config)]}
+    """Named outputs of an evaluation job: one table per condition (:func:`conditions`)."""
+    return {name: f"{prefix}/{name}.parquet" for name in conditions(config)}
 
 
 def final_targets(config: Config) -> list[str]:
     """Metric tables of every enabled model on every task of every VLM dataset it is evaluated on."""
     targets = []
-    conditions = ["clean", *types(config)]
+    names = conditions(config)
     for m in models(config, enabled=True):
         for d in sorted(config["vlm"]["datasets"]):
             for task in dataset_tasks(config["vlm"]["datasets"][d]):
                 if task in config["vlm"]["models"][m]["tasks"]:
-                    targets += [f"results/metrics/vlm/{m}/{task}/{d}/{c}.parquet" for c in conditions]
+                    targets += [f"results/metrics/vlm/{m}/{task}/{d}/{c}.parquet" for c in names]
     return targets
