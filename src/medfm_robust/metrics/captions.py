@@ -21,7 +21,7 @@ import io
 import re
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,11 @@ import numpy as np
 from medfm_robust.errors import ConfigError
 
 CAPTION_METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "cider")
+#: Per-sample BLEU sufficient statistics (pycocoevalcap's own counts): hypothesis and reference length,
+#: n-gram guesses and clipped matches for n = 1..4. Summed over any set of samples (a bootstrap replicate
+#: too) they give that set's corpus BLEU (:func:`corpus_bleu`).
+BLEU_STATS = ("bleu_testlen", "bleu_reflen", *(f"bleu_guess{k}" for k in range(1, 5)),
+              *(f"bleu_correct{k}" for k in range(1, 5)))
 
 
 def simple_tokenize(text: str) -> str:
@@ -86,7 +91,6 @@ def caption_scores(
 ) -> CaptionScores:
     """BLEU-1..4, ROUGE-L, CIDEr (and METEOR when ``meteor`` and Java is present) of ``hypotheses``
     against one reference each. ``meteor=True`` without Java raises ``ConfigError``."""
-    from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
 
@@ -95,18 +99,19 @@ def caption_scores(
     n = len(references)
     names = [*CAPTION_METRICS, *(["meteor"] if meteor else [])]
     if n == 0:
-        return CaptionScores({k: float("nan") for k in names}, {k: np.zeros(0) for k in names})
+        empty = {k: np.zeros(0) for k in [*names, *BLEU_STATS]}
+        return CaptionScores({k: float("nan") for k in names}, empty)
     refs = tokenize_all(references, tokenizer)
     hyps = tokenize_all(hypotheses, tokenizer)
     gts = {i: [refs[i]] for i in range(n)}
     res = {i: [hyps[i]] for i in range(n)}
     corpus: dict[str, float] = {}
     per: dict[str, np.ndarray] = {}
-    with contextlib.redirect_stdout(io.StringIO()):
-        bleu, bleu_each = Bleu(4).compute_score(gts, res, verbose=0)
+    bleu, bleu_each, stats = _bleu(refs, hyps)
     for k in range(4):
         corpus[f"bleu{k + 1}"] = float(bleu[k])
         per[f"bleu{k + 1}"] = np.asarray(bleu_each[k], dtype=np.float64)
+    per.update(stats)
     nonempty = [i for i in range(n) if hyps[i].strip()]
     rouge = np.zeros(n)
     if nonempty:
@@ -128,6 +133,42 @@ def caption_scores(
         per["meteor"] = m
         corpus["meteor"] = float(m.mean())
     return CaptionScores(corpus, per)
+
+
+def _bleu(refs: Sequence[str], hyps: Sequence[str]) -> tuple[list[float], list[list[float]],
+                                                             dict[str, np.ndarray]]:
+    """pycocoevalcap's BLEU-1..4 (corpus, per sample) of tokenised ``hyps`` against one reference each, as
+    ``Bleu(4).compute_score`` computes them, plus the per-sample :data:`BLEU_STATS` (float64 counts)."""
+    from pycocoevalcap.bleu.bleu_scorer import BleuScorer
+
+    scorer = BleuScorer(n=4)
+    for ref, hyp in zip(refs, hyps, strict=True):
+        scorer += (hyp, [ref])
+    with contextlib.redirect_stdout(io.StringIO()):
+        corpus, each = scorer.compute_score(option="closest", verbose=0)
+    comps = scorer.ctest
+    stats = {"bleu_testlen": [c["testlen"] for c in comps],
+             "bleu_reflen": [min((abs(r - c["testlen"]), r) for r in c["reflen"])[1] for c in comps]}
+    for k in range(4):
+        stats[f"bleu_guess{k + 1}"] = [c["guess"][k] for c in comps]
+        stats[f"bleu_correct{k + 1}"] = [c["correct"][k] for c in comps]
+    return corpus, each, {k: np.asarray(v, dtype=np.float64) for k, v in stats.items()}
+
+
+def corpus_bleu(sums: Mapping[str, np.ndarray | float], n: int = 4) -> np.ndarray:
+    """Corpus BLEU-``n`` from summed :data:`BLEU_STATS` (arrays of any one shape, e.g. groups x bootstrap
+    replicates), with pycocoevalcap's formula: geometric mean of ``(correct + 1e-15) / (guess + 1e-9)`` over
+    1..n-grams times the brevity penalty ``exp(1 - reflen / testlen)`` when the output is shorter."""
+    small, tiny = 1e-9, 1e-15
+    score = np.ones_like(np.asarray(sums["bleu_testlen"], dtype=np.float64))
+    for k in range(1, n + 1):
+        correct, guess = np.asarray(sums[f"bleu_correct{k}"]), np.asarray(sums[f"bleu_guess{k}"])
+        score = score * (correct + tiny) / (guess + small)
+    score = score ** (1.0 / n)
+    ratio = (np.asarray(sums["bleu_testlen"]) + tiny) / (np.asarray(sums["bleu_reflen"]) + small)
+    with np.errstate(divide="ignore", over="ignore"):
+        penalty = np.where(ratio < 1, np.exp(1 - 1 / ratio), 1.0)
+    return score * penalty
 
 
 @functools.cache

@@ -7,7 +7,9 @@ per (sample, level), sorted by (``sample_id``, ``level``):
 ``raw_output`` (verbatim), ``parsed`` (letter / cleaned caption / inclusive pixel box text; ``""`` when
 unparseable), ``parse_ok``, ``parse_method``, ``abstained`` (the output declines to answer, see
 :func:`medfm_robust.vlm.parsing.abstained`), ``reference`` (correct letter / reference caption / box text),
-task scores (``correct``; ``bleu1``..``bleu4``, ``rouge_l``, ``cider`` [``meteor``]; ``iou``, ``hit``),
+task scores (``correct``; sentence ``bleu1``..``bleu4``, ``rouge_l``, ``cider`` [``meteor``] and the BLEU
+counts ``bleu_testlen``, ``bleu_reflen``, ``bleu_guess1..4``, ``bleu_correct1..4`` from which the report
+forms corpus BLEU-4 of any sample set; ``iou``, ``hit``),
 [``judge_score``], ``model_revision``.
 
 The image-blind controls (``perturbation`` ``blank_image`` / ``no_image``, category ``control``) are the
@@ -25,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medfm_robust.metrics.captions import CAPTION_METRICS, caption_scores
+from medfm_robust.metrics.captions import BLEU_STATS, CAPTION_METRICS, caption_scores
 from medfm_robust.vlm.parsing import Parsed, abstained, parse_answer
 from medfm_robust.vlm.prompts import format_box
 
@@ -76,8 +78,9 @@ def score_samples(
 ) -> dict[str, np.ndarray]:
     """Task score columns for parsed outputs of ``rows`` (sample/condition records, same order).
 
-    vqa -> ``correct``; caption -> ``bleu1..bleu4``, ``rouge_l``, ``cider`` (+ ``meteor``), each group of
-    rows with one (``perturbation``, ``level``) scored as one corpus; grounding -> ``iou``, ``hit``
+    vqa -> ``correct``; caption -> ``bleu1..bleu4`` (sentence BLEU), ``rouge_l``, ``cider`` (+ ``meteor``)
+    and the BLEU counts :data:`~medfm_robust.metrics.captions.BLEU_STATS` (corpus BLEU of any subset), each
+    group of rows with one (``perturbation``, ``level``) scored as one corpus; grounding -> ``iou``, ``hit``
     (IoU >= 0.5). Unparseable outputs score as wrong / 0.
     """
     if len(rows) != len(parsed):
@@ -86,7 +89,7 @@ def score_samples(
         hits = [p.ok and p.value == str(r["answer"]) for p, r in zip(parsed, rows, strict=True)]
         return {"correct": np.array(hits, dtype=bool)}
     if task == "caption":
-        names = (*CAPTION_METRICS, *(["meteor"] if meteor else []))
+        names = (*CAPTION_METRICS, *(["meteor"] if meteor else []), *BLEU_STATS)
         cols = {k: np.zeros(len(rows)) for k in names}
         groups: dict[tuple[str, int], list[int]] = {}
         for i, r in enumerate(rows):

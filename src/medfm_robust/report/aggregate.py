@@ -20,7 +20,7 @@ perturbation and level of a population, so paired comparisons keep their correla
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -154,6 +154,8 @@ def hierarchical_mean(
     settings: BootstrapSettings,
     value: str = "value",
     image_key: str = "image_id",
+    corpus: Callable[[Mapping[str, np.ndarray]], np.ndarray] | None = None,
+    corpus_columns: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Hierarchical mean of ``value`` per cell ``by`` with n and a bootstrap CI.
 
@@ -164,6 +166,9 @@ def hierarchical_mean(
         by: the columns kept in the result (the table cell); all other dimensions are averaged out in the
             order image -> level -> perturbation -> run (see the module docstring).
         unit_keys, population_keys, settings, value, image_key: as above.
+        corpus: a set-level score instead of the image mean at the innermost step (e.g. corpus BLEU): it
+            gets the (resampling-weighted) sums of ``corpus_columns`` per inner group, arrays of shape
+            ``(groups, 1 + samples)``, and returns the scores in that shape; the outer steps are unchanged.
 
     Returns:
         One row per cell with ``by`` columns, ``mean``, ``ci_low``, ``ci_high`` (NaN when the bootstrap is
@@ -191,11 +196,13 @@ def hierarchical_mean(
         uniques = grouped.size().index.to_frame(index=False)
         n_groups, n_img = int(codes.max()) + 1, len(images)
         flat = codes * n_img + col
-        x = np.bincount(flat, weights=pop_rows[value].to_numpy(dtype=np.float64), minlength=n_groups * n_img)
-        m = np.bincount(flat, minlength=n_groups * n_img).astype(np.float64)
-        x, m = x.reshape(n_groups, n_img), m.reshape(n_groups, n_img)
+        size = n_groups * n_img
+        m = np.bincount(flat, minlength=size).astype(np.float64).reshape(n_groups, n_img)
+        x = {c: np.bincount(flat, weights=pop_rows[c].to_numpy(dtype=np.float64), minlength=size)
+             .reshape(n_groups, n_img) @ weights.T for c in (corpus_columns if corpus else [value])}
         with np.errstate(invalid="ignore", divide="ignore"):
-            means = (x @ weights.T) / (m @ weights.T)  # (groups, 1 + samples)
+            # (groups, 1 + samples): row 0 the point estimate, then the replicates
+            means = x[value] / (m @ weights.T) if corpus is None else np.asarray(corpus(x), dtype=np.float64)
         block = pd.DataFrame(means, columns=[f"b{i}" for i in range(means.shape[1])])
         blocks.append(pd.concat([uniques, block], axis=1))
     stats = pd.concat(blocks, ignore_index=True)

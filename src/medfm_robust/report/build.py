@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 from medfm_robust.errors import DataError
 from medfm_robust.io import write_parquet_atomic
+from medfm_robust.metrics.captions import BLEU_STATS, corpus_bleu
 from medfm_robust.report.aggregate import (
     SEG_COLUMNS,
     VLM_COLUMNS,
@@ -31,7 +33,7 @@ from medfm_robust.report.aggregate import (
 from medfm_robust.report.palette import strategy_sort_key
 from medfm_robust.report.scores import DEFAULTS as STATS_DEFAULTS
 from medfm_robust.report.scores import STATS_TABLES, statistics_tables
-from medfm_robust.report.tables import Table, cells_from, format_params, long_cells, write_table
+from medfm_robust.report.tables import CELL_FIELDS, Table, cells_from, format_params, long_cells, write_table
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +51,7 @@ SEG_TABLES = (
     "adversarial",
     *STATS_TABLES,  # issue 15: normalised scores, dataset x perturbation effects, paired differences
 )
-VLM_TABLES = ("vlm_clean_vs_perturbed", "vlm_perturbation_drop", "vlm_level_drop")
+VLM_TABLES = ("vlm_clean_vs_perturbed", "vlm_perturbation_drop", "vlm_level_drop", "vlm_answer_rates")
 TRAINABLE_KEYS = ("trainable_params", "trainable_parameters", "n_trainable")
 TOTAL_KEYS = ("total_params", "total_parameters", "n_total")
 
@@ -305,61 +307,151 @@ def segmentation_tables(
     return tables
 
 
+#: Set-level VLM metrics formed from per-sample counts: name -> (count columns, score of summed counts).
+CORPUS_METRICS: dict[str, tuple[tuple[str, ...], Callable[[Mapping[str, Any]], Any]]] = {
+    "bleu4_corpus": (BLEU_STATS, corpus_bleu),
+}
+#: Image-blind control conditions (category ``control``) and their column labels.
+VLM_CONTROLS = {"blank_image": "blank image", "no_image": "no image"}
+VLM_TABLE_TITLE = (
+    "VLMs: clean vs perturbed score per model and task, beside the image-blind controls (blank image, no "
+    "image). A model whose perturbed score stays above its blank-image score is robust; one near its "
+    "blank-image score is guessing."
+)
+
+
+class _TaskScores:
+    """Per task: observation frames for :func:`hierarchical_mean` and the score it forms (image mean of a
+    per-sample column, or a corpus metric from summed counts, see :data:`CORPUS_METRICS`)."""
+
+    def __init__(self, settings: BootstrapSettings, metrics: Mapping[str, str]) -> None:
+        self.settings = settings
+        self.metrics = metrics
+
+    def columns(self, task: str) -> list[str]:
+        metric = self.metrics[task]
+        return list(CORPUS_METRICS[metric][0]) if metric in CORPUS_METRICS else [metric]
+
+    def mean(self, obs: Mapping[str, pd.DataFrame], by: Sequence[str], prefixes: Sequence[str] = ("",),
+             signs: Sequence[float] = (1.0,)) -> pd.DataFrame:
+        """Hierarchical cells per task of ``sum(sign * score(prefix + columns))`` over ``prefixes``."""
+        out = []
+        for task, frame in sorted(obs.items()):
+            if frame.empty:
+                continue
+            metric = self.metrics[task]
+            cols = [f"{p}{c}" for p in prefixes for c in self.columns(task)]
+            if metric in CORPUS_METRICS:
+                kw: dict[str, Any] = {"corpus": _signed_corpus(metric, prefixes, signs),
+                                      "corpus_columns": cols}
+                frame = frame.assign(value=1.0)
+            else:
+                frame = frame.assign(value=sum(sg * frame[c] for c, sg in zip(cols, signs, strict=True)))
+                kw = {}
+            out.append(hierarchical_mean(frame, by, VLM_UNIT, ["task", "dataset"], self.settings, **kw))
+        return pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=[*by, "mean"])
+
+
+def _signed_corpus(metric: str, prefixes: Sequence[str], signs: Sequence[float]) -> Callable[..., Any]:
+    """``sums -> sum(sign * metric(counts with prefix))`` for :func:`hierarchical_mean`'s ``corpus``."""
+    stats, score = CORPUS_METRICS[metric]
+
+    def combined(sums: Mapping[str, np.ndarray]) -> np.ndarray:
+        pairs = zip(prefixes, signs, strict=True)
+        return sum(sign * score({c: sums[f"{p}{c}"] for c in stats}) for p, sign in pairs)
+
+    return combined
+
+
+def _vlm_pairs(rows: pd.DataFrame, columns: Sequence[str], in_band_only: bool, task: str) -> pd.DataFrame:
+    """Perturbed rows with the clean values of the same image: ``c_<col>`` and ``p_<col>`` per column."""
+    out = None
+    for col in columns:
+        _, drop = paired_drops(rows, col, VLM_UNIT, in_band_only=in_band_only, source=f"VLM {task}")
+        if out is None:
+            out = drop.drop(columns=["clean", "perturbed", "drop"])
+        out[f"c_{col}"] = drop["clean"].to_numpy()
+        out[f"p_{col}"] = drop["perturbed"].to_numpy()
+    return out if out is not None else pd.DataFrame()
+
+
 def vlm_tables(
     metric_paths: Sequence[str],
     settings: BootstrapSettings,
     metrics: Mapping[str, str],
     in_band_only: bool = False,
 ) -> list[Table]:
-    """All VLM tables (see :data:`VLM_TABLES`); ``metrics`` maps a task to its per-sample score column."""
-    frame = read_metric_files(metric_paths, VLM_COLUMNS, "VLM", extra_columns=sorted(set(metrics.values())))
+    """All VLM tables (see :data:`VLM_TABLES`); ``metrics`` maps a task to its per-sample score column or a
+    corpus metric (:data:`CORPUS_METRICS`, e.g. ``bleu4_corpus``: corpus BLEU-4 of each (run, perturbation,
+    level) image set, bootstrapped by resampling the images' BLEU counts).
+
+    Image-blind controls (category ``control``) are kept out of the drops and reported beside clean and
+    perturbed scores; unparsed and abstained answers are reported per model, task and condition.
+    """
+    corpus_cols = {c for m in metrics.values() if m in CORPUS_METRICS for c in CORPUS_METRICS[m][0]}
+    wanted = {m for m in metrics.values() if m not in CORPUS_METRICS} | corpus_cols
+    wanted |= {"parse_ok", "abstained"}
+    frame = read_metric_files(metric_paths, VLM_COLUMNS, "VLM", extra_columns=sorted(wanted))
     if frame.empty:
         raise DataError("VLM report: no metric rows (no VLM metric files given)")
     frame = frame.rename(columns={"sample_id": "image_id"})
-    cleans, drops, perturbed = [], [], []
+    is_control = frame["category"].astype(str) == "control"
+    controls, frame = frame[is_control], frame[~is_control]
+    scores = _TaskScores(settings, metrics)
+    pairs: dict[str, pd.DataFrame] = {}
     for task, rows in frame.groupby("task", sort=True):
         if task not in metrics:
             raise DataError(
                 f"VLM report: no score column configured for task '{task}' (config report.vlm_metrics)"
             )
-        clean, drop = paired_drops(
-            rows, metrics[task], VLM_UNIT, in_band_only=in_band_only, source=f"VLM {task}"
-        )
-        # the clean score of the same images, in the same hierarchy, so that clean - perturbed = drop
-        paired = drop[drop["perturbed"].notna()].drop(columns=["drop", "perturbed"])
-        cleans.append(paired.rename(columns={"clean": "value"}))
-        drops.append(drop.rename(columns={"drop": "value"}))
-        perturbed.append(drop.drop(columns=["drop"]).rename(columns={"perturbed": "value"}))
-    clean, drop, pert = (pd.concat(x, ignore_index=True) for x in (cleans, drops, perturbed))
-    hm = lambda obs, by: hierarchical_mean(obs, by, VLM_UNIT, ["task", "dataset"], settings)  # noqa: E731
+        pairs[task] = _vlm_pairs(rows, scores.columns(task), in_band_only, task)
     mt = ["model", "task"]
-    rows = clean[mt].drop_duplicates().sort_values(["task", "model"]).reset_index(drop=True)
-    c, p, d = hm(clean, mt), hm(pert, mt), hm(drop, mt)
+    c = scores.mean(pairs, mt, ["c_"])
+    p = scores.mean(pairs, mt, ["p_"])
+    d = scores.mean(pairs, mt, ["c_", "p_"], [1.0, -1.0])
+    rows = c[mt].drop_duplicates().sort_values(["task", "model"]).reset_index(drop=True)
     rel = c[mt].assign(clean=c["mean"]).merge(d[[*mt, "mean"]], on=mt, how="left")
     rel["relative drop %"] = 100 * rel["mean"] / rel["clean"]
+    parts = [cells_from(c, mt, "clean"), cells_from(p, mt, "perturbed"), cells_from(d, mt, "absolute drop")]
+    columns = ["clean", "perturbed", "absolute drop"]
+    blank = None
+    for name, label_ in VLM_CONTROLS.items():
+        sub = {t: g for t, g in controls[controls["perturbation"] == name].groupby("task", sort=True)
+               if t in metrics}
+        ctrl = scores.mean(sub, mt)
+        if len(ctrl):
+            parts.append(cells_from(ctrl, mt, label_))
+            columns.append(label_)
+            blank = ctrl if name == "blank_image" else blank
+    check, flagged = _image_blind_check(p, blank, mt)
     extra = rows.assign(metric=rows["task"].map(lambda t: metrics[t])).merge(
         rel[[*mt, "relative drop %"]], on=mt, how="left"
-    )
-    cells = pd.concat(
-        [cells_from(c, mt, "clean"), cells_from(p, mt, "perturbed"), cells_from(d, mt, "absolute drop")],
-        ignore_index=True,
-    )
+    ).merge(check, on=mt, how="left")
+    notes = [
+        "Clean = clean score of the perturbed images, averaged in the same hierarchy, so "
+        "clean - perturbed = absolute drop. Relative drop = absolute drop / clean (point estimate).",
+        "Blank image / no image: the clean questions asked with a mid-grey image / with no image (where the "
+        "model takes text only). 'near blank' = the perturbed score is at or below the upper end of the "
+        "blank-image interval: the model is guessing, and its small drop is no sign of robustness.",
+    ]
+    if any(m in CORPUS_METRICS for m in metrics.values()):
+        notes.append("Corpus metrics (bleu4_corpus) pool the n-gram counts of each (perturbation, level) "
+                     "image set (pycocoevalcap's BLEU-4); intervals resample the images' counts.")
+    if flagged:
+        notes.append("Near blank-image score (guessing): " + ", ".join(flagged) + ".")
     tables = [
         Table(
             "vlm_clean_vs_perturbed",
-            "VLMs: clean vs perturbed score per model and task",
+            VLM_TABLE_TITLE,
             mt,
-            cells,
-            ["clean", "perturbed", "absolute drop"],
+            pd.concat(parts, ignore_index=True),
+            columns,
             rows=rows,
             extra=extra,
-            notes=[
-                "Clean = clean score of the perturbed images, averaged in the same hierarchy, so "
-                "clean - perturbed = absolute drop. Relative drop = absolute drop / clean (point estimate)."
-            ],
+            notes=notes,
         )
     ]
-    pt = hm(drop, ["perturbation", "category", "task"])
+    pt = scores.mean(pairs, ["perturbation", "category", "task"], ["c_", "p_"], [1.0, -1.0])
     prow = pt[["perturbation", "category"]].drop_duplicates().sort_values(["category", "perturbation"])
     tasks = sorted(pt["task"].unique())
     tables.append(
@@ -373,7 +465,7 @@ def vlm_tables(
             extra=prow,
         )
     )
-    lv = hm(drop, [*mt, "level"])
+    lv = scores.mean(pairs, [*mt, "level"], ["c_", "p_"], [1.0, -1.0])
     tables.append(
         Table(
             "vlm_level_drop",
@@ -384,7 +476,68 @@ def vlm_tables(
             rows=rows,
         )
     )
+    tables.append(_answer_rates(pd.concat([frame, controls], ignore_index=True), settings, rows))
     return tables
+
+
+def _image_blind_check(
+    perturbed: pd.DataFrame, blank: pd.DataFrame | None, keys: list[str]
+) -> tuple[pd.DataFrame, list[str]]:
+    """Per (model, task): ``near blank`` when the perturbed score is at or below the blank-image score's
+    upper CI bound (its mean when no CI), else ``above blank``; and the flagged ``model/task`` names."""
+    out = perturbed[keys].copy()
+    if blank is None or blank.empty:
+        out["image-blind check"] = "–"
+        return out, []
+    merged = perturbed[[*keys, "mean"]].merge(blank[[*keys, "mean", "ci_high"]], on=keys, how="left",
+                                              suffixes=("", "_blank"))
+    bound = merged["ci_high"].where(merged["ci_high"].notna(), merged["mean_blank"])
+    near = merged["mean"] <= bound
+    out["image-blind check"] = np.where(bound.isna(), "–", np.where(near, "near blank", "above blank"))
+    flags = near & bound.notna()
+    flagged = [f"{m}/{t}" for m, t, f in zip(merged["model"], merged["task"], flags, strict=True) if f]
+    return out, flagged
+
+
+VLM_RATE_CONDITIONS = ("clean", "perturbed", *VLM_CONTROLS)
+
+
+def _answer_rates(frame: pd.DataFrame, settings: BootstrapSettings, rows: pd.DataFrame) -> Table:
+    """Unparsed and abstained answer rates per (model, task) and condition (clean, perturbed, controls)."""
+    mt = ["model", "task"]
+    data = frame.copy()
+    pert = data["perturbation"].astype(str)
+    data["condition"] = np.where(data["category"].astype(str) == "control", pert,
+                                 np.where(pert == "clean", "clean", "perturbed"))
+    parts, columns = [], []
+    for what, col, flip in (("unparsed", "parse_ok", True), ("abstained", "abstained", False)):
+        if col not in data.columns:
+            continue
+        values = data[col].astype("boolean").astype("float64")
+        data["value"] = 1.0 - values if flip else values
+        for cond in VLM_RATE_CONDITIONS:
+            obs = data[data["condition"] == cond]
+            if obs.empty:
+                continue
+            stats = hierarchical_mean(obs, mt, VLM_UNIT, ["task", "dataset"], settings)
+            label_ = f"{what} {VLM_CONTROLS.get(cond, cond)}"
+            parts.append(cells_from(stats, mt, label_))
+            columns.append(label_)
+    empty = cells_from(pd.DataFrame({**{k: pd.Series(dtype=object) for k in mt},
+                                     **{k: pd.Series(dtype="float64") for k in CELL_FIELDS}}), mt, "none")
+    cells = pd.concat(parts, ignore_index=True) if parts else empty
+    return Table(
+        "vlm_answer_rates",
+        "VLMs: unparsed and abstained answers per model, task and condition (fractions)",
+        mt,
+        cells,
+        columns,
+        rows=rows,
+        notes=[
+            "Unparsed = no answer a reader would recover without doubt (counted as wrong). Abstained = the "
+            "output declines to answer ('cannot determine', refusals) and names no answer."
+        ],
+    )
 
 
 def write_tables(tables: Sequence[Table], out_dir: str | Path, cells_path: str | Path) -> list[Path]:
