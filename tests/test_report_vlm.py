@@ -119,3 +119,19 @@ def test_controls_sit_beside_clean_and_perturbed_and_flag_guessing(tmp_path: Pat
     assert rates.loc["guesser", "abstained clean"] == 0.0
     # controls never enter the drops
     assert set(tables["vlm_perturbation_drop"].wide()["perturbation"]) == {"gaussian_noise"}
+
+
+def test_clean_vs_perturbed_panel_shows_the_blank_image_bar(tmp_path: Path) -> None:
+    from medfm_robust.report.build import write_tables
+    from medfm_robust.report.figures import draw_figures
+
+    truth = list(SAMPLES["answer"])
+    answers = {"clean": truth, "noise": truth, "blank_image": ["A"] * 12}
+    paths = _vqa_files(tmp_path, "seer", answers)
+    tables = vlm_tables(paths, BootstrapSettings(20, 0.95, 0), {"vqa": "correct"})
+    write_tables(tables, tmp_path / "tables", tmp_path / "cells.parquet")
+    cells = pd.read_parquet(tmp_path / "cells.parquet")
+    main = cells[cells["table"] == "vlm_clean_vs_perturbed"]
+    assert set(main["column"]) == {"clean", "perturbed", "absolute drop", "blank image"}
+    out = draw_figures("vlm", tmp_path / "cells.parquet", [tmp_path / "fig3g_vqa_clean_vs_perturbed"], dpi=40)
+    assert all(Path(p).stat().st_size > 0 for p in out)

@@ -274,20 +274,22 @@ SEG_PANEL_FUNCS: dict[str, Callable] = {
 
 
 def panel_vlm_clean_vs_perturbed(cells: pd.DataFrame, task: str, source: str):
-    """(g-i) per model: clean and perturbed score side by side (95% CIs)."""
+    """(g-i) per model: clean, perturbed and (when run) blank-image score side by side (95% CIs)."""
     plt = _plt()
     t = _table(cells, "vlm_clean_vs_perturbed", source)
     t = t[t["task"] == task]
     models = sorted(t["model"].unique())
     fig, ax = plt.subplots(figsize=(5.5, 4.0))
     metric = t["metric"].dropna().iloc[0] if "metric" in t and t["metric"].notna().any() else "score"
-    for i, kind in enumerate(("clean", "perturbed")):
+    kinds = [k for k in palette.CLEAN_PERTURBED_COLORS if (t["column"] == k).any()]
+    width = 0.76 / max(len(kinds), 1)
+    for i, kind in enumerate(kinds):
         sub = t[t["column"] == kind].set_index("model").reindex(models)
-        pos = np.arange(len(models)) + (i - 0.5) * 0.38
+        pos = np.arange(len(models)) + (i - (len(kinds) - 1) / 2) * width
         ax.bar(
             pos,
             sub["mean"],
-            0.38,
+            width,
             yerr=_yerr(sub),
             capsize=3,
             label=kind,
@@ -296,7 +298,8 @@ def panel_vlm_clean_vs_perturbed(cells: pd.DataFrame, task: str, source: str):
             linewidth=2,
         )
     ax.set_xticks(np.arange(len(models)), [palette.label(m) for m in models], rotation=20, ha="right")
-    names = {"correct": "accuracy", "rouge_l": "ROUGE-L", "iou": "IoU", "hit": "Acc@0.5", "cider": "CIDEr"}
+    names = {"correct": "accuracy", "rouge_l": "ROUGE-L", "iou": "IoU", "hit": "Acc@IoU≥0.5",
+             "cider": "CIDEr", "bleu4_corpus": "corpus BLEU-4", "bleu4": "BLEU-4"}
     ax.set_ylabel(f"{palette.label(task)} {names.get(metric, metric.upper())}")
     letter = {"vqa": "g", "grounding": "h", "caption": "i"}.get(task, "")
     ax.set_title(f"({letter}) {palette.label(task)}: clean vs perturbed")

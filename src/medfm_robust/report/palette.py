@@ -58,7 +58,7 @@ MODEL_COLORS = {
     "tiny_gemma3": "#bcbd22",
 }
 CATEGORY_COLORS = {"base": "#4c72b0", "medical": "#dd8452", "adversarial": "#55a868", "clean": "#8c8c8c"}
-CLEAN_PERTURBED_COLORS = {"clean": "#4c72b0", "perturbed": "#c44e52"}
+CLEAN_PERTURBED_COLORS = {"clean": "#4c72b0", "perturbed": "#c44e52", "blank image": "#9e9e9e"}
 TASK_LABELS = {"vqa": "VQA", "caption": "Captioning", "grounding": "Grounding"}
 
 
