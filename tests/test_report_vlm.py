@@ -113,10 +113,13 @@ def test_controls_sit_beside_clean_and_perturbed_and_flag_guessing(tmp_path: Pat
     assert wide.loc["guesser", "image-blind check"] == "near blank"
     assert "guesser/vqa" in main.notes[-1] and "seer" not in main.notes[-1]
     assert "blank-image score is guessing" in main.title
-    rates = tables["vlm_answer_rates"].wide().set_index("model")
-    assert rates.loc["seer", "abstained no image"] == 1.0 and rates.loc["seer", "unparsed no image"] == 1.0
-    assert rates.loc["guesser", "unparsed perturbed"] == pytest.approx(1 / 12)
-    assert rates.loc["guesser", "abstained clean"] == 0.0
+    rates = tables["vlm_answer_rates"].wide().set_index(["model", "condition"])
+    conditions = ["clean", "perturbed", "blank_image", "no_image", "gaussian_noise"]
+    assert list(rates.loc["seer"].index) == conditions
+    assert rates.loc[("seer", "no_image"), "abstained"] == 1.0 == rates.loc[("seer", "no_image"), "unparsed"]
+    assert rates.loc[("guesser", "perturbed"), "unparsed"] == pytest.approx(1 / 12)
+    assert rates.loc[("guesser", "gaussian_noise"), "unparsed"] == pytest.approx(1 / 12)
+    assert rates.loc[("guesser", "clean"), "abstained"] == 0.0
     # controls never enter the drops
     assert set(tables["vlm_perturbation_drop"].wide()["perturbation"]) == {"gaussian_noise"}
 

@@ -499,43 +499,50 @@ def _image_blind_check(
     return out, flagged
 
 
+#: Leading rows of the answer-rate table (each perturbation type follows).
 VLM_RATE_CONDITIONS = ("clean", "perturbed", *VLM_CONTROLS)
 
 
 def _answer_rates(frame: pd.DataFrame, settings: BootstrapSettings, rows: pd.DataFrame) -> Table:
-    """Unparsed and abstained answer rates per (model, task) and condition (clean, perturbed, controls)."""
-    mt = ["model", "task"]
-    data = frame.copy()
-    pert = data["perturbation"].astype(str)
-    data["condition"] = np.where(data["category"].astype(str) == "control", pert,
-                                 np.where(pert == "clean", "clean", "perturbed"))
+    """Unparsed and abstained answer rates per (model, task, condition): ``clean``, ``perturbed`` (all types
+    pooled in the hierarchy), the controls, then each perturbation type."""
+    keys = ["model", "task", "condition"]
+    pert = frame["perturbation"].astype(str)
+    is_pert = (frame["category"].astype(str) != "control") & (pert != "clean")
+    coarse = frame.assign(condition=np.where(is_pert, "perturbed", pert))
+    fine = frame[is_pert].assign(condition=pert[is_pert])
+    order = {c: i for i, c in enumerate(VLM_RATE_CONDITIONS)}
     parts, columns = [], []
     for what, col, flip in (("unparsed", "parse_ok", True), ("abstained", "abstained", False)):
-        if col not in data.columns:
+        if col not in frame.columns:
             continue
-        values = data[col].astype("boolean").astype("float64")
-        data["value"] = 1.0 - values if flip else values
-        for cond in VLM_RATE_CONDITIONS:
-            obs = data[data["condition"] == cond]
-            if obs.empty:
-                continue
-            stats = hierarchical_mean(obs, mt, VLM_UNIT, ["task", "dataset"], settings)
-            label_ = f"{what} {VLM_CONTROLS.get(cond, cond)}"
-            parts.append(cells_from(stats, mt, label_))
-            columns.append(label_)
-    empty = cells_from(pd.DataFrame({**{k: pd.Series(dtype=object) for k in mt},
-                                     **{k: pd.Series(dtype="float64") for k in CELL_FIELDS}}), mt, "none")
-    cells = pd.concat(parts, ignore_index=True) if parts else empty
+        stats = []
+        for data in (coarse, fine):
+            values = data[col].astype("boolean").astype("float64")
+            obs = data.assign(value=1.0 - values if flip else values)
+            if len(obs):
+                stats.append(hierarchical_mean(obs, keys, VLM_UNIT, ["task", "dataset"], settings))
+        parts.append(cells_from(pd.concat(stats, ignore_index=True), keys, what))
+        columns.append(what)
+    empty = pd.DataFrame({**{k: pd.Series(dtype=object) for k in keys},
+                          **{k: pd.Series(dtype="float64") for k in CELL_FIELDS}})
+    cells = pd.concat(parts, ignore_index=True) if parts else cells_from(empty, keys, "none")
+    table_rows = cells[keys].drop_duplicates()
+    table_rows = table_rows.assign(_o=table_rows["condition"].map(lambda c: order.get(c, len(order))))
+    task_order = {t: i for i, t in enumerate(rows["task"].drop_duplicates())}
+    table_rows = table_rows.assign(_t=table_rows["task"].map(lambda t: task_order.get(t, len(task_order))))
+    table_rows = table_rows.sort_values(["_t", "model", "_o", "condition"]).drop(columns=["_o", "_t"])
     return Table(
         "vlm_answer_rates",
         "VLMs: unparsed and abstained answers per model, task and condition (fractions)",
-        mt,
+        keys,
         cells,
         columns,
-        rows=rows,
+        rows=table_rows.reset_index(drop=True),
         notes=[
             "Unparsed = no answer a reader would recover without doubt (counted as wrong). Abstained = the "
-            "output declines to answer ('cannot determine', refusals) and names no answer."
+            "output declines to answer ('cannot determine', refusals) and names no answer. 'perturbed' pools "
+            "every perturbation type in the hierarchy; the rows below it give each type."
         ],
     )
 
