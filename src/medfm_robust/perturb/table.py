@@ -23,7 +23,7 @@ import pyarrow as pa
 from medfm_robust.errors import DataError
 from medfm_robust.io import decode_png, encode_png, write_json_atomic, write_parquet_atomic, write_text_atomic
 from medfm_robust.perturb._common import Context
-from medfm_robust.perturb.calibrate import DEFAULT_MAX_EVALS, calibrate, check_bands
+from medfm_robust.perturb.calibrate import DEFAULT_MAX_EVALS, calibrate_levels, check_bands
 from medfm_robust.perturb.registry import get_spec
 from medfm_robust.seeding import seed_for, unit_hash
 
@@ -45,6 +45,8 @@ PERTURBED_SCHEMA = pa.schema(
         ("in_band", pa.bool_()),
         ("reason", pa.string()),
         ("seed", pa.int64()),
+        ("ssim_min_reachable", pa.float64()),
+        ("ssim_max_reachable", pa.float64()),
     ]
 )
 REQUIRED = ("image_id", "dataset", "modality", "image_png")
@@ -67,9 +69,26 @@ def box_mask(box: Sequence[int], shape: tuple[int, int]) -> np.ndarray:
     return m
 
 
-def perturbation_seed(dataset: str, image_id: str, name: str, level: int, global_seed: int) -> int:
-    """The seed of one (dataset, image, type, level) draw."""
-    return seed_for(dataset, image_id, name, int(level), global_seed=global_seed)
+def perturbation_seed(dataset: str, image_id: str, name: str, global_seed: int) -> int:
+    """The seed of one (dataset, image, type): the random layout shared by all its levels (nested levels:
+    levels differ only in the severity parameter)."""
+    return seed_for(dataset, image_id, name, global_seed=global_seed)
+
+
+def reachable(band: Sequence[float], ssim_min: float, ssim_max: float) -> bool:
+    """Whether a level's band ``[lo, hi]`` meets the certified reachable SSIM interval of its (image, type)."""
+    return bool(ssim_min < band[1] and ssim_max >= band[0])
+
+
+def row_value_range(row: Any, source: str) -> list[float] | None:
+    """A canonical row's ``value_range`` ``[lo, hi]`` (stored values of black and white), or None."""
+    vr = row.get("value_range")
+    if vr is None or (isinstance(vr, float) and np.isnan(vr)):
+        return None
+    vals = [float(v) for v in vr]
+    if len(vals) != 2 or not vals[0] < vals[1]:
+        raise DataError(f"{source}: value_range must be [lo, hi] with lo < hi, got {vals}")
+    return vals
 
 
 def select_images(df: pd.DataFrame, max_images: int | None, global_seed: int = 0) -> pd.DataFrame:
@@ -122,8 +141,11 @@ def perturb_table(
 ) -> pd.DataFrame:
     """Calibrate perturbation ``name`` at every level for every row of a canonical shard (or VLM samples).
 
-    Returns perturbed-shard rows (``PERTURBED_SCHEMA`` columns) sorted by (``image_id``, ``level``). Each
-    (image, level) output depends only on that row, the type, the level, the settings and ``global_seed``.
+    Returns perturbed-shard rows (``PERTURBED_SCHEMA`` columns) sorted by (``image_id``, ``level``). The
+    levels of an (image, type) share one random layout and one search (:func:`calibrate_levels`); its
+    outputs depend only on that row, the type, the levels, the settings and ``global_seed``, and each is
+    regenerated exactly by ``apply(image, name, row.param, seed=row.seed)``. A row's ``value_range``
+    column (if present) gives the stored values of black and white (raw 16-bit images).
     """
     from tqdm import tqdm
 
@@ -138,20 +160,20 @@ def perturb_table(
     for row in tqdm(records, desc=name, unit="img", disable=not progress, mininterval=2):
         source = f"{row['dataset']}/{row['image_id']}"
         image = decode_png(bytes(row["image_png"]), source=f"{source} image_png")
-        ctx = Context(image)
+        ctx = Context(image, value_range=row_value_range(row, source))
         mask, real_mask, box = _labels(row, image.shape[:2], source)
-        for level in levels:
-            seed = perturbation_seed(row["dataset"], row["image_id"], name, level, global_seed)
-            res = calibrate(
-                ctx,
-                name,
-                level,
-                seed=seed,
-                mask=mask,
-                bands=bands_t,
-                param_range=param_range,
-                max_evals=max_evals,
-            )
+        seed = perturbation_seed(row["dataset"], row["image_id"], name, global_seed)
+        results = calibrate_levels(
+            ctx,
+            name,
+            levels,
+            seed=seed,
+            mask=mask,
+            bands=bands_t,
+            param_range=param_range,
+            max_evals=max_evals,
+        )
+        for res in results:
             out_box, out_mask = box, None
             if spec.moves_labels and mask is not None:
                 out_box = box_from_mask(res.mask)
@@ -164,7 +186,7 @@ def perturb_table(
                     "modality": str(row["modality"]),
                     "perturbation": name,
                     "category": spec.category,
-                    "level": level,
+                    "level": res.level,
                     "image_png": encode_png(res.image),
                     "mask_png": out_mask,
                     "box": out_box,
@@ -173,6 +195,8 @@ def perturb_table(
                     "in_band": res.in_band,
                     "reason": res.reason,
                     "seed": seed,
+                    "ssim_min_reachable": res.ssim_min_reachable,
+                    "ssim_max_reachable": res.ssim_max_reachable,
                 }
             )
     table = pa.Table.from_pylist(rows, schema=PERTURBED_SCHEMA)

@@ -125,7 +125,7 @@ def segmentation_tables(
     settings: BootstrapSettings,
     metric: str = "iou",
     top_k: int = 15,
-    in_band_only: bool = False,
+    in_band_only: bool = True,
 ) -> list[Table]:
     """All segmentation tables (see :data:`SEG_TABLES`) from the per-image metric files."""
     frame = read_metric_files(metric_paths, SEG_COLUMNS, "segmentation")
@@ -309,7 +309,7 @@ def vlm_tables(
     metric_paths: Sequence[str],
     settings: BootstrapSettings,
     metrics: Mapping[str, str],
-    in_band_only: bool = False,
+    in_band_only: bool = True,
 ) -> list[Table]:
     """All VLM tables (see :data:`VLM_TABLES`); ``metrics`` maps a task to its per-sample score column."""
     frame = read_metric_files(metric_paths, VLM_COLUMNS, "VLM", extra_columns=sorted(set(metrics.values())))
