@@ -12,14 +12,34 @@ from medfm_robust.perturb._common import Context, smooth_field
 from medfm_robust.perturb.registry import ParamSpec, register
 
 
-@register("bias_field", family="mri", param=ParamSpec("strength", 0.01, 6.0, "log-gain amplitude"))
+@register(
+    "bias_field",
+    family="mri",
+    param=ParamSpec(
+        "strength",
+        0.01,
+        0.693,
+        "log-gain amplitude",
+        bound="gain within [0.5, 2] (ln 2): beyond what uncorrected 3 T head/body coil bias shows",
+    ),
+)
 def bias_field(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Smooth multiplicative intensity inhomogeneity (RF coil bias): x exp(a f), f smooth in [-1, 1]."""
     f = smooth_field(rng, ctx.h, ctx.w, n_terms=5, max_cycles=1.0)[:, :, None]
     return lambda p: ctx.x * np.exp(np.float32(p) * f)
 
 
-@register("ghosting", family="mri", param=ParamSpec("amplitude", 0.005, 2.0, "k-space line modulation"))
+@register(
+    "ghosting",
+    family="mri",
+    param=ParamSpec(
+        "amplitude",
+        0.005,
+        1.0,
+        "k-space line modulation",
+        bound="a <= 1: at most every n-th k-space line is lost entirely (a > 1 would invert it)",
+    ),
+)
 def ghosting(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Periodic-motion ghosts along the phase-encoding axis: every n-th k-space line (n = 2..4) scaled by
     1 - a.
@@ -51,7 +71,13 @@ def ghosting(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped
 @register(
     "kspace_motion",
     family="mri",
-    param=ParamSpec("shift", 0.0002, 0.4, "peak displacement, fraction of the image size"),
+    param=ParamSpec(
+        "shift",
+        0.0002,
+        0.08,
+        "peak displacement, fraction of the field of view",
+        bound="<= 8 % of the FOV (2 cm on a 25 cm head FOV): severe motion of an uncooperative patient",
+    ),
 )
 def kspace_motion(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Rigid in-plane motion during acquisition: corrupted k-space lines get the linear phase of a shift.

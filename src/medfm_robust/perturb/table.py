@@ -76,7 +76,7 @@ def perturbation_seed(dataset: str, image_id: str, name: str, global_seed: int) 
 
 
 def reachable(band: Sequence[float], ssim_min: float, ssim_max: float) -> bool:
-    """Whether a level's band ``[lo, hi]`` meets the certified reachable SSIM interval of its (image, type)."""
+    """Whether a band ``[lo, hi]`` meets the certified reachable SSIM interval of its (image, type)."""
     return bool(ssim_min < band[1] and ssim_max >= band[0])
 
 
