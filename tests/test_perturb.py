@@ -10,7 +10,7 @@ from scipy import ndimage
 from skimage.metrics import structural_similarity
 
 from medfm_robust.errors import ConfigError, DataError
-from medfm_robust.perturb import REGISTRY, applicable_types, apply, calibrate, calibrate_levels, ssim
+from medfm_robust.perturb import REGISTRY, applicable_types, calibrate, calibrate_levels, ssim
 from medfm_robust.perturb._common import Context
 from medfm_robust.perturb.calibrate import DEFAULT_BANDS, in_band
 from medfm_robust.perturb.registry import FAMILIES, MODALITIES

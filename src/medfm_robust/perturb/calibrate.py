@@ -33,7 +33,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -190,13 +190,18 @@ class _Curve:
 
 
 def _prepare(
-    ctx: Context, name: str, seed: int, param_range: Sequence[float] | None
+    ctx: Context,
+    name: str,
+    seed: int,
+    param_range: Sequence[float] | None,
+    options: Mapping[str, str] | None = None,
 ) -> tuple[PerturbationSpec, ParamSpec, Any, np.ndarray]:
     """(spec, bounded param spec, op, dither) of one (image, type, seed): the random stream's one use."""
     spec = get_spec(name)
+    opts = spec.check_options(options)
     pspec = spec.param if param_range is None else spec.param.with_range(*map(float, param_range))
     rng = np.random.default_rng(int(seed))
-    op = spec.prepare(ctx, rng)
+    op = spec.prepare(ctx, rng, **opts)
     dither = _dither(rng, ctx.x.shape)  # stochastic rounding of the saved image
     return spec, pspec, op, dither
 
@@ -223,13 +228,15 @@ def apply(
     seed: int,
     mask: np.ndarray | None = None,
     data_range: float | None = None,
+    options: Mapping[str, str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Perturbation ``name`` at parameter ``param`` with random stream ``seed``: exactly what
     :func:`calibrate_levels` saves when it picks ``param`` (same layout, dithered rounding, dtype, shape).
 
     ``image``: ``H x W`` or ``H x W x 3`` uint8/uint16 (or a :class:`Context`); ``mask``: optional
-    ``H x W`` (> 0 = foreground); ``data_range``: stored range black..white (see :class:`Context`).
-    Returns ``(output, mask)``: the output in the input's shape and dtype, and the mask as ``H x W`` uint8
+    ``H x W`` (> 0 = foreground); ``data_range``: stored range black..white (see :class:`Context`);
+    ``options``: the type's registry options (e.g. ``{"space": "hsv"}`` for stain_variation). Returns
+    ``(output, mask)``: the output in the input's shape and dtype, and the mask as ``H x W`` uint8
     {0, 255} moved with the image for label-moving types (None when no mask was given). Any finite
     ``param`` is accepted (sweeps may go past the bounded range).
     """
@@ -237,7 +244,7 @@ def apply(
         raise ConfigError(f"param for '{name}' must be a finite number, got {param!r}")
     ctx = _context(image, data_range)
     mask_u8 = check_mask(mask, ctx.image)
-    spec, _, op, dither = _prepare(ctx, name, seed, None)
+    spec, _, op, dither = _prepare(ctx, name, seed, None, options)
     out = ctx.quantise(op(float(param)), dither)
     return out, _moved_mask(spec, op, float(param), mask_u8)
 
@@ -253,6 +260,7 @@ def calibrate_levels(
     param_range: Sequence[float] | None = None,
     max_evals: int = DEFAULT_MAX_EVALS,
     data_range: float | None = None,
+    options: Mapping[str, str] | None = None,
 ) -> list[CalibrationResult]:
     """Calibrate perturbation ``name`` at every level of ``levels`` (1..5) on one image, from one shared
     search over one random layout (``seed``; see the module docstring).
@@ -261,8 +269,8 @@ def calibrate_levels(
     per-image caches across types); ``mask``: optional ``H x W`` (> 0 = foreground), moved with the image
     for label-moving types. ``bands``: 5 ``[lo, hi]`` SSIM bands; ``param_range``: optional ``[min, max]``
     overriding the type's bounded range; ``max_evals``: new evaluations allowed per level;
-    ``data_range``: stored range black..white (see :class:`Context`). Returns one
-    :class:`CalibrationResult` per level, in the order of ``levels``.
+    ``data_range``: stored range black..white (see :class:`Context`); ``options``: the type's registry
+    options. Returns one :class:`CalibrationResult` per level, in the order of ``levels``.
     """
     levels_t = [_check_level(v) for v in levels]
     if not levels_t:
@@ -272,7 +280,7 @@ def calibrate_levels(
         raise ConfigError(f"max_evals must be at least 2, got {max_evals}")
     ctx = _context(image, data_range)
     mask_u8 = check_mask(mask, ctx.image)
-    spec, pspec, op, dither = _prepare(ctx, name, seed, param_range)
+    spec, pspec, op, dither = _prepare(ctx, name, seed, param_range, options)
     curve = _Curve(ctx, pspec, op, dither)
     curve.evaluate(0.0)
     curve.evaluate(1.0)
@@ -320,6 +328,7 @@ def calibrate(
     param_range: Sequence[float] | None = None,
     max_evals: int = DEFAULT_MAX_EVALS,
     data_range: float | None = None,
+    options: Mapping[str, str] | None = None,
 ) -> CalibrationResult:
     """Calibrate one level: :func:`calibrate_levels` with ``levels=(level,)`` (same arguments)."""
     return calibrate_levels(
@@ -332,6 +341,7 @@ def calibrate(
         param_range=param_range,
         max_evals=max_evals,
         data_range=data_range,
+        options=options,
     )[0]
 
 

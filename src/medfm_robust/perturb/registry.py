@@ -141,6 +141,21 @@ class PerturbationSpec:
     moves_labels: bool
     description: str
     prepare: Prepare = field(repr=False, compare=False)
+    options: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # name -> choices, default first
+
+    def check_options(self, options: Mapping[str, Any] | None) -> dict[str, str]:
+        """The type's options with defaults filled in; an unknown option or value raises ``ConfigError``."""
+        given = dict(options or {})
+        for k, v in given.items():
+            if k not in self.options:
+                known = ", ".join(self.options) or "none"
+                raise ConfigError(f"perturbation '{self.name}' has no option '{k}' (options: {known})")
+            if v not in self.options[k]:
+                raise ConfigError(
+                    f"option '{k}' of perturbation '{self.name}' must be one of "
+                    f"{list(self.options[k])}, got {v!r}"
+                )
+        return {k: str(given.get(k, choices[0])) for k, choices in self.options.items()}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly metadata (what ``medfm-robust perturbations --json`` prints)."""
@@ -152,6 +167,7 @@ class PerturbationSpec:
             "param": self.param.to_dict(),
             "moves_labels": self.moves_labels,
             "description": self.description,
+            "options": {k: list(v) for k, v in self.options.items()},
         }
 
 
@@ -164,9 +180,11 @@ def register(
     family: str,
     param: ParamSpec,
     moves_labels: bool = False,
+    options: Mapping[str, tuple[str, ...]] | None = None,
 ) -> Callable[[Prepare], Prepare]:
-    """Decorator registering ``prepare(ctx, rng) -> op`` as ``name``; its docstring's first paragraph
-    is the description."""
+    """Decorator registering ``prepare(ctx, rng, **options) -> op`` as ``name``; its docstring's first
+    paragraph is the description. ``options``: option name -> allowed values (the first is the default),
+    passed to ``prepare`` as keyword arguments."""
     if family != "base" and family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}")
 
@@ -185,6 +203,7 @@ def register(
             moves_labels=moves_labels,
             description=doc,
             prepare=fn,
+            options=dict(options or {}),
         )
         return fn
 

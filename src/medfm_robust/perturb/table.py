@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +138,7 @@ def perturb_table(
     param_range: Sequence[float] | None = None,
     max_evals: int = DEFAULT_MAX_EVALS,
     progress: bool = True,
+    options: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """Calibrate perturbation ``name`` at every level for every row of a canonical shard (or VLM samples).
 
@@ -145,7 +146,8 @@ def perturb_table(
     levels of an (image, type) share one random layout and one search (:func:`calibrate_levels`); its
     outputs depend only on that row, the type, the levels, the settings and ``global_seed``, and each is
     regenerated exactly by ``apply(image, name, row.param, seed=row.seed)``. A row's ``value_range``
-    column (if present) gives the stored values of black and white (raw 16-bit images).
+    column (if present) gives the stored values of black and white (raw 16-bit images). ``options``: the
+    type's registry options (e.g. ``{"space": "hsv"}`` for stain_variation).
     """
     from tqdm import tqdm
 
@@ -172,6 +174,7 @@ def perturb_table(
             bands=bands_t,
             param_range=param_range,
             max_evals=max_evals,
+            options=options,
         )
         for res in results:
             out_box, out_mask = box, None
