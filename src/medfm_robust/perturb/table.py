@@ -216,7 +216,8 @@ def write_perturbed_shard(path: str | Path, df: pd.DataFrame) -> None:
 def calibration_report(shards: Sequence[pd.DataFrame]) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Hit rate and parameter distribution per (perturbation, level), and a JSON summary.
 
-    Returns the per-(type, level) table (``perturbation, category, level, n, in_band_rate, ssim_mean,
+    Returns the per-(type, level) table (``perturbation, category, level, n, in_band_rate, n_unreachable
+    (outputs whose band no parameter in the bounded range reaches), ssim_mean,
     ssim_min, ssim_max, param_min, param_q25, param_median, param_q75, param_max, misses``) and a dict
     with the overall and per-level hit rates and that table's rows.
     """
@@ -226,6 +227,7 @@ def calibration_report(shards: Sequence[pd.DataFrame]) -> tuple[pd.DataFrame, di
         empty = pd.DataFrame(columns=["perturbation", "category", "level", "n", "in_band_rate"])
         return empty, {"n_outputs": 0, "in_band_rate": None, "per_level": {}, "rows": []}
     allr = pd.concat(frames, ignore_index=True)
+    unreach = ~allr["in_band"].astype(bool) & allr["reason"].fillna("").str.startswith("unreachable")
     out = []
     for (name, level), g in allr.groupby(["perturbation", "level"], sort=True):
         q = g["param"].quantile([0.0, 0.25, 0.5, 0.75, 1.0]).to_numpy()
@@ -236,6 +238,7 @@ def calibration_report(shards: Sequence[pd.DataFrame]) -> tuple[pd.DataFrame, di
                 "level": int(level),
                 "n": len(g),
                 "in_band_rate": float(g["in_band"].mean()),
+                "n_unreachable": int(unreach[g.index].sum()),
                 "ssim_mean": float(g["ssim"].mean()),
                 "ssim_min": float(g["ssim"].min()),
                 "ssim_max": float(g["ssim"].max()),
@@ -253,6 +256,8 @@ def calibration_report(shards: Sequence[pd.DataFrame]) -> tuple[pd.DataFrame, di
     summary = {
         "n_outputs": len(allr),
         "in_band_rate": float(allr["in_band"].mean()),
+        "n_unreachable": int(unreach.sum()),
+        "in_band_rate_reachable": float(allr["in_band"][~unreach].mean()) if (~unreach).any() else None,
         "per_level": {str(k): float(v) for k, v in allr.groupby("level")["in_band"].mean().items()},
         "per_type": {str(k): float(v) for k, v in allr.groupby("perturbation")["in_band"].mean().items()},
         "rows": json.loads(table.to_json(orient="records")),
