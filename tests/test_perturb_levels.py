@@ -13,6 +13,7 @@ from medfm_robust.errors import ConfigError
 from medfm_robust.perturb import REGISTRY, applicable_types, apply, calibrate, calibrate_levels, in_band
 from medfm_robust.perturb._common import Context
 from medfm_robust.perturb.calibrate import DEFAULT_BANDS
+from medfm_robust.perturb.contact import contact_sheet
 
 
 def raw_mri(size: int = 96, seed: int = 0) -> np.ndarray:
@@ -159,3 +160,11 @@ def test_kspace_motion_segments_follow_the_cartesian_readout_order() -> None:
             assert (np.diff(by_time) >= 0).all()
             ky = np.fft.fftfreq(h) * h
             assert seg[np.argmin(ky)] == 0 and seg[np.argmax(ky)] == seg.max() > 0
+
+
+def test_contact_sheet_crosses_out_unreachable_tiles() -> None:
+    img = textured(48, seed=1)
+    plain = contact_sheet(img, [("t", [(1, img, 0.95, True, True)])], tile=48, levels=(1,))
+    crossed = contact_sheet(img, [("t", [(1, img, 0.95, False, False)])], tile=48, levels=(1,))
+    red = lambda a: int(((a[..., 0] > 150) & (a[..., 1] < 60) & (a[..., 2] < 60)).sum())  # noqa: E731
+    assert red(crossed) > red(plain) + 48  # the two diagonals

@@ -82,7 +82,7 @@ class Context:
         Without ``dither`` they are rounded to the nearest integer. With ``dither`` (``H x W x C``
         uniform [0, 1) float32, drawn once per calibration) they are rounded stochastically,
         ``floor(v + u)``: a fractional value rounds up with probability equal to its fraction, while
-        values already (within 1e-3) on an integer stay exactly as they are. Unchanged pixels are
+        values already (within 1/512) on an integer stay exactly as they are. Unchanged pixels are
         therefore kept, and the saved image's SSIM varies smoothly with the parameter instead of in whole
         grey-level steps (which matter on black backgrounds).
         """
@@ -93,12 +93,10 @@ class Context:
         if dither is None:
             np.rint(v, out=v)
         else:
-            r = np.rint(v)
-            d = v - r
-            on_integer = np.abs(d, out=d) < 1e-3
+            # the dither lies in [1/512, 1 - 1/512] (see calibrate._dither), so a value within 1/512 of an
+            # integer floors back to that integer: unchanged pixels stay exactly as they are
             v += dither
             np.floor(v, out=v)
-            np.copyto(v, r, where=on_integer)
         return v.astype(self.dtype).reshape(self.input_shape)
 
 
