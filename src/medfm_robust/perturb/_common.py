@@ -10,6 +10,7 @@ import numpy as np
 import scipy.fft as sfft
 
 from medfm_robust.errors import DataError
+from medfm_robust.intensity import check_value_range
 from medfm_robust.perturb.ssim import SSIMReference, default_data_range
 
 
@@ -104,12 +105,9 @@ def _black_and_range(
     image: np.ndarray, data_range: float | None, value_range: Sequence[float] | None
 ) -> tuple[float, float]:
     """(stored value of black, stored range black..white) of an image; see :class:`Context`."""
-    top = 255.0 if image.dtype == np.uint8 else 65535.0
     if value_range is not None:
-        vr = [float(v) for v in value_range]
-        if len(vr) != 2 or not (np.isfinite(vr).all() and 0 <= vr[0] < vr[1] <= top):
-            raise DataError(f"value_range must be [lo, hi] with 0 <= lo < hi <= {top:g}, got {value_range!r}")
-        return vr[0], vr[1] - vr[0]
+        lo, hi = check_value_range(value_range)
+        return lo, hi - lo
     rng = default_data_range(image, data_range)
     if data_range is None:
         lo = 0.0 if image.dtype == np.uint8 else float(image.min())

@@ -21,6 +21,7 @@ import pandas as pd
 import pyarrow as pa
 
 from medfm_robust.errors import DataError
+from medfm_robust.intensity import check_value_range
 from medfm_robust.io import decode_png, encode_png, write_json_atomic, write_parquet_atomic, write_text_atomic
 from medfm_robust.perturb._common import Context
 from medfm_robust.perturb.calibrate import DEFAULT_MAX_EVALS, calibrate_levels, check_bands
@@ -85,10 +86,7 @@ def row_value_range(row: Any, source: str) -> list[float] | None:
     vr = row.get("value_range")
     if vr is None or (isinstance(vr, float) and np.isnan(vr)):
         return None
-    vals = [float(v) for v in vr]
-    if len(vals) != 2 or not vals[0] < vals[1]:
-        raise DataError(f"{source}: value_range must be [lo, hi] with lo < hi, got {vals}")
-    return vals
+    return list(check_value_range([float(v) for v in vr], f"{source} value_range"))
 
 
 def select_images(df: pd.DataFrame, max_images: int | None, global_seed: int = 0) -> pd.DataFrame:
