@@ -128,7 +128,7 @@ def segmentation_tables(
     in_band_only: bool = True,
 ) -> list[Table]:
     """All segmentation tables (see :data:`SEG_TABLES`) from the per-image metric files."""
-    frame = read_metric_files(metric_paths, SEG_COLUMNS, "segmentation")
+    frame = read_metric_files(metric_paths, SEG_COLUMNS, "segmentation", extra_columns=("reachable",))
     if frame.empty:
         raise DataError("segmentation report: no metric rows (no segmentation metric files given)")
     clean, drops = paired_drops(frame, metric, SEG_UNIT, in_band_only=in_band_only, source="segmentation")
