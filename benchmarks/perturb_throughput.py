@@ -11,7 +11,14 @@ Prints: in-band outputs per second, the overall and per-level in-band rate, ms p
 the time of one plain perturbation (random draws + apply at the final parameter + quantise) + one
 uncached SSIM + one PNG encode per output.
 
+Levels are calibrated together (``calibrate_levels``: one random layout and one shared search per
+(image, type)). With ``--original DIR`` (a scratch checkout of vfdv52/MedFM-Robust-, never committed)
+the original SEG generator runs on the same images of the modalities it has (``--adaptive`` behaviour,
+levels 1..5, its own per-output work), our engine is restricted to those modalities, and the ratio of
+in-band outputs per second is printed.
+
     .venv/bin/python benchmarks/perturb_throughput.py [--n-images 3] [--json out.json]
+    .venv/bin/python benchmarks/perturb_throughput.py --original /tmp/orig_medfm   # beside the original
     .venv/bin/python benchmarks/perturb_throughput.py --fit-priors   # refit perturb/priors.json
 
 ``--fit-priors`` calibrates a disjoint set of images (other indices) and writes, per type, the median
@@ -36,8 +43,9 @@ import numpy as np  # noqa: E402
 
 from medfm_robust.data.demo import synthetic_sample  # noqa: E402
 from medfm_robust.io import encode_png  # noqa: E402
-from medfm_robust.perturb import REGISTRY, applicable_types, calibrate  # noqa: E402
+from medfm_robust.perturb import REGISTRY, applicable_types, calibrate_levels  # noqa: E402
 from medfm_robust.perturb._common import Context  # noqa: E402
+from medfm_robust.perturb.calibrate import DEFAULT_BANDS, in_band  # noqa: E402
 from medfm_robust.perturb.registry import MODALITIES  # noqa: E402
 from medfm_robust.perturb.ssim import ssim  # noqa: E402
 from medfm_robust.seeding import rng_for as seed_rng  # noqa: E402
@@ -100,41 +108,49 @@ def bench_image(modality: str, index: int, size: int) -> np.ndarray:
     return img
 
 
-def images(n: int, size: int, offset: int = 0) -> list[tuple[str, int, np.ndarray]]:
-    """``n`` generated images per modality: (modality, index, image)."""
+def images(
+    n: int, size: int, offset: int = 0, modalities: list[str] | None = None
+) -> list[tuple[str, int, np.ndarray]]:
+    """``n`` generated images per modality (default: all benchmarked ones): (modality, index, image)."""
     out = []
-    for mod in BENCH_MODALITIES:
+    for mod in modalities or BENCH_MODALITIES:
         for i in range(offset, offset + n):
             out.append((mod, i, bench_image(mod, i, size)))
     return out
 
 
-def run(n: int, size: int, offset: int = 0, types: list[str] | None = None) -> dict:
-    """Calibrate every applicable type at L1..L5 on the set; returns per-output records and timings."""
+def run(
+    n: int, size: int, offset: int = 0, types: list[str] | None = None, modalities: list[str] | None = None
+) -> dict:
+    """Calibrate every applicable type at L1..L5 on the set (one shared search per (image, type),
+    :func:`calibrate_levels`); returns per-output records and timings (the time of an (image, type) is
+    split evenly over its five outputs)."""
     records = []
     t_total = 0.0
-    for mod, idx, img in images(n, size, offset):
+    for mod, idx, img in images(n, size, offset, modalities):
         t0 = time.process_time()
         ctx = Context(img)
         t_ctx = time.process_time() - t0
         names = [t for t in applicable_types(mod) if types is None or t in types]
         t_total += t_ctx
         for name in names:
-            for level in range(1, 6):
-                seed = seed_for("bench", mod, idx, name, level)
-                t0 = time.process_time()
-                res = calibrate(ctx, name, level, seed=seed)
-                png = encode_png(res.image)
-                dt = time.process_time() - t0 + t_ctx / (len(names) * 5)
-                t_total += dt - t_ctx / (len(names) * 5)
+            seed = seed_for("bench", mod, idx, name)
+            t0 = time.process_time()
+            results = calibrate_levels(ctx, name, seed=seed)
+            pngs = [encode_png(r.image) for r in results]
+            dt = (time.process_time() - t0) / len(results) + t_ctx / (len(names) * len(results))
+            t_total += dt * len(results) - t_ctx / len(names)
+            for res, png in zip(results, pngs, strict=True):
+                lo, hi = res.band
                 records.append(
                     {
                         "modality": mod,
                         "index": idx,
                         "type": name,
-                        "level": level,
+                        "level": res.level,
                         "rgb": img.ndim == 3,
                         "in_band": res.in_band,
+                        "reachable": res.ssim_min_reachable < hi and res.ssim_max_reachable >= lo,
                         "ssim": res.ssim,
                         "param": res.param,
                         "evals": res.n_evals,
@@ -145,6 +161,64 @@ def run(n: int, size: int, offset: int = 0, types: list[str] | None = None) -> d
                     }
                 )
     return {"records": records, "seconds": t_total}
+
+
+# Our modality -> the original SEG generator's modality (x-ray and angiography have none there).
+ORIGINAL_MODALITY = {
+    "dermoscopy": "DERM",
+    "mri": "MRI_BRAIN",
+    "ultrasound": "US_BREAST",
+    "endoscopy": "ENDOSCOPY",
+    "fundus": "OCT",
+    "pathology": "PATHOLOGY",
+    "ct": "CT_ABDOMEN",
+}
+ORIGINAL_FILE = "Segmentation/segmentation_generate_perb_all_V10_adpative_efficient.py"
+
+
+def run_original(root: Path, n: int, size: int) -> dict:
+    """The original SEG generator (``--adaptive``: search on a dataset's first image, then its cached
+    parameters) on the same images, levels 1..5, doing its per-output work: perturb + SSIM (its own, in
+    ``apply_perturbation_adaptive``) + MSE + ``save_image`` (PNG into a temporary folder). One generator
+    object per modality (its per-dataset cache). In band = its recorded SSIM in our band (generous: its
+    SSIM min-max normalises, and its saved file differs from what it scored). Its module imports
+    SimpleITK only to read volumes; a stub stands in when SimpleITK is absent. Its code is run from
+    ``root`` (a scratch checkout of vfdv52/MedFM-Robust-), never copied.
+    """
+    import importlib.util
+    import sys
+    import tempfile
+    import types as pytypes
+
+    if "SimpleITK" not in sys.modules:
+        try:
+            import SimpleITK  # noqa: F401
+        except ImportError:
+            sys.modules["SimpleITK"] = pytypes.ModuleType("SimpleITK")
+    spec = importlib.util.spec_from_file_location("orig_seg_generator", root / ORIGINAL_FILE)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    records = []
+    total = 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        for mod, orig_mod in ORIGINAL_MODALITY.items():
+            gen = module.Medical2DPerturbationGenerator(seed=42)
+            names = gen._get_base_perturbations() + gen._get_modality_perturbations(orig_mod)
+            for idx in range(n):
+                img = bench_image(mod, idx, size).astype(np.float32)
+                for name in names:
+                    for level in range(1, 6):
+                        t0 = time.process_time()
+                        out, s, _ = gen.apply_perturbation_adaptive(img, orig_mod, name, level)
+                        gen.compute_mse(img, out)
+                        gen.save_image(out, f"{tmp}/{mod}_{idx}_{name}_{level}.png")
+                        dt = time.process_time() - t0
+                        total += dt
+                        records.append(
+                            {"modality": mod, "type": name, "level": level, "seconds": dt,
+                             "in_band": in_band(float(s), level, DEFAULT_BANDS)}
+                        )  # fmt: skip
+    return {"records": records, "seconds": total}
 
 
 def baseline(records: list[dict], size: int) -> float:
@@ -178,9 +252,12 @@ def summarise(res: dict, base_seconds: float | None) -> dict:
         by_type[r["type"]].append(r["in_band"])
     rgb = [r["seconds"] for r in recs if r["rgb"]]
     gray = [r["seconds"] for r in recs if not r["rgb"]]
+    reach = [r for r in recs if r.get("reachable", True)]
     out = {
         "outputs": n,
         "in_band_rate": inb / n,
+        "unreachable": n - len(reach),
+        "in_band_rate_reachable": sum(r["in_band"] for r in reach) / max(len(reach), 1),
         "in_band_per_second": inb / res["seconds"],
         "per_level_in_band": per_level,
         "ms_per_output": 1000 * res["seconds"] / n,
@@ -228,6 +305,11 @@ def main() -> None:
         help="generated textured images (default) or the data stage's synthetic demo images",
     )
     ap.add_argument("--json", help="also write the summary as JSON here")
+    ap.add_argument(
+        "--original",
+        help="a scratch checkout of vfdv52/MedFM-Robust-: also run its SEG generator on the same images "
+        "(the modalities it has) and print the in-band throughput ratio",
+    )
     ap.add_argument("--fit-priors", action="store_true", help=f"refit {PRIORS.name} instead of benchmarking")
     args = ap.parse_args()
     global IMAGE_SET
@@ -238,11 +320,16 @@ def main() -> None:
         print(f"wrote {len(priors)} priors to {PRIORS}")
         return
     types = args.types.split(",") if args.types else None
-    res = run(args.n_images, args.size, types=types)
+    modalities = list(ORIGINAL_MODALITY) if args.original else None
+    res = run(args.n_images, args.size, types=types, modalities=modalities)
     base = baseline(res["records"], args.size)
     summary = summarise(res, base)
     print(f"outputs                      {summary['outputs']}")
     print(f"in-band rate                 {summary['in_band_rate']:.4f}")
+    print(
+        f"unreachable outputs          {summary['unreachable']} "
+        f"(in-band rate among reachable {summary['in_band_rate_reachable']:.4f})"
+    )
     print(
         "in-band rate per level       "
         + " ".join(f"L{k} {v:.3f}" for k, v in summary["per_level_in_band"].items())
@@ -259,6 +346,23 @@ def main() -> None:
     print(f"worst types                  {summary['worst_types']}")
     for m in summary["misses"][:30]:
         print("  miss:", m)
+    if args.original:
+        orig = run_original(Path(args.original), args.n_images, args.size)
+        o_n = len(orig["records"])
+        o_in = sum(r["in_band"] for r in orig["records"])
+        o_rate = o_in / orig["seconds"]
+        summary["original"] = {
+            "outputs": o_n,
+            "in_band_rate": o_in / o_n,
+            "ms_per_output": 1000 * orig["seconds"] / o_n,
+            "in_band_per_second": o_rate,
+        }
+        summary["ratio_in_band_per_second"] = summary["in_band_per_second"] / o_rate
+        print(f"original: outputs {o_n}, in-band rate {o_in / o_n:.4f}, ms per output "
+              f"{1000 * orig['seconds'] / o_n:.2f}, in-band outputs per second {o_rate:.1f}")  # fmt: skip
+        print(
+            f"ratio (in-band outputs per second, ours / original)  {summary['ratio_in_band_per_second']:.2f}"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
 

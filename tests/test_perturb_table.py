@@ -13,13 +13,14 @@ from test_perturb import shape_image, textured
 
 from medfm_robust.cli import main
 from medfm_robust.io import decode_png, encode_png, read_image
-from medfm_robust.perturb import calibrate
+from medfm_robust.perturb import DEFAULT_BANDS, apply, calibrate
 from medfm_robust.perturb.contact import write_contact_sheet
 from medfm_robust.perturb.table import (
     PERTURBED_SCHEMA,
     box_from_mask,
     calibration_report,
     perturb_table,
+    reachable,
     select_images,
     write_calibration_report,
     write_perturbed_shard,
@@ -72,8 +73,33 @@ def test_rows_regenerate_from_their_seed() -> None:
     img = decode_png(df["image_png"].iloc[1])
     again = calibrate(img, "hair", 2, seed=int(row["seed"]))
     assert encode_png(again.image) == row["image_png"] and again.ssim == row["ssim"]
+    assert encode_png(apply(img, "hair", float(row["param"]), seed=int(row["seed"]))[0]) == row["image_png"]
     assert row["mask_png"] is None  # intensity type: mask not repeated
     assert list(row["box"]) == list(df["box"].iloc[1])
+
+
+def test_levels_of_an_image_share_seed_and_reachability_certificate() -> None:
+    out = perturb_table(canonical(2), "light_reflection", global_seed=1, progress=False)
+    for _, g in out.groupby("image_id"):
+        assert g["seed"].nunique() == 1 and g["level"].tolist() == [1, 2, 3, 4, 5]
+        assert g["ssim_min_reachable"].nunique() == 1 and g["ssim_max_reachable"].nunique() == 1
+        assert (g["ssim_min_reachable"] <= g["ssim"]).all() and (g["ssim"] <= g["ssim_max_reachable"]).all()
+        for r in g.itertuples():
+            band = DEFAULT_BANDS[r.level - 1]
+            if not reachable(band, r.ssim_min_reachable, r.ssim_max_reachable):
+                assert not r.in_band and r.reason.startswith("unreachable")
+
+
+def test_raw_16bit_rows_use_their_value_range() -> None:
+    img = (textured(48, seed=2).astype(np.uint16) * 5).astype(np.uint16)  # values 0..1275 in uint16
+    row = {"image_id": "a", "dataset": "raw", "modality": "mri", "image_png": encode_png(img)}
+    default = perturb_table(pd.DataFrame([row]), "gaussian_noise", levels=[5], progress=False)
+    wide = perturb_table(pd.DataFrame([{**row, "value_range": [0.0, 2550.0]}]), "gaussian_noise", levels=[5],
+                         progress=False)  # fmt: skip
+    # the same SSIM band needs twice the sigma (in fractions of the range) when white is at 1275
+    assert default["in_band"].all() and wide["in_band"].all()
+    assert 1.5 < default["param"].iloc[0] / wide["param"].iloc[0] < 2.5
+    assert decode_png(default["image_png"].iloc[0]).max() <= img.max()
 
 
 def test_label_moving_rows_carry_moved_mask_and_box() -> None:

@@ -100,7 +100,31 @@ def test_paired_drops_need_the_clean_row_of_the_same_image():
     assert len(clean) == 4 and len(drops) == 12
     np.testing.assert_allclose(drops["drop"], drops["clean"] - drops["perturbed"])
     _, banded = paired_drops(ok, "iou", UNIT, in_band_only=True)
-    assert len(banded) == int(ok.loc[ok["perturbation"] != "clean", "in_band"].sum())
+    n_in = int(ok.loc[ok["perturbation"] != "clean", "in_band"].sum())
+    assert banded["drop"].notna().sum() == n_in and (banded["excluded"] == "out_of_band").sum() == 12 - n_in
+
+
+def test_cells_count_the_outputs_left_out_as_out_of_band_or_unreachable():
+    ok = pd.concat(
+        [seg_frame("m", "full", "d1", "clean", n_images=4), seg_frame("m", "full", "d1", "hair", 4)]
+    )
+    pert = ok["perturbation"] != "clean"
+    ok.loc[pert, "in_band"] = [True, False, False, True] * 3
+    ok["reachable"] = True
+    ok.loc[pert & ~ok["in_band"].astype(bool), "reachable"] = [False, True] * 3  # 3 unreachable, 3 missed
+    _, drops = paired_drops(ok, "iou", UNIT, in_band_only=True)
+    cell = hierarchical_mean(
+        drops.rename(columns={"drop": "value"}),
+        ["strategy"],
+        UNIT,
+        ["dataset"],
+        BootstrapSettings(0, 0.95, 0),
+    )
+    assert cell[["n", "n_out_of_band", "n_unreachable"]].iloc[0].tolist() == [6, 3, 3]
+    assert (
+        format_cell(0.1, np.nan, np.nan, 6, 3, out_of_band=3, unreachable=3)
+        == "0.100 n=6 (-3 out of band, -3 unreachable)"
+    )
 
 
 def test_bad_metric_file_names_the_file(tmp_path):

@@ -10,7 +10,7 @@ def main(smk) -> None:
         list(smk.input.shards),
         smk.output[0],
         tile=smk.params.tile,
-        title=f"{smk.wildcards.modality}: original, L1..L5 (SSIM; * = outside band)",
+        title=f"{smk.wildcards.modality}: original, L1..L5 (SSIM; * = missed band, crossed = unreachable)",
     )
 
 

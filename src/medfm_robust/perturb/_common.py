@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import cv2
@@ -9,20 +10,32 @@ import numpy as np
 import scipy.fft as sfft
 
 from medfm_robust.errors import DataError
-from medfm_robust.perturb.ssim import SSIMReference, dtype_range
+from medfm_robust.intensity import check_value_range
+from medfm_robust.perturb.ssim import SSIMReference, default_data_range
 
 
 class Context:
     """One source image prepared once and shared by every (type, level) calibrated on it.
 
-    ``image``: ``H x W`` or ``H x W x C`` (C in 1, 3) uint8/uint16, H and W >= 11.
-    Attributes: ``x`` float32 ``H x W x C`` in [0, 1] (divided by the dtype range), ``bg`` float32 ``C``
+    ``image``: ``H x W`` or ``H x W x C`` (C in 1, 3) uint8/uint16, H and W >= 11. The stored values
+    ``black`` and ``white`` (``lo``, ``hi``) come from ``value_range`` (the shard's column) if given, else
+    from ``data_range`` (``hi - lo``; ``lo`` = 0 when the image fits in [0, data_range], else the image's
+    minimum), else 0..255 for uint8 and the image's own min..max for uint16 (raw scanner values).
+    Attributes: ``x`` float32 ``H x W x C`` in [0, 1] (``(image - lo) / (hi - lo)``: perturbation
+    parameters in intensity units are fractions of this range), ``bg`` float32 ``C``
     (constant fill for content moved in from outside: the per-channel median of the 1-pixel border),
     ``ref`` (:class:`SSIMReference`; skipped with ``with_reference=False``), and ``cache`` for expensive
     per-image quantities (FFTs, HED).
     """
 
-    def __init__(self, image: np.ndarray, *, with_reference: bool = True) -> None:
+    def __init__(
+        self,
+        image: np.ndarray,
+        *,
+        with_reference: bool = True,
+        data_range: float | None = None,
+        value_range: Sequence[float] | None = None,
+    ) -> None:
         image = np.asarray(image)
         self.input_shape = image.shape  # outputs keep it (an H x W x 1 input gives H x W x 1 outputs)
         if image.ndim == 3 and image.shape[2] == 1:
@@ -35,12 +48,17 @@ class Context:
             raise DataError(f"image too small for SSIM ({image.shape[:2]}; need at least 11 x 11)")
         self.image = np.ascontiguousarray(image)
         self.dtype = image.dtype
-        self.maxval = dtype_range(image.dtype)
-        self.x = (image.reshape(*image.shape[:2], -1).astype(np.float32)) / np.float32(self.maxval)
+        self.lo, self.maxval = _black_and_range(image, data_range, value_range)
+        x = image.reshape(*image.shape[:2], -1).astype(np.float32)
+        if self.lo:
+            x -= np.float32(self.lo)
+        self.x = x / np.float32(self.maxval)
         self.h, self.w, self.c = self.x.shape
         border = np.concatenate([self.x[0], self.x[-1], self.x[:, 0], self.x[:, -1]], axis=0)
         self.bg = np.median(border, axis=0).astype(np.float32)
-        self.ref = SSIMReference(self.image) if with_reference else None  # type: ignore[assignment]
+        self.ref = (  # type: ignore[assignment]
+            SSIMReference(self.image, self.maxval) if with_reference else None
+        )
         self.cache: dict[Any, Any] = {}
 
     @property
@@ -61,25 +79,41 @@ class Context:
     def quantise(self, y: np.ndarray, dither: np.ndarray | None = None) -> np.ndarray:
         """Float image in [0, 1] units -> the saved integer image (original shape and dtype).
 
-        Values are clipped to [0, 1] and scaled to the dtype range. Without ``dither`` they are rounded to
-        the nearest integer. With ``dither`` (``H x W x C`` uniform [0, 1) float32, drawn once per
-        calibration) they are rounded stochastically, ``floor(v + u)``: a fractional value rounds up with
-        probability equal to its fraction, while values already (within 1e-3) on an integer stay exactly
-        as they are. Unchanged pixels are therefore kept, and the saved image's SSIM varies smoothly with
-        the parameter instead of in whole grey-level steps (which matter on black backgrounds).
+        Values are clipped to [0, 1] (black..white) and mapped back to stored values ``lo + v (hi - lo)``.
+        Without ``dither`` they are rounded to the nearest integer. With ``dither`` (``H x W x C``
+        uniform [0, 1) float32, drawn once per calibration) they are rounded stochastically,
+        ``floor(v + u)``: a fractional value rounds up with probability equal to its fraction, while
+        values already (within 1/512) on an integer stay exactly as they are. Unchanged pixels are
+        therefore kept, and the saved image's SSIM varies smoothly with the parameter instead of in whole
+        grey-level steps (which matter on black backgrounds).
         """
         v = np.clip(y, 0.0, 1.0)
         v *= np.float32(self.maxval)
+        if self.lo:
+            v += np.float32(self.lo)
         if dither is None:
             np.rint(v, out=v)
         else:
-            r = np.rint(v)
-            d = v - r
-            on_integer = np.abs(d, out=d) < 1e-3
+            # the dither lies in [1/512, 1 - 1/512] (see calibrate._dither), so a value within 1/512 of an
+            # integer floors back to that integer: unchanged pixels stay exactly as they are
             v += dither
             np.floor(v, out=v)
-            np.copyto(v, r, where=on_integer)
         return v.astype(self.dtype).reshape(self.input_shape)
+
+
+def _black_and_range(
+    image: np.ndarray, data_range: float | None, value_range: Sequence[float] | None
+) -> tuple[float, float]:
+    """(stored value of black, stored range black..white) of an image; see :class:`Context`."""
+    if value_range is not None:
+        lo, hi = check_value_range(value_range)
+        return lo, hi - lo
+    rng = default_data_range(image, data_range)
+    if data_range is None:
+        lo = 0.0 if image.dtype == np.uint8 else float(image.min())
+    else:
+        lo = 0.0 if float(image.max()) <= rng else float(image.min())
+    return lo, rng
 
 
 def smooth_field(

@@ -9,7 +9,16 @@ from medfm_robust.perturb.registry import ParamSpec, register
 
 
 @register(
-    "haze", family="angiography", param=ParamSpec("density", 0.005, 1.0, "veil density", scale="linear")
+    "haze",
+    family="angiography",
+    param=ParamSpec(
+        "density",
+        0.005,
+        0.8,
+        "veil density",
+        scale="linear",
+        bound="transmission >= ~0.2 at the densest veil: the vessels stay faintly visible",
+    ),
 )
 def haze(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Haze (veiling glare): a smooth, uneven bright veil, I = J t + A (1 - t), with transmission

@@ -41,7 +41,13 @@ class AffineOp:
 @register(
     "gaussian_noise",
     family="base",
-    param=ParamSpec("sigma", 0.002, 1.5, "standard deviation, fraction of the dtype range"),
+    param=ParamSpec(
+        "sigma",
+        0.002,
+        0.5,
+        "standard deviation, fraction of the black-to-white range",
+        bound="sigma <= half the image range: beyond it clipping turns the noise into a binary pattern",
+    ),
 )
 def gaussian_noise(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Additive white Gaussian noise, independent per pixel and channel."""
@@ -52,7 +58,13 @@ def gaussian_noise(ctx: Context, rng: np.random.Generator):  # type: ignore[no-u
 @register(
     "salt_pepper_noise",
     family="base",
-    param=ParamSpec("amount", 1e-4, 1.0, "fraction of pixels set to black or white"),
+    param=ParamSpec(
+        "amount",
+        1e-4,
+        0.5,
+        "fraction of pixels set to black or white",
+        bound="at most half the pixels corrupted: beyond that the impulses, not the image, are the content",
+    ),
 )
 def salt_pepper_noise(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Impulse noise: a fraction of pixels (all channels) set to the dtype maximum (salt) or 0 (pepper)."""
@@ -65,7 +77,17 @@ def salt_pepper_noise(ctx: Context, rng: np.random.Generator):  # type: ignore[n
     return op
 
 
-@register("speckle_noise", family="base", param=ParamSpec("sigma", 0.005, 8.0, "relative standard deviation"))
+@register(
+    "speckle_noise",
+    family="base",
+    param=ParamSpec(
+        "sigma",
+        0.005,
+        1.0,
+        "relative standard deviation",
+        bound="contrast std/mean <= 1: fully developed speckle has contrast 1 (Goodman 1975)",
+    ),
+)
 def speckle_noise(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Multiplicative Gaussian noise x(1 + sigma n), with a 2 % floor so black regions get a little too."""
     noise = rng_array(rng, ctx.x.shape)
@@ -73,7 +95,17 @@ def speckle_noise(ctx: Context, rng: np.random.Generator):  # type: ignore[no-un
     return lambda p: ctx.x + np.float32(p) * noise * base
 
 
-@register("gaussian_blur", family="base", param=ParamSpec("sigma", 0.15, 40.0, "pixels"))
+@register(
+    "gaussian_blur",
+    family="base",
+    param=ParamSpec(
+        "sigma",
+        0.15,
+        20.0,
+        "pixels",
+        bound="sigma <= 20 px (FWHM 47 px, a fifth of a 256-px frame): beyond, only coarse shapes remain",
+    ),
+)
 def gaussian_blur(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Gaussian blur (isotropic, reflect-padded borders) with standard deviation sigma pixels."""
     del rng
@@ -96,7 +128,17 @@ def line_kernel(length: float, angle: float, max_radius: int) -> np.ndarray:
     return k / k.sum()
 
 
-@register("motion_blur", family="base", param=ParamSpec("length", 0.3, 120.0, "pixels"))
+@register(
+    "motion_blur",
+    family="base",
+    param=ParamSpec(
+        "length",
+        0.3,
+        60.0,
+        "pixels",
+        bound="<= 60 px (a quarter of a 256-px frame) of motion during one exposure: gross patient motion",
+    ),
+)
 def motion_blur(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Linear camera/patient motion blur: a normalised line kernel of the given length at a random angle."""
     angle = float(rng.uniform(0, math.pi))
@@ -104,14 +146,34 @@ def motion_blur(ctx: Context, rng: np.random.Generator):  # type: ignore[no-unty
     return lambda p: fft_filter(ctx, kernel_transfer(ctx, line_kernel(p, angle, rmax)))
 
 
-@register("brightness", family="base", param=ParamSpec("offset", 0.002, 1.0, "fraction of the dtype range"))
+@register(
+    "brightness",
+    family="base",
+    param=ParamSpec(
+        "offset",
+        0.002,
+        0.4,
+        "fraction of the black-to-white range",
+        bound="offset <= 40 % of the range: mid-grey stays inside it (no black-out or white-out to flat)",
+    ),
+)
 def brightness(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Global brightness change: a constant offset (random sign), clipped to the dtype range."""
     sign = np.float32(1 if rng.random() < 0.5 else -1)
     return lambda p: ctx.x + sign * np.float32(p)
 
 
-@register("contrast", family="base", param=ParamSpec("reduction", 0.002, 1.0, "fraction of contrast removed"))
+@register(
+    "contrast",
+    family="base",
+    param=ParamSpec(
+        "reduction",
+        0.002,
+        0.8,
+        "fraction of contrast removed",
+        bound="keeps >= 20 % of the contrast: never a flat field",
+    ),
+)
 def contrast(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Contrast reduction towards the per-channel mean: mean + (x - mean)(1 - reduction)."""
     del rng
@@ -173,7 +235,14 @@ def jpeg_round_trip(x: np.ndarray, quality: float) -> np.ndarray:
 @register(
     "jpeg_compression",
     family="base",
-    param=ParamSpec("quality", 98, 1, "JPEG quality (libjpeg scaling, continuous)", pivot=100.0),
+    param=ParamSpec(
+        "quality",
+        98,
+        1,
+        "JPEG quality (libjpeg scaling, continuous)",
+        pivot=100.0,
+        bound="quality 1 is the lowest setting an encoder offers (libjpeg/OpenCV accept 1..100)",
+    ),
 )
 def jpeg_compression(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """JPEG compression artefacts (blocking, ringing, chroma loss); 16-bit images are compressed at 8 bits.
@@ -185,7 +254,17 @@ def jpeg_compression(ctx: Context, rng: np.random.Generator):  # type: ignore[no
     return lambda p: jpeg_round_trip(ctx.x, p)
 
 
-@register("pixelate", family="base", param=ParamSpec("block", 1.02, 64.0, "pixels per block"))
+@register(
+    "pixelate",
+    family="base",
+    param=ParamSpec(
+        "block",
+        1.02,
+        32.0,
+        "pixels per block",
+        bound="<= 32 px blocks (an 8 x 8 grid at 256 px): the coarsest plausible down-sampling on transfer",
+    ),
+)
 def pixelate(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Pixelation: area-average down-sampling by the block size, nearest-neighbour up-sampling."""
     del rng
@@ -202,7 +281,12 @@ def pixelate(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped
     return op
 
 
-@register("rotation", family="base", param=ParamSpec("angle", 0.05, 180.0, "degrees"), moves_labels=True)
+@register(
+    "rotation",
+    family="base",
+    param=ParamSpec("angle", 0.05, 180.0, "degrees", bound="180 degrees is the end of rotation"),
+    moves_labels=True,
+)
 def rotation(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """In-plane rotation about the image centre (random sign), bilinear, constant background fill."""
     sign = 1.0 if rng.random() < 0.5 else -1.0
@@ -218,7 +302,14 @@ def rotation(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped
 @register(
     "scale",
     family="base",
-    param=ParamSpec("factor", 0.999, 0.05, "zoom factor (< 1 shrinks)", pivot=1.0),
+    param=ParamSpec(
+        "factor",
+        0.999,
+        0.25,
+        "zoom factor (< 1 shrinks)",
+        pivot=1.0,
+        bound="zoom >= 0.25 (a 4x wider field of view): the object keeps >= 1/16 of the frame",
+    ),
     moves_labels=True,
 )
 def scale(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
@@ -230,7 +321,13 @@ def scale(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-de
 @register(
     "translation",
     family="base",
-    param=ParamSpec("shift", 0.0005, 0.45, "fraction of the image size"),
+    param=ParamSpec(
+        "shift",
+        0.0005,
+        0.45,
+        "fraction of the image size",
+        bound="shift <= 45 % of the size: a centred object stays partly in view",
+    ),
     moves_labels=True,
 )
 def translation(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]

@@ -1,36 +1,39 @@
-"""Per-image SSIM calibration: find the parameter whose *saved* output lands in the level's SSIM band.
+"""Per-image SSIM calibration: find the parameter whose *saved* output lands in each level's SSIM band.
 
-For one (image, type, level) the random stream is fixed first (``prepare(ctx, rng)`` and a uniform field
-for dithered rounding of the saved image, see ``Context.quantise``), so the SSIM of the quantised output
-is a deterministic function ``s(t)`` of the search position ``t`` in [0, 1] (0 = mild end
-of the parameter range; see :class:`~medfm_robust.perturb.registry.ParamSpec`). The search works on
-``g = log(1 - s)``, which is close to linear in ``t`` for most types:
+**Nested levels.** For one (image, type) the random stream is fixed once from ``seed`` (which does not
+depend on the level): ``prepare(ctx, rng)`` draws the layout (noise field, hairs, spots, streaks...) and a
+uniform field for dithered rounding of the saved image (see ``Context.quantise``). All five levels use
+that one layout and differ only in the severity parameter, so L1..L5 of an image are the same artefact at
+growing strength, and the SSIM of the saved output is a deterministic function ``s(t)`` of the search
+position ``t`` in [0, 1] (0 = mild end of the type's *bounded* parameter range; see
+:class:`~medfm_robust.perturb.registry.ParamSpec`).
 
-1. start at the type's prior position for this level (``priors.json``: the median calibrated position
-   over a fixed set of generated images, refitted with ``benchmarks/perturb_throughput.py --fit-priors``);
-2. if that misses, shift the prior curve through the observed point and try its prediction;
-3. then secant steps while all points lie on one side of the band (stepping at least 0.08 and up to the
-   range end), and regula falsi with an Illinois/bisection safeguard once the band is bracketed.
+**One shared search** (:func:`calibrate_levels`): every evaluated point of ``s(t)`` is kept and serves all
+levels. Both range ends are evaluated first: they certify the reachable SSIM (``ssim_min_reachable``,
+``ssim_max_reachable``: the lowest and highest SSIM of any evaluated parameter, ends included), so a
+band outside that interval is reported as unreachable, never forced. Then, level by level:
 
-This copes with integer parameters (the search is memoised on the rounded value; a band that falls between
-two adjacent integers is reported) and with non-monotone ``s(t)`` (a bracket is any pair of too-mild and
-too-strong points; continuity gives a crossing between them). The search path depends only on the image,
-type, level, seed and settings, never on other images, so results are byte-identical in any order,
-sharding or worker count. The returned output is the in-band one; if the band cannot be reached, the one
-closest to the band, with ``in_band = False`` and a reason.
+1. an already evaluated in-band point is taken (closest to the band centre);
+2. else, between the two adjacent evaluated points that straddle the band (one too mild, one too
+   strong), regula falsi on ``g = log(1 - s)`` (nearly linear in ``t``), the first step from the type's
+   prior position (``priors.json``) when it lies inside that bracket, bisection after two steps on the
+   same side; a bracket between adjacent integers, or narrower than 2e-3 in ``t`` (a jump over the band,
+   e.g. JPEG quantisation steps), is dropped;
+3. with every point on one side of the band, the grid 1/2, 1/4, 3/4 is tried (a non-monotone ``s(t)``
+   may dip into the band between the ends); if it stays on one side the band is reported unreachable.
 
-Why no running median of the dataset as the warm start: a running median depends on the order in which
-images are processed, so the search path, and with it the chosen in-band output, would change with file
-order or sharding. The fixed prior is order-independent information playing the same role (the typical
-parameter of the type at that level), and each level's search is independent, so
-``calibrate(image, name, level, seed=row.seed)`` regenerates any shard row exactly.
+The search path depends only on the image, type, seed, settings and the requested levels, never on
+other images, so results are byte-identical in any order, sharding or worker count.
+:func:`apply` reproduces any saved output from its ``param`` and ``seed`` exactly (same layout, dither,
+quantisation and moved mask), so a shard row is regenerated, and a type swept, without a search.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -40,7 +43,7 @@ import numpy as np
 
 from medfm_robust.errors import ConfigError, DataError
 from medfm_robust.perturb._common import Context
-from medfm_robust.perturb.registry import ParamSpec, get_spec
+from medfm_robust.perturb.registry import ParamSpec, PerturbationSpec, get_spec
 
 DEFAULT_BANDS: tuple[tuple[float, float], ...] = (
     (0.90, 0.98),
@@ -60,7 +63,9 @@ class CalibrationResult:
     ``image``: exactly what is saved (same shape and dtype as the input); ``mask``: the moved mask
     (``H x W`` uint8 {0, 255}) for label-moving types when a mask was given, else the input mask or None;
     ``ssim`` of ``image`` against the input; ``param`` the parameter used; ``in_band`` and ``reason``
-    (empty when in band); ``band`` (lo, hi); ``n_evals`` perturbation + SSIM evaluations spent.
+    (empty when in band); ``band`` (lo, hi); ``n_evals`` perturbation + SSIM evaluations spent;
+    ``ssim_min_reachable`` / ``ssim_max_reachable``: lowest / highest SSIM of any parameter evaluated for
+    this (image, type), both ends of the bounded range included (the reachability certificate).
     """
 
     name: str
@@ -75,6 +80,8 @@ class CalibrationResult:
     seed: int
     n_evals: int
     moves_labels: bool = False
+    ssim_min_reachable: float = float("nan")
+    ssim_max_reachable: float = float("nan")
     extra: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
@@ -90,6 +97,8 @@ class CalibrationResult:
             "seed": self.seed,
             "n_evals": self.n_evals,
             "moves_labels": self.moves_labels,
+            "ssim_min_reachable": round(self.ssim_min_reachable, 6),
+            "ssim_max_reachable": round(self.ssim_max_reachable, 6),
         }
 
 
@@ -155,6 +164,159 @@ def check_mask(mask: np.ndarray | None, image: np.ndarray, source: str = "mask")
     return np.where(m > 0, 255, 0).astype(np.uint8)
 
 
+@dataclass
+class _Curve:
+    """The shared state of one (image, type, seed): the prepared op, dither and every evaluated point."""
+
+    ctx: Context
+    pspec: ParamSpec
+    op: Any
+    dither: np.ndarray
+    memo: dict[float, tuple[float, np.ndarray]] = field(default_factory=dict)  # param -> (ssim, output)
+    pos: dict[float, float] = field(default_factory=dict)  # param -> first search position t
+
+    def evaluate(self, t: float) -> tuple[float, float]:
+        """(param, SSIM) at search position ``t``; cached per (rounded) parameter value."""
+        p = self.pspec.value(t)
+        if p not in self.memo:
+            out = self.ctx.quantise(self.op(p), self.dither)
+            self.memo[p] = (self.ctx.ref.score(out.reshape(self.ctx.image.shape)), out)
+            self.pos[p] = float(t)
+        return p, self.memo[p][0]
+
+    def points(self) -> list[tuple[float, float, float]]:
+        """Evaluated ``(t, param, ssim)`` sorted by ``t``."""
+        return sorted((self.pos[p], p, s) for p, (s, _) in self.memo.items())
+
+
+def _prepare(
+    ctx: Context,
+    name: str,
+    seed: int,
+    param_range: Sequence[float] | None,
+    options: Mapping[str, str] | None = None,
+) -> tuple[PerturbationSpec, ParamSpec, Any, np.ndarray]:
+    """(spec, bounded param spec, op, dither) of one (image, type, seed): the random stream's one use."""
+    spec = get_spec(name)
+    opts = spec.check_options(options)
+    pspec = spec.param if param_range is None else spec.param.with_range(*map(float, param_range))
+    rng = np.random.default_rng(int(seed))
+    op = spec.prepare(ctx, rng, **opts)
+    dither = _dither(rng, ctx.x.shape)  # stochastic rounding of the saved image
+    return spec, pspec, op, dither
+
+
+def _context(
+    image: np.ndarray | Context, data_range: float | None, value_range: Sequence[float] | None = None
+) -> Context:
+    if isinstance(image, Context):
+        return image
+    return Context(image, data_range=data_range, value_range=value_range)
+
+
+def _moved_mask(spec: PerturbationSpec, op: Any, p: float, mask_u8: np.ndarray | None) -> np.ndarray | None:
+    if spec.moves_labels and mask_u8 is not None:
+        return np.where(op.move_mask(p, mask_u8) > 127, 255, 0).astype(np.uint8)
+    return mask_u8
+
+
+def apply(
+    image: np.ndarray | Context,
+    name: str,
+    param: float,
+    *,
+    seed: int,
+    mask: np.ndarray | None = None,
+    data_range: float | None = None,
+    options: Mapping[str, str] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Perturbation ``name`` at parameter ``param`` with random stream ``seed``: exactly what
+    :func:`calibrate_levels` saves when it picks ``param`` (same layout, dithered rounding, dtype, shape).
+
+    ``image``: ``H x W`` or ``H x W x 3`` uint8/uint16 (or a :class:`Context`); ``mask``: optional
+    ``H x W`` (> 0 = foreground); ``data_range``: stored range black..white (see :class:`Context`);
+    ``options``: the type's registry options (e.g. ``{"space": "hsv"}`` for stain_variation). Returns
+    ``(output, mask)``: the output in the input's shape and dtype, and the mask as ``H x W`` uint8
+    {0, 255} moved with the image for label-moving types (None when no mask was given). Any finite
+    ``param`` is accepted (sweeps may go past the bounded range).
+    """
+    if not math.isfinite(float(param)):
+        raise ConfigError(f"param for '{name}' must be a finite number, got {param!r}")
+    ctx = _context(image, data_range)
+    mask_u8 = check_mask(mask, ctx.image)
+    spec, _, op, dither = _prepare(ctx, name, seed, None, options)
+    out = ctx.quantise(op(float(param)), dither)
+    return out, _moved_mask(spec, op, float(param), mask_u8)
+
+
+def calibrate_levels(
+    image: np.ndarray | Context,
+    name: str,
+    levels: Sequence[int] = (1, 2, 3, 4, 5),
+    *,
+    seed: int,
+    mask: np.ndarray | None = None,
+    bands: Sequence[Sequence[float]] | None = None,
+    param_range: Sequence[float] | None = None,
+    max_evals: int = DEFAULT_MAX_EVALS,
+    data_range: float | None = None,
+    options: Mapping[str, str] | None = None,
+) -> list[CalibrationResult]:
+    """Calibrate perturbation ``name`` at every level of ``levels`` (1..5) on one image, from one shared
+    search over one random layout (``seed``; see the module docstring).
+
+    ``image``: ``H x W`` or ``H x W x 3`` uint8/uint16 (or a :class:`Context` built from it, to share
+    per-image caches across types); ``mask``: optional ``H x W`` (> 0 = foreground), moved with the image
+    for label-moving types. ``bands``: 5 ``[lo, hi]`` SSIM bands; ``param_range``: optional ``[min, max]``
+    overriding the type's bounded range; ``max_evals``: new evaluations allowed per level;
+    ``data_range``: stored range black..white (see :class:`Context`); ``options``: the type's registry
+    options. Returns one :class:`CalibrationResult` per level, in the order of ``levels``.
+    """
+    levels_t = [_check_level(v) for v in levels]
+    if not levels_t:
+        raise ConfigError("levels must name at least one level in 1..5")
+    bands_t = check_bands(bands)
+    if max_evals < 2:
+        raise ConfigError(f"max_evals must be at least 2, got {max_evals}")
+    ctx = _context(image, data_range)
+    mask_u8 = check_mask(mask, ctx.image)
+    spec, pspec, op, dither = _prepare(ctx, name, seed, param_range, options)
+    curve = _Curve(ctx, pspec, op, dither)
+    curve.evaluate(0.0)
+    curve.evaluate(1.0)
+    found: dict[int, tuple[float, str, int]] = {}
+    for level in sorted(set(levels_t)):
+        before = len(curve.memo)
+        p, reason = _search_level(curve, name, level, bands_t, max_evals)
+        found[level] = (p, reason, len(curve.memo) - before + (2 if not found else 0))
+    scores = [s for s, _ in curve.memo.values()]
+    s_min, s_max = float(min(scores)), float(max(scores))
+    results = []
+    for level in levels_t:
+        p, reason, n = found[level]
+        s_best, out = curve.memo[p]
+        ok = in_band(s_best, level, bands_t)
+        results.append(
+            CalibrationResult(
+                name=name,
+                level=level,
+                image=out,
+                mask=_moved_mask(spec, op, p, mask_u8),
+                ssim=float(s_best),
+                param=float(p),
+                in_band=ok,
+                reason="" if ok else reason,
+                band=bands_t[level - 1],
+                seed=int(seed),
+                n_evals=n,
+                moves_labels=spec.moves_labels,
+                ssim_min_reachable=s_min,
+                ssim_max_reachable=s_max,
+            )
+        )
+    return results
+
+
 def calibrate(
     image: np.ndarray | Context,
     name: str,
@@ -165,108 +327,86 @@ def calibrate(
     bands: Sequence[Sequence[float]] | None = None,
     param_range: Sequence[float] | None = None,
     max_evals: int = DEFAULT_MAX_EVALS,
+    data_range: float | None = None,
+    options: Mapping[str, str] | None = None,
 ) -> CalibrationResult:
-    """Calibrate perturbation ``name`` at ``level`` (1..5) on ``image`` with random stream ``seed``.
+    """Calibrate one level: :func:`calibrate_levels` with ``levels=(level,)`` (same arguments)."""
+    return calibrate_levels(
+        image,
+        name,
+        (level,),
+        seed=seed,
+        mask=mask,
+        bands=bands,
+        param_range=param_range,
+        max_evals=max_evals,
+        data_range=data_range,
+        options=options,
+    )[0]
 
-    ``image``: ``H x W`` or ``H x W x 3`` uint8/uint16 (or a :class:`Context` built from it, to share
-    per-image caches across calls); ``mask``: optional ``H x W`` (any dtype, > 0 = foreground), moved with
-    the image for label-moving types. ``bands``: 5 ``[lo, hi]`` SSIM bands; ``param_range``: optional
-    ``[min, max]`` overriding the type's searched range. Returns a :class:`CalibrationResult`.
-    """
-    spec = get_spec(name)
-    level = _check_level(level)
-    bands_t = check_bands(bands)
-    if max_evals < 2:
-        raise ConfigError(f"max_evals must be at least 2, got {max_evals}")
-    ctx = image if isinstance(image, Context) else Context(image)
-    mask_u8 = check_mask(mask, ctx.image)
-    pspec = spec.param if param_range is None else spec.param.with_range(*map(float, param_range))
-    rng = np.random.default_rng(int(seed))
-    op = spec.prepare(ctx, rng)
-    dither = _dither(rng, ctx.x.shape)  # stochastic rounding of the saved image
-    lo, hi = bands_t[level - 1]
-    target = _g((lo + hi) / 2)
 
-    memo: dict[float, tuple[float, np.ndarray]] = {}
-    points: list[tuple[float, float]] = []  # (t, g)
+_GRID = (0.5, 0.25, 0.75)  # scanned when every point lies on one side of the band (non-monotone s(t))
 
-    def evaluate(t: float) -> tuple[float, float, bool]:
-        p = pspec.value(t)
-        if p not in memo:
-            out = ctx.quantise(op(p), dither)
-            memo[p] = (ctx.ref.score(out.reshape(ctx.image.shape)), out)
-        s = memo[p][0]
-        points.append((t, _g(s)))
-        return p, s, in_band(s, level, bands_t)
 
-    t = prior_positions(name)[level - 1]
-    found: float | None = None
-    mild: tuple[float, float] | None = None  # (t, g) with s above the band
-    strong: tuple[float, float] | None = None  # (t, g) with s below the band
-    reason = ""
-    n_iter = 0
-    scanning = False
-    jump_scan = False
-    first_bracket: tuple[float, float] | None = None
-    while n_iter < max_evals:
-        n_iter += 1
-        p, s, ok = evaluate(t)
-        if ok:
-            found = p
+def _search_level(
+    curve: _Curve, name: str, level: int, bands: Sequence[tuple[float, float]], max_evals: int
+) -> tuple[float, str]:
+    """(chosen parameter, reason if not in band) for one level, adding points to the shared curve."""
+    lo, hi = bands[level - 1]
+    centre = (lo + hi) / 2
+    target = _g(centre)
+    pspec = curve.pspec
+    dead: set[tuple[float, float]] = set()
+    prior = prior_positions(name)[level - 1]
+    history: list[bool] = []  # side of each new point of this level (True = too mild)
+    new = 0
+    while True:
+        pts = curve.points()
+        hits = [(abs(s - centre), t, p) for t, p, s in pts if in_band(s, level, bands)]
+        if hits:
+            return min(hits)[2], ""
+        if new >= max_evals:
+            return _closest(curve, lo, hi), f"no parameter in band after {max_evals} evaluations"
+        nxt = None
+        straddles = False
+        for (ta, pa, sa), (tb, pb, sb) in itertools.pairwise(pts):
+            if (sa >= hi) == (sb >= hi):
+                continue
+            straddles = True
+            if (ta, tb) in dead:
+                continue
+            if abs(pa - pb) <= (1.0 if pspec.integer else 0.0) or tb - ta < 2e-3:
+                dead.add((ta, tb))
+                continue
+            ga, gb = _g(sa), _g(sb)
+            if not history and ta < prior < tb:
+                frac = (prior - ta) / (tb - ta)
+            elif len(history) >= 2 and history[-1] == history[-2]:
+                frac = 0.5
+            else:
+                frac = (target - ga) / (gb - ga) if gb != ga else 0.5
+            frac = min(max(frac, 0.1), 0.9)
+            nt = ta + frac * (tb - ta)
+            if pspec.value(nt) in curve.memo:
+                nt = ta + 0.5 * (tb - ta)
+                if pspec.value(nt) in curve.memo:
+                    dead.add((ta, tb))
+                    continue
+            nxt = nt
             break
-        gt = _g(s)
-        if s >= hi:
-            mild = (t, gt)
-        else:
-            strong = (t, gt)
-        if mild is not None and strong is not None and first_bracket is None:
-            first_bracket = (mild[0], strong[0])
-        if jump_scan:
-            nxt = _grid_position(first_bracket, pspec, memo)  # type: ignore[arg-type]
-        else:
-            nxt = (
-                None if scanning else _next_position(t, gt, target, mild, strong, points, name, level, pspec)
-            )
-        if nxt is None and (mild is None or strong is None):
-            scanning = True  # a range end reached without crossing: scan a coarse grid (non-monotone s(t))
-            nxt = _scan_position(mild, strong, pspec, memo)
-        elif scanning:
-            scanning = False  # the scan found the other side: bracket from here
-            nxt = _next_position(t, gt, target, mild, strong, points, name, level, pspec)
-        elif nxt is None and not jump_scan and not pspec.integer and first_bracket is not None:
-            # the bracket collapsed onto a jump over the band (e.g. JPEG's quantisation steps): try an
-            # evenly spaced grid inside the first bracket for an in-band point
-            jump_scan = True
-            nxt = _grid_position(first_bracket, pspec, memo)
+        if nxt is None and not straddles:
+            nxt = next((t for t in _GRID if pspec.value(t) not in curve.memo), None)
         if nxt is None:
-            reason = _unreachable_reason(mild, strong, pspec, memo)
-            break
-        t = nxt
-    else:
-        reason = f"no parameter in band after {max_evals} evaluations"
+            return _closest(curve, lo, hi), _unreachable_reason(curve, lo, hi, dead)
+        _, s = curve.evaluate(nxt)
+        history.append(s >= hi)
+        new += 1
 
-    if found is None:
-        found = min(memo, key=lambda q: (_band_distance(memo[q][0], lo, hi), abs(memo[q][0] - (lo + hi) / 2)))
-        if not reason:
-            reason = "band not reached"
-    s_best, out = memo[found]
-    moved = mask_u8
-    if spec.moves_labels and mask_u8 is not None:
-        moved = np.where(op.move_mask(found, mask_u8) > 127, 255, 0).astype(np.uint8)
-    return CalibrationResult(
-        name=name,
-        level=level,
-        image=out,
-        mask=moved,
-        ssim=float(s_best),
-        param=float(found),
-        in_band=in_band(s_best, level, bands_t),
-        reason="" if in_band(s_best, level, bands_t) else reason,
-        band=(lo, hi),
-        seed=int(seed),
-        n_evals=len(memo),
-        moves_labels=spec.moves_labels,
-    )
+
+def _closest(curve: _Curve, lo: float, hi: float) -> float:
+    """The evaluated parameter whose SSIM is closest to the band (then to its centre)."""
+    m = curve.memo
+    return min(m, key=lambda q: (_band_distance(m[q][0], lo, hi), abs(m[q][0] - (lo + hi) / 2), q))
 
 
 def _dither(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -280,120 +420,20 @@ def _band_distance(s: float, lo: float, hi: float) -> float:
     return 0.0 if lo <= s <= hi else min(abs(s - lo), abs(s - hi))
 
 
-def _next_position(
-    t: float,
-    gt: float,
-    target: float,
-    mild: tuple[float, float] | None,
-    strong: tuple[float, float] | None,
-    points: list[tuple[float, float]],
-    name: str,
-    level: int,
-    pspec: ParamSpec,
-) -> float | None:
-    """The next search position, or None when the band is unreachable / bracketed between integers."""
-    if mild is not None and strong is not None:
-        (ta, ga), (tb, gb) = mild, strong
-        if abs(pspec.value(ta) - pspec.value(tb)) <= (1.0 if pspec.integer else 0.0) or abs(ta - tb) < 2e-3:
-            return None
-        frac = (target - ga) / (gb - ga) if gb != ga else 0.5
-        frac = min(max(frac, 0.1), 0.9)
-        # Illinois-like safeguard: after two steps on the same side, bisect.
-        if len(points) >= 3 and _same_side(points[-3:], target):
-            frac = 0.5
-        nt = ta + frac * (tb - ta)
-        if pspec.integer and pspec.value(nt) in (pspec.value(ta), pspec.value(tb)):
-            nt = ta + 0.5 * (tb - ta)
-            if pspec.value(nt) in (pspec.value(ta), pspec.value(tb)):
-                return None
-        return nt
-    going_up = strong is None  # too mild so far -> stronger (larger t)
-    if going_up and t >= 1.0:
-        return None
-    if not going_up and t <= 0.0:
-        return None
-    if len(points) == 1:
-        prior = prior_positions(name)
-        nt = _shift_prior(t, gt, target, prior, level)
-    else:
-        (t1, g1), (t2, g2) = points[-2], points[-1]
-        slope = (g2 - g1) / (t2 - t1) if abs(t2 - t1) > 1e-9 else 0.0
-        nt = t2 + (target - g2) / slope if slope > 0.05 else t2 + (0.3 if going_up else -0.3)
-    step = nt - t
-    step = min(max(step, 0.06), 0.6) if going_up else max(min(step, -0.06), -0.6)
-    nt = min(max(t + step, 0.0), 1.0)
-    if pspec.integer and pspec.value(nt) == pspec.value(t):
-        nt = pspec.position(pspec.value(t) + (1 if (pspec.strong > pspec.mild) == going_up else -1))
-    return nt
-
-
-def _scan_position(
-    mild: tuple[float, float] | None,
-    strong: tuple[float, float] | None,
-    pspec: ParamSpec,
-    memo: dict[float, tuple[float, np.ndarray]],
-) -> float | None:
-    """When one range end is reached without crossing the band, the next untried point of a coarse grid
-    (from that end inwards), so a non-monotone ``s(t)`` is still searched; None when the grid is exhausted."""
-    grid = np.linspace(0.0, 1.0, 5)
-    order = grid[::-1] if strong is None else grid
-    for t in order:
-        if pspec.value(float(t)) not in memo:
-            return float(t)
-    return None
-
-
-def _grid_position(
-    bracket: tuple[float, float], pspec: ParamSpec, memo: dict[float, tuple[float, np.ndarray]]
-) -> float | None:
-    """The next untried point of an 8-point grid strictly inside ``bracket``; None when all were tried."""
-    a, b = sorted(bracket)
-    for t in np.linspace(a, b, 10)[1:-1]:
-        if pspec.value(float(t)) not in memo:
-            return float(t)
-    return None
-
-
-def _same_side(pts: list[tuple[float, float]], target: float) -> bool:
-    sides = [g > target for _, g in pts]
-    return sides[-1] == sides[-2] == sides[-3]
-
-
-def _shift_prior(t: float, gt: float, target: float, prior: Sequence[float], level: int) -> float:
-    """Shift the prior curve (t_L at band centre g_L) horizontally through the observed point (t, gt)."""
-    gs = [_g((lo + hi) / 2) for lo, hi in DEFAULT_BANDS]
-    ts = list(prior)
-
-    # piecewise-linear inverse of the prior curve, extrapolated at the ends
-    def t_of(g: float) -> float:
-        if g <= gs[0]:
-            i = 0
-        elif g >= gs[-1]:
-            i = len(gs) - 2
-        else:
-            i = next(k for k in range(len(gs) - 1) if gs[k] <= g <= gs[k + 1])
-        slope = (ts[i + 1] - ts[i]) / (gs[i + 1] - gs[i]) if gs[i + 1] != gs[i] else 0.0
-        slope = max(slope, 0.02)
-        return ts[i] + (g - gs[i]) * slope
-
-    shift = t - t_of(gt)
-    return t_of(target) + shift
-
-
-def _unreachable_reason(
-    mild: tuple[float, float] | None,
-    strong: tuple[float, float] | None,
-    pspec: ParamSpec,
-    memo: dict[float, tuple[float, np.ndarray]],
-) -> str:
-    """Why the band was missed, naming the parameter values tried."""
-    if mild is not None and strong is not None:
-        a, b = sorted((pspec.value(mild[0]), pspec.value(strong[0])))
-        if not pspec.integer:
-            return f"SSIM jumps over the band between {pspec.name} {a:.4g} and {b:.4g} (discontinuous)"
-        return f"band lies between adjacent {pspec.name} values {a:g} and {b:g}"
-    lo, hi = pspec.range
-    scores = [s for s, _ in memo.values()]
-    if strong is None:
-        return f"too mild over the whole {pspec.name} range [{lo:g}, {hi:g}] (lowest SSIM {min(scores):.3f})"
-    return f"too strong over the whole {pspec.name} range [{lo:g}, {hi:g}] (highest SSIM {max(scores):.3f})"
+def _unreachable_reason(curve: _Curve, lo: float, hi: float, dead: set[tuple[float, float]]) -> str:
+    """Why the band was missed, naming the parameter values and SSIMs concerned."""
+    pspec = curve.pspec
+    scores = [s for s, _ in curve.memo.values()]
+    a, b = pspec.range
+    whole = f"the whole bounded {pspec.name} range [{a:g}, {b:g}]"
+    if min(scores) >= hi:
+        return f"unreachable: too mild over {whole} (lowest SSIM {min(scores):.3f})"
+    if max(scores) < lo:
+        return f"unreachable: too strong over {whole} (highest SSIM {max(scores):.3f})"
+    if dead:
+        ta, tb = min(dead)
+        pa, pb = sorted((pspec.value(ta), pspec.value(tb)))
+        if pspec.integer:
+            return f"band lies between adjacent {pspec.name} values {pa:g} and {pb:g}"
+        return f"SSIM jumps over the band between {pspec.name} {pa:.4g} and {pb:.4g} (discontinuous)"
+    return "band not reached on the search grid"

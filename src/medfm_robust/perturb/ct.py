@@ -20,7 +20,15 @@ def _intensity_range(ctx: Context) -> tuple[float, float]:
 
 
 @register(
-    "metal_streaks", family="ct", param=ParamSpec("amplitude", 0.005, 40.0, "fraction of intensity range")
+    "metal_streaks",
+    family="ct",
+    param=ParamSpec(
+        "amplitude",
+        0.005,
+        1.0,
+        "fraction of intensity range",
+        bound="streaks <= the image intensity range (about +-1000 HU next to hip/dental metal)",
+    ),
 )
 def metal_streaks(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Metal artefact: bright/dark streaks radiating from 1-3 metal objects, decaying with distance."""
@@ -54,7 +62,15 @@ def metal_streaks(ctx: Context, rng: np.random.Generator):  # type: ignore[no-un
 
 
 @register(
-    "beam_hardening", family="ct", param=ParamSpec("cupping", 0.005, 8.0, "relative central depression")
+    "beam_hardening",
+    family="ct",
+    param=ParamSpec(
+        "cupping",
+        0.005,
+        0.4,
+        "relative central depression",
+        bound="cupping <= 40 % of the centre value: uncorrected water-phantom cupping is a few to tens of %",
+    ),
 )
 def beam_hardening(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Beam-hardening cupping: attenuation falls towards the centre of the object, so its centre darkens.
@@ -80,7 +96,15 @@ def beam_hardening(ctx: Context, rng: np.random.Generator):  # type: ignore[no-u
 
 
 @register(
-    "photon_starvation", family="ct", param=ParamSpec("amplitude", 0.005, 80.0, "fraction of intensity range")
+    "photon_starvation",
+    family="ct",
+    param=ParamSpec(
+        "amplitude",
+        0.005,
+        1.0,
+        "fraction of intensity range",
+        bound="streaks <= the image intensity range (starved-view noise streaks, not a new image)",
+    ),
 )
 def photon_starvation(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Photon starvation: noisy streaks along rays through dense regions, scaled to the intensity range.
@@ -118,7 +142,17 @@ def photon_starvation(ctx: Context, rng: np.random.Generator):  # type: ignore[n
     return lambda p: ctx.x + np.float32(p) * field
 
 
-@register("window_level", family="ct", param=ParamSpec("shift", 0.005, 1.0, "window error (0 = correct)"))
+@register(
+    "window_level",
+    family="ct",
+    param=ParamSpec(
+        "shift",
+        0.005,
+        1.0,
+        "window error (0 = correct)",
+        bound="centre off by <= half the width and width narrowed to 10 %: a wrong preset, still a window",
+    ),
+)
 def window_level(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Wrong display window: centre moved and width narrowed in proportion to s, then clipped (saturation)."""
     lo, hi = _intensity_range(ctx)

@@ -13,7 +13,17 @@ from medfm_robust.perturb._common import Context, blob_layout, colour, nearest_b
 from medfm_robust.perturb.registry import ParamSpec, register
 
 
-@register("hair", family="dermoscopy", param=ParamSpec("hairs", 0.3, 300.0, "number of hairs (fractional)"))
+@register(
+    "hair",
+    family="dermoscopy",
+    param=ParamSpec(
+        "hairs",
+        0.3,
+        150.0,
+        "number of hairs (fractional)",
+        bound="<= 150 strands: densely haired skin over the lesion (ISIC images show tens to ~100)",
+    ),
+)
 def hair(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Dark hairs: curved strands (quadratic Bezier) drawn one by one; a fractional count fades one in."""
     nmax = 300
@@ -48,7 +58,17 @@ def hair(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def
     return op
 
 
-@register("vignette", family="dermoscopy", param=ParamSpec("strength", 0.01, 60.0, "1/f^2 of the cos^4 law"))
+@register(
+    "vignette",
+    family="dermoscopy",
+    param=ParamSpec(
+        "strength",
+        0.01,
+        9.0,
+        "1/f^2 of the cos^4 law",
+        bound="corners keep >= 1 % of the centre light (round-field contact dermatoscopes: black corners)",
+    ),
+)
 def vignette(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Radial fall-off of illumination (cos^4 law, 1 / (1 + v r^2)^2) about a slightly off-centre axis."""
     yy, xx = ctx.grid()
@@ -65,7 +85,13 @@ def vignette(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped
 @register(
     "light_reflection",
     family="dermoscopy",
-    param=ParamSpec("size", 0.003, 0.8, "glare radius, fraction of the image side"),
+    param=ParamSpec(
+        "size",
+        0.003,
+        0.1,
+        "glare radius, relative to the spot layout",
+        bound="glare changes <= 25 % of the image (median of 10 layouts, max 39 %; measured): lesion visible",
+    ),
 )
 def light_reflection(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Glare from the dermatoscope light: 1-3 soft white highlights (screen blend) whose size grows."""

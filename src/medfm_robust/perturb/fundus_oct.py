@@ -25,7 +25,15 @@ def _bands(ctx: Context, rng: np.random.Generator, axis: int, n: int) -> np.ndar
 
 
 @register(
-    "shadow", family="fundus_oct", param=ParamSpec("width", 0.002, 0.6, "band half-width, fraction of width")
+    "shadow",
+    family="fundus_oct",
+    param=ParamSpec(
+        "width",
+        0.002,
+        0.2,
+        "band half-width, fraction of width",
+        bound="band half-width <= 20 % of the width: vessel/floater shadows are narrow",
+    ),
 )
 def shadow(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Shadowing (vessels, floaters, media opacities): 1-3 vertical bands attenuated by up to 85 %
@@ -41,7 +49,17 @@ def shadow(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-d
     return op
 
 
-@register("blink", family="fundus_oct", param=ParamSpec("height", 0.002, 0.6, "band half-height, fraction"))
+@register(
+    "blink",
+    family="fundus_oct",
+    param=ParamSpec(
+        "height",
+        0.002,
+        0.25,
+        "band half-height, fraction",
+        bound="band half-height <= 25 %: a blink blanks a part of the scan, never all of it",
+    ),
+)
 def blink(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Blink / signal loss: 1-3 horizontal bands where the signal drops to black (partially when very
     thin), short ramps."""
@@ -88,7 +106,13 @@ class _RowShift:
 @register(
     "oct_motion",
     family="fundus_oct",
-    param=ParamSpec("shift", 0.0005, 0.3, "peak lateral shift, fraction of width"),
+    param=ParamSpec(
+        "shift",
+        0.0005,
+        0.1,
+        "peak lateral shift, fraction of width",
+        bound="<= 10 % of the width: a saccade during the scan (uncorrected by tracking)",
+    ),
     moves_labels=True,
 )
 def oct_motion(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
@@ -111,7 +135,17 @@ def disk_kernel(radius: float, max_radius: int) -> np.ndarray:
     return k / k.sum()
 
 
-@register("defocus", family="fundus_oct", param=ParamSpec("radius", 0.2, 40.0, "disk PSF radius, pixels"))
+@register(
+    "defocus",
+    family="fundus_oct",
+    param=ParamSpec(
+        "radius",
+        0.2,
+        15.0,
+        "disk PSF radius, pixels",
+        bound="blur circle <= 15 px (6 % of a 256-px frame): a grossly defocused camera",
+    ),
+)
 def defocus(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Defocus: convolution with a disk (pillbox) point-spread function, the geometric-optics blur circle."""
     del rng
@@ -119,7 +153,17 @@ def defocus(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-
     return lambda p: fft_filter(ctx, kernel_transfer(ctx, disk_kernel(p, rmax)))
 
 
-@register("oct_speckle", family="fundus_oct", param=ParamSpec("sigma", 0.005, 3.0, "log-amplitude std"))
+@register(
+    "oct_speckle",
+    family="fundus_oct",
+    param=ParamSpec(
+        "sigma",
+        0.005,
+        1.0,
+        "log-amplitude std",
+        bound="log-amplitude std <= 1: fully developed speckle has pi / sqrt(24) = 0.64 (Goodman)",
+    ),
+)
 def oct_speckle(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Coherent speckle: spatially correlated multiplicative log-normal noise, shared across channels.
 

@@ -52,8 +52,12 @@ class ParamSpec:
     """The one severity parameter of a perturbation.
 
     ``mild``/``strong`` are the ends of the searched range (``direction`` says whether stronger means a
-    larger or a smaller value). The search runs over ``t`` in [0, 1] (0 = mild end), mapped linearly or
-    logarithmically in the distance from ``pivot`` (e.g. JPEG quality is log-spaced in 100 - Q).
+    larger or a smaller value). The range is the type's physically plausible one; ``bound`` states, in one
+    line, why the strong end is where it is, with its source or measured reason (it is appended to the
+    type's docstring).
+    Bands the bounded range cannot reach are reported unreachable, never forced. The search runs over
+    ``t`` in [0, 1] (0 = mild end), mapped linearly or logarithmically in the distance from ``pivot``
+    (e.g. JPEG quality is log-spaced in 100 - Q).
     """
 
     name: str
@@ -63,6 +67,7 @@ class ParamSpec:
     scale: Literal["log", "linear"] = "log"
     pivot: float = 0.0
     integer: bool = False
+    bound: str = ""
 
     @property
     def direction(self) -> str:
@@ -85,7 +90,7 @@ class ParamSpec:
                 f"param_range for '{self.name}' must lie strictly on one side of {self.pivot}, got {[lo, hi]}"
             )
         mild, strong = (lo, hi) if self.direction == "increasing" else (hi, lo)
-        return ParamSpec(self.name, mild, strong, self.unit, self.scale, self.pivot, self.integer)
+        return ParamSpec(self.name, mild, strong, self.unit, self.scale, self.pivot, self.integer, self.bound)
 
     def value(self, t: float) -> float:
         """Parameter at search position ``t`` in [0, 1] (rounded for integer parameters)."""
@@ -117,6 +122,7 @@ class ParamSpec:
             "integer": self.integer,
             "scale": self.scale,
             "unit": self.unit,
+            "bound": self.bound,
         }
 
 
@@ -135,6 +141,21 @@ class PerturbationSpec:
     moves_labels: bool
     description: str
     prepare: Prepare = field(repr=False, compare=False)
+    options: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # name -> choices, default first
+
+    def check_options(self, options: Mapping[str, Any] | None) -> dict[str, str]:
+        """The type's options with defaults filled in; an unknown option or value raises ``ConfigError``."""
+        given = dict(options or {})
+        for k, v in given.items():
+            if k not in self.options:
+                known = ", ".join(self.options) or "none"
+                raise ConfigError(f"perturbation '{self.name}' has no option '{k}' (options: {known})")
+            if v not in self.options[k]:
+                raise ConfigError(
+                    f"option '{k}' of perturbation '{self.name}' must be one of "
+                    f"{list(self.options[k])}, got {v!r}"
+                )
+        return {k: str(given.get(k, choices[0])) for k, choices in self.options.items()}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly metadata (what ``medfm-robust perturbations --json`` prints)."""
@@ -146,6 +167,7 @@ class PerturbationSpec:
             "param": self.param.to_dict(),
             "moves_labels": self.moves_labels,
             "description": self.description,
+            "options": {k: list(v) for k, v in self.options.items()},
         }
 
 
@@ -158,9 +180,11 @@ def register(
     family: str,
     param: ParamSpec,
     moves_labels: bool = False,
+    options: Mapping[str, tuple[str, ...]] | None = None,
 ) -> Callable[[Prepare], Prepare]:
-    """Decorator registering ``prepare(ctx, rng) -> op`` as ``name``; its docstring's first paragraph
-    is the description."""
+    """Decorator registering ``prepare(ctx, rng, **options) -> op`` as ``name``; its docstring's first
+    paragraph is the description. ``options``: option name -> allowed values (the first is the default),
+    passed to ``prepare`` as keyword arguments."""
     if family != "base" and family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}")
 
@@ -168,6 +192,8 @@ def register(
         if name in _REGISTRY:
             raise ValueError(f"perturbation {name!r} registered twice")
         doc = " ".join((fn.__doc__ or "").strip().split("\n\n")[0].split())
+        if param.bound:  # the bound's reason is part of the docstring (help(), the API docs)
+            fn.__doc__ = f"{(fn.__doc__ or '').rstrip()}\n\nBound ({param.name}, strong end): {param.bound}."
         _REGISTRY[name] = PerturbationSpec(
             name=name,
             category="base" if family == "base" else "medical",
@@ -177,6 +203,7 @@ def register(
             moves_labels=moves_labels,
             description=doc,
             prepare=fn,
+            options=dict(options or {}),
         )
         return fn
 

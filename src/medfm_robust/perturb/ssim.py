@@ -5,8 +5,10 @@ Definition, used everywhere (calibration, reports, the ``medfm-robust ssim`` com
 - Gaussian-weighted local statistics with sigma 1.5, truncated at 3.5 sigma (an 11 x 11 window, as
   ``skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5)``);
 - K1 = 0.01, K2 = 0.03, population (not sample) covariance;
-- ``data_range`` = the full range of the image dtype (255 for uint8, 65535 for uint16), never the
-  image's own min/max, so gain, offset and exposure changes are visible;
+- ``data_range``: the stored range that means black to white, the same for both images: 255 for uint8;
+  for uint16 (raw scanner values, e.g. 0..~1300 for MRI) the reference image's own max - min (at least 1)
+  unless given (e.g. from the shard's ``value_range``). Never re-normalised per image, so gain, offset and
+  exposure changes are visible; never the uint16 dtype's 65535 (which would put every raw slice at SSIM ~1);
 - the mean of the SSIM map after cropping the 5-pixel border that the window cannot cover (as skimage);
 - colour: the mean over channels of the per-channel SSIM.
 
@@ -47,11 +49,24 @@ def dtype_range(dtype: np.dtype | type) -> float:
     raise DataError(f"unsupported image dtype {dt} (expected uint8 or uint16)")
 
 
-def _planes(image: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """``H x W`` or ``H x W x C`` integer image -> ``C x H x W`` float32 in [0, 1] (over the dtype range),
+def default_data_range(image: np.ndarray, data_range: float | None = None) -> float:
+    """The SSIM data range of ``image``: ``data_range`` if given (must be > 0), else 255 for uint8 and the
+    image's own max - min (at least 1) for uint16."""
+    if data_range is not None:
+        if not (np.isfinite(data_range) and data_range > 0):
+            raise DataError(f"data_range must be a positive number, got {data_range!r}")
+        return float(data_range)
+    dtype_range(image.dtype)  # validates the dtype
+    if image.dtype == np.uint8:
+        return 255.0
+    return float(max(int(image.max()) - int(image.min()), 1))
+
+
+def _planes(image: np.ndarray, out: np.ndarray, data_range: float) -> np.ndarray:
+    """``H x W`` or ``H x W x C`` integer image -> ``C x H x W`` float32 in units of ``data_range``,
     written into ``out``."""
     arr = image[None] if image.ndim == 2 else np.moveaxis(image, -1, 0)
-    np.multiply(arr, np.float32(1.0 / dtype_range(image.dtype)), out=out, casting="unsafe")
+    np.multiply(arr, np.float32(1.0 / data_range), out=out, casting="unsafe")
     return out
 
 
@@ -81,19 +96,21 @@ def _check_pair(a: np.ndarray, b: np.ndarray) -> None:
 class SSIMReference:
     """SSIM against one fixed reference image, with its local statistics cached.
 
-    ``image``: ``H x W`` or ``H x W x C`` uint8/uint16 (H, W >= 11). :meth:`score` takes an image of the
-    same shape and dtype and returns the SSIM (float, in [-1, 1]). The work buffers are allocated once per
+    ``image``: ``H x W`` or ``H x W x C`` uint8/uint16 (H, W >= 11); ``data_range``: see
+    :func:`default_data_range`. :meth:`score` takes an image of the same shape and dtype and returns the
+    SSIM (float, in [-1, 1]). The work buffers are allocated once per
     reference: fresh multi-megabyte arrays on every call cost as much again in page faults. So one
     instance must not be scored from several threads at once.
     """
 
-    def __init__(self, image: np.ndarray) -> None:
+    def __init__(self, image: np.ndarray, data_range: float | None = None) -> None:
         _check_pair(image, image)
+        self.data_range = default_data_range(image, data_range)
         self.shape = image.shape
         self.dtype = image.dtype
         c = 1 if image.ndim == 2 else image.shape[2]
         h, w = image.shape[:2]
-        self.x = _planes(image, np.empty((c, h, w), np.float32))
+        self.x = _planes(image, np.empty((c, h, w), np.float32), self.data_range)
         mu = [np.ascontiguousarray(_filter_valid(p)) for p in self.x]
         var = [_filter_valid(p * p) - m * m for p, m in zip(self.x, mu, strict=True)]
         self._mu_x = mu
@@ -109,7 +126,7 @@ class SSIMReference:
             raise DataError(f"SSIM reference is {self.shape} {self.dtype}, got {other.shape} {other.dtype}")
         c = self.x.shape[0]
         stack, filt = self._stack, self._filtered
-        y = _planes(other, stack[:c])
+        y = _planes(other, stack[:c], self.data_range)
         np.multiply(y, y, out=stack[c : 2 * c])
         np.multiply(self.x, y, out=stack[2 * c :])
         mxy, cov, den = self._tmp
@@ -134,7 +151,8 @@ class SSIMReference:
         return total / c
 
 
-def ssim(a: np.ndarray, b: np.ndarray) -> float:
-    """SSIM of two same-shape, same-dtype uint8/uint16 images (``H x W`` or ``H x W x C``)."""
+def ssim(a: np.ndarray, b: np.ndarray, data_range: float | None = None) -> float:
+    """SSIM of two same-shape, same-dtype uint8/uint16 images (``H x W`` or ``H x W x C``); ``a`` is the
+    reference (its range is the default ``data_range`` of uint16 images)."""
     _check_pair(a, b)
-    return SSIMReference(a).score(b)
+    return SSIMReference(a, data_range).score(b)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +21,10 @@ import pandas as pd
 import pyarrow as pa
 
 from medfm_robust.errors import DataError
+from medfm_robust.intensity import check_value_range
 from medfm_robust.io import decode_png, encode_png, write_json_atomic, write_parquet_atomic, write_text_atomic
 from medfm_robust.perturb._common import Context
-from medfm_robust.perturb.calibrate import DEFAULT_MAX_EVALS, calibrate, check_bands
+from medfm_robust.perturb.calibrate import DEFAULT_MAX_EVALS, calibrate_levels, check_bands
 from medfm_robust.perturb.registry import get_spec
 from medfm_robust.seeding import seed_for, unit_hash
 
@@ -45,6 +46,8 @@ PERTURBED_SCHEMA = pa.schema(
         ("in_band", pa.bool_()),
         ("reason", pa.string()),
         ("seed", pa.int64()),
+        ("ssim_min_reachable", pa.float64()),
+        ("ssim_max_reachable", pa.float64()),
     ]
 )
 REQUIRED = ("image_id", "dataset", "modality", "image_png")
@@ -67,9 +70,23 @@ def box_mask(box: Sequence[int], shape: tuple[int, int]) -> np.ndarray:
     return m
 
 
-def perturbation_seed(dataset: str, image_id: str, name: str, level: int, global_seed: int) -> int:
-    """The seed of one (dataset, image, type, level) draw."""
-    return seed_for(dataset, image_id, name, int(level), global_seed=global_seed)
+def perturbation_seed(dataset: str, image_id: str, name: str, global_seed: int) -> int:
+    """The seed of one (dataset, image, type): the random layout shared by all its levels (nested levels:
+    levels differ only in the severity parameter)."""
+    return seed_for(dataset, image_id, name, global_seed=global_seed)
+
+
+def reachable(band: Sequence[float], ssim_min: float, ssim_max: float) -> bool:
+    """Whether a band ``[lo, hi]`` meets the certified reachable SSIM interval of its (image, type)."""
+    return bool(ssim_min < band[1] and ssim_max >= band[0])
+
+
+def row_value_range(row: Any, source: str) -> list[float] | None:
+    """A canonical row's ``value_range`` ``[lo, hi]`` (stored values of black and white), or None."""
+    vr = row.get("value_range")
+    if vr is None or (isinstance(vr, float) and np.isnan(vr)):
+        return None
+    return list(check_value_range([float(v) for v in vr], f"{source} value_range"))
 
 
 def select_images(df: pd.DataFrame, max_images: int | None, global_seed: int = 0) -> pd.DataFrame:
@@ -119,11 +136,16 @@ def perturb_table(
     param_range: Sequence[float] | None = None,
     max_evals: int = DEFAULT_MAX_EVALS,
     progress: bool = True,
+    options: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """Calibrate perturbation ``name`` at every level for every row of a canonical shard (or VLM samples).
 
-    Returns perturbed-shard rows (``PERTURBED_SCHEMA`` columns) sorted by (``image_id``, ``level``). Each
-    (image, level) output depends only on that row, the type, the level, the settings and ``global_seed``.
+    Returns perturbed-shard rows (``PERTURBED_SCHEMA`` columns) sorted by (``image_id``, ``level``). The
+    levels of an (image, type) share one random layout and one search (:func:`calibrate_levels`); its
+    outputs depend only on that row, the type, the levels, the settings and ``global_seed``, and each is
+    regenerated exactly by ``apply(image, name, row.param, seed=row.seed)``. A row's ``value_range``
+    column (if present) gives the stored values of black and white (raw 16-bit images). ``options``: the
+    type's registry options (e.g. ``{"space": "hsv"}`` for stain_variation).
     """
     from tqdm import tqdm
 
@@ -138,20 +160,21 @@ def perturb_table(
     for row in tqdm(records, desc=name, unit="img", disable=not progress, mininterval=2):
         source = f"{row['dataset']}/{row['image_id']}"
         image = decode_png(bytes(row["image_png"]), source=f"{source} image_png")
-        ctx = Context(image)
+        ctx = Context(image, value_range=row_value_range(row, source))
         mask, real_mask, box = _labels(row, image.shape[:2], source)
-        for level in levels:
-            seed = perturbation_seed(row["dataset"], row["image_id"], name, level, global_seed)
-            res = calibrate(
-                ctx,
-                name,
-                level,
-                seed=seed,
-                mask=mask,
-                bands=bands_t,
-                param_range=param_range,
-                max_evals=max_evals,
-            )
+        seed = perturbation_seed(row["dataset"], row["image_id"], name, global_seed)
+        results = calibrate_levels(
+            ctx,
+            name,
+            levels,
+            seed=seed,
+            mask=mask,
+            bands=bands_t,
+            param_range=param_range,
+            max_evals=max_evals,
+            options=options,
+        )
+        for res in results:
             out_box, out_mask = box, None
             if spec.moves_labels and mask is not None:
                 out_box = box_from_mask(res.mask)
@@ -164,7 +187,7 @@ def perturb_table(
                     "modality": str(row["modality"]),
                     "perturbation": name,
                     "category": spec.category,
-                    "level": level,
+                    "level": res.level,
                     "image_png": encode_png(res.image),
                     "mask_png": out_mask,
                     "box": out_box,
@@ -173,6 +196,8 @@ def perturb_table(
                     "in_band": res.in_band,
                     "reason": res.reason,
                     "seed": seed,
+                    "ssim_min_reachable": res.ssim_min_reachable,
+                    "ssim_max_reachable": res.ssim_max_reachable,
                 }
             )
     table = pa.Table.from_pylist(rows, schema=PERTURBED_SCHEMA)
@@ -189,7 +214,8 @@ def write_perturbed_shard(path: str | Path, df: pd.DataFrame) -> None:
 def calibration_report(shards: Sequence[pd.DataFrame]) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Hit rate and parameter distribution per (perturbation, level), and a JSON summary.
 
-    Returns the per-(type, level) table (``perturbation, category, level, n, in_band_rate, ssim_mean,
+    Returns the per-(type, level) table (``perturbation, category, level, n, in_band_rate, n_unreachable
+    (outputs whose band no parameter in the bounded range reaches), ssim_mean,
     ssim_min, ssim_max, param_min, param_q25, param_median, param_q75, param_max, misses``) and a dict
     with the overall and per-level hit rates and that table's rows.
     """
@@ -199,6 +225,7 @@ def calibration_report(shards: Sequence[pd.DataFrame]) -> tuple[pd.DataFrame, di
         empty = pd.DataFrame(columns=["perturbation", "category", "level", "n", "in_band_rate"])
         return empty, {"n_outputs": 0, "in_band_rate": None, "per_level": {}, "rows": []}
     allr = pd.concat(frames, ignore_index=True)
+    unreach = ~allr["in_band"].astype(bool) & allr["reason"].fillna("").str.startswith("unreachable")
     out = []
     for (name, level), g in allr.groupby(["perturbation", "level"], sort=True):
         q = g["param"].quantile([0.0, 0.25, 0.5, 0.75, 1.0]).to_numpy()
@@ -209,6 +236,7 @@ def calibration_report(shards: Sequence[pd.DataFrame]) -> tuple[pd.DataFrame, di
                 "level": int(level),
                 "n": len(g),
                 "in_band_rate": float(g["in_band"].mean()),
+                "n_unreachable": int(unreach[g.index].sum()),
                 "ssim_mean": float(g["ssim"].mean()),
                 "ssim_min": float(g["ssim"].min()),
                 "ssim_max": float(g["ssim"].max()),
@@ -226,6 +254,8 @@ def calibration_report(shards: Sequence[pd.DataFrame]) -> tuple[pd.DataFrame, di
     summary = {
         "n_outputs": len(allr),
         "in_band_rate": float(allr["in_band"].mean()),
+        "n_unreachable": int(unreach.sum()),
+        "in_band_rate_reachable": float(allr["in_band"][~unreach].mean()) if (~unreach).any() else None,
         "per_level": {str(k): float(v) for k, v in allr.groupby("level")["in_band"].mean().items()},
         "per_type": {str(k): float(v) for k, v in allr.groupby("perturbation")["in_band"].mean().items()},
         "rows": json.loads(table.to_json(orient="records")),

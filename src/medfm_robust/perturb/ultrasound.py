@@ -14,7 +14,13 @@ from medfm_robust.perturb.registry import ParamSpec, register
 @register(
     "acoustic_shadowing",
     family="ultrasound",
-    param=ParamSpec("width", 0.005, 1.2, "shadow half-width, fraction of the image width"),
+    param=ParamSpec(
+        "width",
+        0.005,
+        0.25,
+        "shadow half-width, fraction of the image width",
+        bound="half-width <= 25 % of the width: a shadow is as wide as its calculus/rib/bone",
+    ),
 )
 def acoustic_shadowing(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Acoustic shadows behind strongly attenuating structures: 1-2 dark bands from a depth to the bottom.
@@ -44,7 +50,17 @@ def acoustic_shadowing(ctx: Context, rng: np.random.Generator):  # type: ignore[
     return op
 
 
-@register("reverberation", family="ultrasound", param=ParamSpec("amplitude", 0.01, 20.0, "echo strength"))
+@register(
+    "reverberation",
+    family="ultrasound",
+    param=ParamSpec(
+        "amplitude",
+        0.01,
+        1.0,
+        "echo strength",
+        bound="first echo <= the interface brightness: every round trip loses energy",
+    ),
+)
 def reverberation(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Reverberation: equally spaced, decaying bright echo bands below a strong interface (lateral region)."""
     _, xx = ctx.grid()

@@ -13,7 +13,17 @@ from medfm_robust.perturb._common import Context, fft_filter, gaussian_transfer
 from medfm_robust.perturb.registry import ParamSpec, register
 
 
-@register("scatter", family="xray", param=ParamSpec("ratio", 0.005, 30.0, "scatter-to-primary ratio"))
+@register(
+    "scatter",
+    family="xray",
+    param=ParamSpec(
+        "ratio",
+        0.005,
+        10.0,
+        "scatter-to-primary ratio",
+        bound="SPR <= 10: thick body parts without an anti-scatter grid reach SPR 5-10",
+    ),
+)
 def scatter(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Compton scatter / veiling glare: a broad low-pass copy added per channel, (x + r B) / (1 + r)."""
     sigma = rng.uniform(0.06, 0.12) * min(ctx.h, ctx.w)
@@ -27,7 +37,15 @@ def scatter(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-
 
 
 @register(
-    "underexposure", family="xray", param=ParamSpec("dose", 0.999, 0.0005, "fraction of the nominal dose")
+    "underexposure",
+    family="xray",
+    param=ParamSpec(
+        "dose",
+        0.999,
+        0.01,
+        "fraction of the nominal dose",
+        bound="dose >= 1 % of nominal (6.6 stops under): beyond any AEC or technique error",
+    ),
 )
 def underexposure(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Low dose: quantum mottle, strongest in dense (bright) regions where few photons arrive.
@@ -49,7 +67,14 @@ def underexposure(ctx: Context, rng: np.random.Generator):  # type: ignore[no-un
 @register(
     "overexposure_xray",
     family="xray",
-    param=ParamSpec("exposure", 1.001, 100.0, "exposure factor", pivot=1.0),
+    param=ParamSpec(
+        "exposure",
+        1.001,
+        16.0,
+        "exposure factor",
+        pivot=1.0,
+        bound="<= 16x the nominal exposure (4 stops over): a gross technique error",
+    ),
 )
 def overexposure_xray(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Over-exposure / detector saturation: T' = min(1, T E), so thin tissue burns out to black first."""
@@ -58,7 +83,17 @@ def overexposure_xray(ctx: Context, rng: np.random.Generator):  # type: ignore[n
     return lambda p: 1 - np.minimum(t * np.float32(p), 1)
 
 
-@register("grid_lines", family="xray", param=ParamSpec("depth", 0.002, 1.0, "line absorption"))
+@register(
+    "grid_lines",
+    family="xray",
+    param=ParamSpec(
+        "depth",
+        0.002,
+        1.0,
+        "line absorption",
+        bound="a grid line absorbs at most all of the beam",
+    ),
+)
 def grid_lines(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
     """Anti-scatter grid lines: periodic absorption stripes (period 3-8 px, random orientation and phase)."""
     yy, xx = ctx.grid()

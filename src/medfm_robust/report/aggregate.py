@@ -100,7 +100,11 @@ def paired_drops(
         value: the score column (higher is better), e.g. ``iou`` or ``correct``.
         unit_keys: columns identifying a run, e.g. ``(model, strategy, dataset)``.
         image_key: the image (sample) identifier column.
-        in_band_only: drop perturbed rows whose SSIM missed the calibration band.
+        in_band_only: exclude perturbed rows whose SSIM missed the calibration band: they stay in
+            ``drops`` with NaN ``perturbed``/``drop`` and ``excluded`` = ``unreachable`` (the frame's
+            optional ``reachable`` column is False: no parameter in the type's bounded range reaches the
+            band on that image) or ``out_of_band`` (reachable but missed), so
+            :func:`hierarchical_mean` leaves them out of the means and counts them per cell.
         source: a name used in error messages.
 
     Returns:
@@ -122,10 +126,16 @@ def paired_drops(
         raise DataError(f"{source}: duplicate clean rows for {first}")
     clean = clean.rename(columns={value: "value"}).reset_index(drop=True)
     pert = data.loc[~is_clean]
+    excluded = pd.Series("", index=pert.index, dtype=object)
     if in_band_only and "in_band" in pert.columns:
-        pert = pert[pert["in_band"].fillna(False).astype(bool)]
+        out = ~pert["in_band"].fillna(False).astype(bool)
+        unreach = (
+            out & ~pert["reachable"].fillna(True).astype(bool) if "reachable" in pert.columns else out & False
+        )
+        excluded = excluded.mask(out, "out_of_band").mask(unreach, "unreachable")
+        pert = pert.assign(**{value: pert[value].mask(out)})
     cols = [*keys, "perturbation", "category", "level", value]
-    pert = pert[cols].rename(columns={value: "perturbed"})
+    pert = pert[cols].rename(columns={value: "perturbed"}).assign(excluded=excluded)
     merged = pert.merge(
         clean.rename(columns={"value": "clean"}), on=keys, how="left", validate="many_to_one", indicator=True
     )
@@ -172,12 +182,16 @@ def hierarchical_mean(
 
     Returns:
         One row per cell with ``by`` columns, ``mean``, ``ci_low``, ``ci_high`` (NaN when the bootstrap is
-        disabled), ``n`` (number of observations), ``n_images`` (distinct images) and ``n_runs``.
+        disabled), ``n`` (number of observations), ``n_images`` (distinct images), ``n_runs``, and
+        ``n_out_of_band`` / ``n_unreachable``: observations left out of the cell because their SSIM
+        missed the band although the type could reach it / because no parameter in the type's bounded
+        range reaches it (the ``excluded`` column of :func:`paired_drops`; 0 without it).
     """
     by = list(by)
+    n_excl = _excluded_counts(obs, by)
     obs = obs[obs[value].notna()]
     if obs.empty:
-        return pd.DataFrame(columns=[*by, "mean", "ci_low", "ci_high", "n", "n_images", "n_runs"])
+        return pd.DataFrame(columns=[*by, "mean", "ci_low", "ci_high", "n", "n_images", "n_runs", *EXCLUDED])
     has_pert = "perturbation" in obs.columns
     inner = [*dict.fromkeys([*unit_keys, *(["perturbation", "level"] if has_pert else []), *by])]
     samples = max(int(settings.samples), 0)
@@ -242,9 +256,37 @@ def hierarchical_mean(
         stats["ci_high"] = np.nan
     stats = stats.rename(columns={"b0": "mean"})
     out = stats[[*by, "mean", "ci_low", "ci_high", "n", "n_images", "n_runs"]].copy()
-    for c in ("n", "n_images", "n_runs"):
-        out[c] = out[c].astype("int64")
+    if by:
+        out = out.merge(n_excl, on=by, how="left")
+    else:
+        for c in EXCLUDED:
+            out[c] = int(n_excl[c].iloc[0])
+    for c in ("n", "n_images", "n_runs", *EXCLUDED):
+        out[c] = out[c].fillna(0).astype("int64")
     return out.reset_index(drop=True)
+
+
+#: Per-cell counts of perturbed outputs left out of the means (see :func:`paired_drops`).
+EXCLUDED = ("n_out_of_band", "n_unreachable")
+
+
+def _excluded_counts(obs: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """``by`` columns plus :data:`EXCLUDED` counts of the rows flagged in ``obs['excluded']``."""
+    flags = obs["excluded"] if "excluded" in obs.columns else pd.Series("", index=obs.index)
+    counts = pd.DataFrame(
+        {
+            "n_out_of_band": (flags == "out_of_band").astype("int64"),
+            "n_unreachable": (flags == "unreachable").astype("int64"),
+        }
+    )
+    if not by:
+        return counts.sum().to_frame().T
+    return (
+        pd.concat([obs[list(by)], counts], axis=1)
+        .groupby(list(by), sort=True, dropna=False)
+        .sum()
+        .reset_index()
+    )
 
 
 def spread_across_runs(

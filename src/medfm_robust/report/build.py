@@ -127,10 +127,10 @@ def segmentation_tables(
     settings: BootstrapSettings,
     metric: str = "iou",
     top_k: int = 15,
-    in_band_only: bool = False,
+    in_band_only: bool = True,
 ) -> list[Table]:
     """All segmentation tables (see :data:`SEG_TABLES`) from the per-image metric files."""
-    frame = read_metric_files(metric_paths, SEG_COLUMNS, "segmentation")
+    frame = read_metric_files(metric_paths, SEG_COLUMNS, "segmentation", extra_columns=("reachable",))
     if frame.empty:
         raise DataError("segmentation report: no metric rows (no segmentation metric files given)")
     clean, drops = paired_drops(frame, metric, SEG_UNIT, in_band_only=in_band_only, source="segmentation")
@@ -379,7 +379,7 @@ def vlm_tables(
     metric_paths: Sequence[str],
     settings: BootstrapSettings,
     metrics: Mapping[str, str],
-    in_band_only: bool = False,
+    in_band_only: bool = True,
 ) -> list[Table]:
     """All VLM tables (see :data:`VLM_TABLES`); ``metrics`` maps a task to its per-sample score column or a
     corpus metric (:data:`CORPUS_METRICS`, e.g. ``bleu4_corpus``: corpus BLEU-4 of each (run, perturbation,

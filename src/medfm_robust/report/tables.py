@@ -3,7 +3,9 @@
 A :class:`Table` holds *cells* in long form (row keys, a column label, ``mean``, ``ci_low``, ``ci_high``,
 ``n``) plus optional plain per-row columns (``extra``: rank, category, trainable parameters, ...). The CSV
 is wide with four columns per label (``<label>``, ``<label>_ci_low``, ``<label>_ci_high``, ``<label>_n``);
-Markdown and LaTeX show each cell as ``mean [ci_low, ci_high] n=N``.
+Markdown and LaTeX show each cell as ``mean [ci_low, ci_high] n=N``, followed by the number of perturbed
+outputs left out of it when there are any (``(-3 out of band, -5 unreachable)``; CSV columns
+``<label>_n_out_of_band`` and ``<label>_n_unreachable``).
 
 Honest cells: cells may carry ``n_images`` (distinct images, the bootstrap's resampling unit; CSV column
 ``<label>_n_images``); a cell with fewer than the table's ``min_images`` images keeps its mean and n but
@@ -21,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from medfm_robust.io import write_text_atomic
+from medfm_robust.report.aggregate import EXCLUDED
 from medfm_robust.report.palette import MODEL_LABELS, TASK_LABELS, label
 
 CELL_FIELDS = ("mean", "ci_low", "ci_high", "n")
@@ -75,19 +78,20 @@ class Table:
         if self.extra is not None and len(self.extra.columns) > len(self.row_keys):
             out = out.merge(self.extra, on=self.row_keys, how="left")
         imgs = [IMAGES_FIELD] if IMAGES_FIELD in self.cells.columns else []
+        excl = [c for c in EXCLUDED if c in self.cells.columns]
         for col in self.columns:
-            sub = self.cells[self.cells["column"] == col][[*self.row_keys, *CELL_FIELDS, *imgs]]
+            sub = self.cells[self.cells["column"] == col][[*self.row_keys, *CELL_FIELDS, *imgs, *excl]]
             sub = sub.rename(
                 columns={
                     "mean": col,
                     "ci_low": f"{col}_ci_low",
                     "ci_high": f"{col}_ci_high",
                     "n": f"{col}_n",
-                    **{c: f"{col}_{c}" for c in imgs},
+                    **{c: f"{col}_{c}" for c in (*imgs, *excl)},
                 }
             )
             out = out.merge(sub, on=self.row_keys, how="left")
-            for c in ("n", *imgs):
+            for c in ("n", *imgs, *excl):
                 out[f"{col}_{c}"] = out[f"{col}_{c}"].astype("Int64")
         return out
 
@@ -105,14 +109,19 @@ class Table:
             head = label(col) if col in MODEL_LABELS or col in TASK_LABELS else col
             few = wide.get(f"{col}_{IMAGES_FIELD}", pd.Series(pd.NA, index=wide.index, dtype="Int64"))
             few = few.where((few < self.min_images).fillna(False).astype(bool))
+            zeros = pd.Series(0, index=wide.index)
+            oob = wide.get(f"{col}_n_out_of_band", zeros)
+            unr = wide.get(f"{col}_n_unreachable", zeros)
             out[head] = [
-                format_cell(m, lo, hi, n, self.digits, too_few_images=k)
-                for m, lo, hi, n, k in zip(
+                format_cell(m, lo, hi, n, self.digits, too_few_images=k, out_of_band=o, unreachable=u)
+                for m, lo, hi, n, k, o, u in zip(
                     wide[col],
                     wide[f"{col}_ci_low"],
                     wide[f"{col}_ci_high"],
                     wide[f"{col}_n"],
                     few,
+                    oob,
+                    unr,
                     strict=True,
                 )
             ]
@@ -128,15 +137,29 @@ def _plain(value: object) -> str:
 
 
 def format_cell(
-    mean: float, lo: float, hi: float, n: object, digits: int = 3, *, too_few_images: object = None
+    mean: float,
+    lo: float,
+    hi: float,
+    n: object,
+    digits: int = 3,
+    *,
+    too_few_images: object = None,
+    out_of_band: object = 0,
+    unreachable: object = 0,
 ) -> str:
     """``0.034 [0.021, 0.047] n=120``; ``–`` for a missing cell; the CI is left out when not computed.
 
     ``too_few_images`` (an image count, or None/NA) marks a cell under the table's ``min_images``: no
-    interval, ``0.034 [2 images, no CI] n=12``.
+    interval, ``0.034 [2 images, no CI] n=12``. Perturbed outputs left out of the cell are stated after
+    it: ``n=120 (-3 out of band, -5 unreachable)``.
     """
+    excl = [
+        f"-{int(k)} {what}"
+        for k, what in ((out_of_band, "out of band"), (unreachable, "unreachable"))
+        if k is not None and not pd.isna(k) and int(k) > 0
+    ]
     if mean is None or pd.isna(mean):
-        return "–"
+        return "–" + (f" ({', '.join(excl)})" if excl else "")
     text = f"{mean:.{digits}f}"
     if too_few_images is not None and not pd.isna(too_few_images):
         text += f" [{int(too_few_images)} images, no CI]"
@@ -144,6 +167,8 @@ def format_cell(
         text += f" [{lo:.{digits}f}, {hi:.{digits}f}]"
     if n is not None and not pd.isna(n):
         text += f" n={int(n)}"
+    if excl:
+        text += f" ({', '.join(excl)})"
     return text
 
 
@@ -233,7 +258,11 @@ def cells_from(
     else:
         cols = [column] if isinstance(column, str) else list(column)
         out["column"] = [fmt.format(*vals) for vals in out[cols].itertuples(index=False)]
-    return out[[*row_keys, "column", *CELL_FIELDS, *([IMAGES_FIELD] if IMAGES_FIELD in out.columns else [])]]
+    extra = [
+        *([IMAGES_FIELD] if IMAGES_FIELD in out.columns else []),
+        *(c for c in EXCLUDED if c in out.columns),
+    ]
+    return out[[*row_keys, "column", *CELL_FIELDS, *extra]]
 
 
 def long_cells(tables: Sequence[Table]) -> pd.DataFrame:
