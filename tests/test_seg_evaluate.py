@@ -148,6 +148,8 @@ def test_perturbed_rows_line_up_with_shard_rows(shards: dict[str, Path], tmp_pat
         assert rows[["image_id", "level"]].values.tolist() == shard[["image_id", "level"]].values.tolist()
         assert rows["ssim"].tolist() == shard["ssim"].tolist()
         assert rows["in_band"].tolist() == shard["in_band"].tolist()
+        # the reachability certificate travels: only the level-3 rows are flagged unreachable
+        assert rows["reachable"].tolist() == (shard["level"] != 3).tolist()
         assert (rows["category"] == "base").all() and (rows["perturbation"] == name).all()
         assert rows["level"].dtype == np.int8 and rows["checkpoint_hash"].eq("test-small-sam").all()
 

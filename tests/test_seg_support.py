@@ -100,8 +100,8 @@ def write_perturbed_shard(
                     "box": [int(v) for v in box_from_mask(m)],
                     "ssim": 1.0 - 0.1 * level,
                     "param": float(level),
-                    "in_band": level != 2,
-                    "reason": "" if level != 2 else "below band",
+                    "in_band": level not in (2, 3),
+                    "reason": {2: "below band", 3: "unreachable: SSIM at the range end 0.91"}.get(level, ""),
                     "seed": 7,
                 }
             )

@@ -24,7 +24,9 @@ from scipy import ndimage
 
 from medfm_robust.errors import DataError
 
-#: Columns of the per-image segmentation metric files (docs/ARCHITECTURE.md), in order.
+#: Columns of the per-image segmentation metric files (docs/ARCHITECTURE.md), in order. ``reachable`` is
+#: False for a perturbed output whose band no parameter in the type's bounded range reaches (shard ``reason``
+#: starting with ``unreachable``); True for clean and adversarial rows.
 METRIC_COLUMNS = (
     "model",
     "strategy",
@@ -36,6 +38,7 @@ METRIC_COLUMNS = (
     "level",
     "ssim",
     "in_band",
+    "reachable",
     "iou",
     "dice",
     "nsd",

@@ -30,7 +30,9 @@ from medfm_robust.errors import DataError
 from medfm_robust.metrics.segmentation import METRIC_COLUMNS
 from medfm_robust.seeding import rng_for
 
-SEG_COLUMNS = METRIC_COLUMNS
+#: Required columns of the metric files the report reads (``reachable`` is optional: files written before
+#: the reachability certificate lack it and count every excluded output as out of band).
+SEG_COLUMNS = tuple(c for c in METRIC_COLUMNS if c != "reachable")
 VLM_COLUMNS = (
     "sample_id",
     "model",

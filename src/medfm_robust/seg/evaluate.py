@@ -193,6 +193,7 @@ def load_test_samples(
             "level": 0,
             "ssim": 1.0,
             "in_band": True,
+            "reachable": True,
         }
         samples.append(Sample(row.image_id, image, mask, box, meta, array_hash(image), value_range))
     return samples
@@ -264,6 +265,7 @@ def load_perturbed_samples(
             "level": int(row.level),
             "ssim": float(row.ssim),
             "in_band": bool(row.in_band),
+            "reachable": not str(getattr(row, "reason", "") or "").startswith("unreachable"),
         }
         value_range = row_value_range(row, image, src, base.value_range)  # else the clean image's
         samples.append(Sample(row.image_id, image, mask, box_f, meta, array_hash(image), value_range))
@@ -320,6 +322,7 @@ def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
     frame["level"] = frame["level"].astype("int8")
     frame["in_band"] = frame["in_band"].astype(bool)
+    frame["reachable"] = frame["reachable"].astype(bool)
     for col in ("ssim", "iou", "dice", "nsd", "hd95"):
         frame[col] = frame[col].astype("float64")
     return frame
