@@ -1,0 +1,160 @@
+"""Estimated GPU memory of fine-tuning MedSAM (1024 px) and SAM-Med2D (256 px) per strategy.
+
+No GPU and no weights are needed: the full-size models are built on PyTorch's ``meta`` device (shapes and
+dtypes, no storage, no compute), the strategy of ``--config`` is applied, and one training forward of one
+image at the model's input size is recorded with ``torch.autograd.graph.saved_tensors_hooks``: the bytes
+autograd keeps for the backward pass are the activation memory per sample. Then, in fp32:
+
+    static     = weights (all) + gradients + AdamW exp_avg + exp_avg_sq (trainable only)
+    activation = saved bytes per sample x micro_batch_size
+                 (activation checkpointing: the blocks' inputs per sample x micro_batch_size, plus the
+                 largest block's own saved bytes for ONE micro-batch, recomputed during backward)
+    estimate   = static + activation            (allocator overhead and cuBLAS/cuDNN workspaces not included)
+
+``--check`` compares the meta count with the same count on real CPU tensors (SAM-Med2D, batch 1) to show
+the meta forward records the same graph. Mixed precision (``finetune.train.amp``) stores most matmul
+inputs in 16 bits, so the activation term is an upper bound on a GPU with AMP on.
+
+    .venv/bin/python benchmarks/finetune_memory.py --config config/paper.yaml [--json out.json] [--check]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from medfm_robust.config import load_config
+from medfm_robust.seg.finetune_config import StrategySpec, strategy_structure
+from medfm_robust.seg.models import MODEL_SPECS
+from medfm_robust.seg.strategies import apply_strategy, count_parameters, encoder_blocks
+from medfm_robust.seg.trainer import activation_checkpointing
+
+GIB = 2**30
+
+
+@contextmanager
+def saved_bytes(
+    per_block: dict[int, int] | None = None, model: nn.Module | None = None
+) -> Iterator[list[int]]:
+    """Count the bytes autograd saves for backward (total, and per encoder block when asked)."""
+    total = [0]
+    current: list[int] = []
+    handles = []
+    def leave(module: nn.Module, args: Any, out: Any) -> None:
+        current.pop()
+
+    if per_block is not None and model is not None:
+        for i, block in enumerate(encoder_blocks(model.image_encoder)):
+            handles.append(block.register_forward_pre_hook(lambda m, a, i=i: current.append(i)))
+            handles.append(block.register_forward_hook(leave))
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        n = t.numel() * t.element_size()
+        total[0] += n
+        if per_block is not None and current:
+            per_block[current[-1]] = per_block.get(current[-1], 0) + n
+        return t
+
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            yield total
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _forward(model: nn.Module, device: str) -> None:
+    """One training forward of one image at the model's input size (already preprocessed) and its box."""
+    size = model.input_size
+    x = torch.rand(1, 3, size, size, device=device)
+    box = torch.tensor([[size * 0.2, size * 0.25, size * 0.7, size * 0.8]], device=device)
+    emb = model.image_encoder(x)
+    low = model.decode_low_res(emb, box, (size, size))
+    low.float().sum()  # the loss is computed on the logits (not saved beyond them)
+
+
+def measure(name: str, strategy: str, ft_cfg: dict[str, Any], device: str = "meta") -> dict[str, Any]:
+    """Parameter counts and saved activation bytes per sample (plain and checkpointed) of one strategy."""
+    with torch.device(device):
+        model = MODEL_SPECS[name].builder()
+    torch.manual_seed(0)
+    spec = StrategySpec.from_config(strategy, strategy_structure(ft_cfg, name, strategy))
+    apply_strategy(model, spec)
+    model.train()
+    trainable, total = count_parameters(model)
+    per_block: dict[int, int] = {}
+    with saved_bytes(per_block, model) as plain:
+        _forward(model, device)
+    with activation_checkpointing(model), saved_bytes() as ckpt:
+        _forward(model, device)
+    return {
+        "model": name,
+        "strategy": strategy,
+        "structure": spec.structure(),
+        "trainable_params": trainable,
+        "total_params": total,
+        "act_bytes_per_sample": plain[0],
+        "act_bytes_per_sample_ckpt": ckpt[0],
+        "max_block_bytes": max(per_block.values()) if per_block else 0,
+    }
+
+
+def estimate(row: dict[str, Any], micro: int, ckpt: bool) -> float:
+    """Estimated peak GiB (fp32) at ``micro`` images per forward/backward (see module docstring)."""
+    static = 4 * (row["total_params"] + 3 * row["trainable_params"])
+    if ckpt:
+        act = row["act_bytes_per_sample_ckpt"] * micro + row["max_block_bytes"] * micro
+    else:
+        act = row["act_bytes_per_sample"] * micro
+    return (static + act) / GIB
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default="config/paper.yaml")
+    parser.add_argument("--json", help="write the rows here")
+    parser.add_argument("--check", action="store_true", help="compare meta and real-CPU counts (SAM-Med2D)")
+    args = parser.parse_args()
+    config = load_config(args.config)
+    ft = config["finetune"]
+    rows = []
+    for name in ("medsam", "sam_med2d"):
+        strategies = ft["models"].get(name, {}).get("strategies") or []
+        for strategy in strategies:
+            if strategy == "zero_shot":
+                continue
+            row = measure(name, strategy, ft)
+            row["estimate_gib"] = {
+                f"micro{m}{'_ckpt' if c else ''}": round(estimate(row, m, c), 1)
+                for m in (32, 8, 4, 1)
+                for c in (False, True)
+            }
+            rows.append(row)
+            est = row["estimate_gib"]
+            print(
+                f"{name:<10} {strategy:<10} trainable {row['trainable_params'] / 1e6:7.2f} M  "
+                f"act/sample {row['act_bytes_per_sample'] / GIB:6.2f} GiB "
+                f"(ckpt {row['act_bytes_per_sample_ckpt'] / GIB:5.2f} "
+                f"+ block {row['max_block_bytes'] / GIB:4.2f})  "
+                f"batch 32: {est['micro32']:7.1f} GiB, micro 4: {est['micro4']:6.1f}, "
+                f"micro 4 + ckpt: {est['micro4_ckpt']:5.1f}, micro 1 + ckpt: {est['micro1_ckpt']:5.1f}"
+            )
+    if args.check:
+        torch.set_num_threads(1)
+        meta = measure("sam_med2d", "full", ft)
+        real = measure("sam_med2d", "full", ft, device="cpu")
+        print(f"check sam_med2d full: meta {meta['act_bytes_per_sample']} B, "
+              f"cpu {real['act_bytes_per_sample']} B")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
