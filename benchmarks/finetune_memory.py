@@ -6,9 +6,11 @@ image at the model's input size is recorded with ``torch.autograd.graph.saved_te
 autograd keeps for the backward pass are the activation memory per sample. Then, in fp32:
 
     static     = weights (all) + gradients + AdamW exp_avg + exp_avg_sq (trainable only)
-    activation = saved bytes per sample x micro_batch_size
-                 (activation checkpointing: the blocks' inputs per sample x micro_batch_size, plus the
-                 largest block's own saved bytes for ONE micro-batch, recomputed during backward)
+    activation = forward peak of live tensors per sample x micro_batch_size (a TorchDispatchMode counts
+                 every op output until it is freed: the saved activations plus transients such as the
+                 global-attention score matrices, which dominate a frozen 1024-px encoder's forward)
+                 (activation checkpointing: the checkpointed forward's peak, plus the largest block's
+                 saved bytes, recomputed during backward, both x micro_batch_size)
     estimate   = static + activation            (allocator overhead and cuBLAS/cuDNN workspaces not included)
 
 ``--check`` compares the meta count with the same count on real CPU tensors (SAM-Med2D, batch 1) to show
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -38,11 +41,16 @@ from medfm_robust.seg.trainer import activation_checkpointing
 GIB = 2**30
 
 
+def _state_keys(model: nn.Module) -> list[int]:
+    return [t.untyped_storage()._cdata for t in [*model.parameters(), *model.buffers()]]
+
+
 @contextmanager
 def saved_bytes(
     per_block: dict[int, int] | None = None, model: nn.Module | None = None
 ) -> Iterator[list[int]]:
-    """Count the bytes autograd saves for backward (total, and per encoder block when asked)."""
+    """Count the bytes autograd saves for backward, each storage once (total, and per encoder block when
+    asked; a storage is charged to the block that saved it first)."""
     total = [0]
     current: list[int] = []
     handles = []
@@ -54,8 +62,16 @@ def saved_bytes(
             handles.append(block.register_forward_pre_hook(lambda m, a, i=i: current.append(i)))
             handles.append(block.register_forward_hook(leave))
 
+    # weights saved for backward are already counted as parameters; views of one storage (q, k, v of one
+    # qkv output) count once
+    seen: set[int] = set(_state_keys(model)) if model is not None else set()
+
     def pack(t: torch.Tensor) -> torch.Tensor:
-        n = t.numel() * t.element_size()
+        key = t.untyped_storage()._cdata
+        if key in seen:
+            return t
+        seen.add(key)
+        n = t.untyped_storage().nbytes()
         total[0] += n
         if per_block is not None and current:
             per_block[current[-1]] = per_block.get(current[-1], 0) + n
@@ -69,11 +85,62 @@ def saved_bytes(
             h.remove()
 
 
-def _forward(model: nn.Module, device: str) -> None:
+class LivePeak:
+    """Peak bytes of live activations during a forward: every op output with its own storage counts from
+    its creation until its Python object is freed, unless autograd saved it for backward (then it stays
+    until the end): the saved activations plus transients such as attention score matrices."""
+
+    def __init__(self) -> None:
+        self.live = 0
+        self.peak = 0
+        self._seen: set[int] = set()
+        self.saved: set[int] = set()
+
+    def _free(self, key: int, n: int) -> None:
+        if key not in self.saved:
+            self.live -= n
+            self._seen.discard(key)  # the address may be reused by a new storage
+
+    def track(self, out: Any) -> None:
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if not isinstance(t, torch.Tensor) or t._is_view():
+                continue
+            key = t.untyped_storage()._cdata
+            if key in self._seen:
+                continue
+            n = t.untyped_storage().nbytes()
+            self._seen.add(key)
+            self.live += n
+            self.peak = max(self.peak, self.live)
+            weakref.finalize(t, self._free, key, n)
+
+
+@contextmanager
+def live_peak() -> Iterator[LivePeak]:
+    """Track :class:`LivePeak` over every aten op run inside the context."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    tracker = LivePeak()
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        tracker.saved.add(t.untyped_storage()._cdata)
+        return t
+
+    class Mode(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            out = func(*args, **(kwargs or {}))
+            tracker.track(out)
+            return out
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), Mode():
+        yield tracker
+
+
+def _forward(model: nn.Module, device: str, batch: int = 1) -> None:
     """One training forward of one image at the model's input size (already preprocessed) and its box."""
     size = model.input_size
-    x = torch.rand(1, 3, size, size, device=device)
-    box = torch.tensor([[size * 0.2, size * 0.25, size * 0.7, size * 0.8]], device=device)
+    x = torch.rand(batch, 3, size, size, device=device)
+    box = torch.tensor([[size * 0.2, size * 0.25, size * 0.7, size * 0.8]] * batch, device=device)
     emb = model.image_encoder(x)
     low = model.decode_low_res(emb, box, (size, size))
     low.float().sum()  # the loss is computed on the logits (not saved beyond them)
@@ -91,7 +158,14 @@ def measure(name: str, strategy: str, ft_cfg: dict[str, Any], device: str = "met
     per_block: dict[int, int] = {}
     with saved_bytes(per_block, model) as plain:
         _forward(model, device)
-    with activation_checkpointing(model), saved_bytes() as ckpt:
+    with activation_checkpointing(model), saved_bytes(model=model) as ckpt:
+        _forward(model, device)
+    peaks = []
+    for batch in (1, 2):  # live peak = fixed + batch x per-sample
+        with live_peak() as live:
+            _forward(model, device, batch)
+        peaks.append(live.peak)
+    with activation_checkpointing(model), live_peak() as live_ckpt:
         _forward(model, device)
     return {
         "model": name,
@@ -102,6 +176,8 @@ def measure(name: str, strategy: str, ft_cfg: dict[str, Any], device: str = "met
         "act_bytes_per_sample": plain[0],
         "act_bytes_per_sample_ckpt": ckpt[0],
         "max_block_bytes": max(per_block.values()) if per_block else 0,
+        "forward_peak_bytes_per_sample": peaks[1] - peaks[0],
+        "forward_peak_bytes_per_sample_ckpt": live_ckpt.peak,
     }
 
 
@@ -109,9 +185,9 @@ def estimate(row: dict[str, Any], micro: int, ckpt: bool) -> float:
     """Estimated peak GiB (fp32) at ``micro`` images per forward/backward (see module docstring)."""
     static = 4 * (row["total_params"] + 3 * row["trainable_params"])
     if ckpt:
-        act = row["act_bytes_per_sample_ckpt"] * micro + row["max_block_bytes"] * micro
+        act = (row["forward_peak_bytes_per_sample_ckpt"] + row["max_block_bytes"]) * micro
     else:
-        act = row["act_bytes_per_sample"] * micro
+        act = row["forward_peak_bytes_per_sample"] * micro
     return (static + act) / GIB
 
 
@@ -139,7 +215,8 @@ def main() -> None:
             est = row["estimate_gib"]
             print(
                 f"{name:<10} {strategy:<10} trainable {row['trainable_params'] / 1e6:7.2f} M  "
-                f"act/sample {row['act_bytes_per_sample'] / GIB:6.2f} GiB "
+                f"saved/sample {row['act_bytes_per_sample'] / GIB:6.2f} GiB "
+                f"peak/sample {row['forward_peak_bytes_per_sample'] / GIB:6.2f} GiB "
                 f"(ckpt {row['act_bytes_per_sample_ckpt'] / GIB:5.2f} "
                 f"+ block {row['max_block_bytes'] / GIB:4.2f})  "
                 f"batch 32: {est['micro32']:7.1f} GiB, micro 4: {est['micro4']:6.1f}, "
