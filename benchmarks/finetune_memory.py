@@ -9,8 +9,8 @@ autograd keeps for the backward pass are the activation memory per sample. Then,
     activation = forward peak of live tensors per sample x micro_batch_size (a TorchDispatchMode counts
                  every op output until it is freed: the saved activations plus transients such as the
                  global-attention score matrices, which dominate a frozen 1024-px encoder's forward)
-                 (activation checkpointing: the checkpointed forward's peak, plus the largest block's
-                 saved bytes, recomputed during backward, both x micro_batch_size)
+                 (activation checkpointing: the larger of the checkpointed forward's peak and its saved
+                 bytes plus the largest block's, recomputed during backward, x micro_batch_size)
     estimate   = static + activation            (allocator overhead and cuBLAS/cuDNN workspaces not included)
 
 ``--check`` compares the meta count with the same count on real CPU tensors (SAM-Med2D, batch 1) to show
@@ -184,11 +184,38 @@ def measure(name: str, strategy: str, ft_cfg: dict[str, Any], device: str = "met
 def estimate(row: dict[str, Any], micro: int, ckpt: bool) -> float:
     """Estimated peak GiB (fp32) at ``micro`` images per forward/backward (see module docstring)."""
     static = 4 * (row["total_params"] + 3 * row["trainable_params"])
-    if ckpt:
-        act = (row["forward_peak_bytes_per_sample_ckpt"] + row["max_block_bytes"]) * micro
+    if ckpt:  # forward peak, or the blocks' inputs plus one block recomputed in backward, if larger
+        act = max(
+            row["forward_peak_bytes_per_sample_ckpt"],
+            row["act_bytes_per_sample_ckpt"] + row["max_block_bytes"],
+        ) * micro
     else:
-        act = row["forward_peak_bytes_per_sample"] * micro
+        act = max(row["forward_peak_bytes_per_sample"], row["act_bytes_per_sample"]) * micro
     return (static + act) / GIB
+
+
+def markdown(rows: list[dict[str, Any]], ft: dict[str, Any]) -> str:
+    """The table of docs/deviations.md: per (model, strategy) the estimate at batch 32 in one pass and at the
+    config's micro-batch / checkpointing setting."""
+    from medfm_robust.seg.finetune_config import run_settings
+
+    lines = [
+        "| model | strategy | trainable | saved / image | forward peak / image | batch 32, one pass | "
+        "config setting | estimate |",
+        "|---|---|---:|---:|---:|---:|---|---:|",
+    ]
+    for r in rows:
+        train = run_settings(ft, r["model"], r["strategy"])["train"]
+        micro = train.get("micro_batch_size") or train["batch_size"]
+        ckpt = bool(train.get("activation_checkpointing"))
+        setting = f"micro {micro}" + (" + checkpointing" if ckpt else "")
+        saved, peak = r["act_bytes_per_sample"] / GIB, r["forward_peak_bytes_per_sample"] / GIB
+        one_pass, chosen = estimate(r, train["batch_size"], False), estimate(r, micro, ckpt)
+        lines.append(
+            f"| {r['model']} | {r['strategy']} | {r['trainable_params'] / 1e6:.2f} M | {saved:.2f} GiB | "
+            f"{peak:.2f} GiB | {one_pass:.1f} GiB | {setting} | {chosen:.1f} GiB |"
+        )
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -196,9 +223,14 @@ def main() -> None:
     parser.add_argument("--config", default="config/paper.yaml")
     parser.add_argument("--json", help="write the rows here")
     parser.add_argument("--check", action="store_true", help="compare meta and real-CPU counts (SAM-Med2D)")
+    parser.add_argument("--from-json", help="print the markdown table of rows written earlier by --json")
     args = parser.parse_args()
     config = load_config(args.config)
     ft = config["finetune"]
+    if args.from_json:
+        with open(args.from_json) as f:
+            print(markdown(json.load(f), ft))
+        return
     rows = []
     for name in ("medsam", "sam_med2d"):
         strategies = ft["models"].get(name, {}).get("strategies") or []
@@ -228,6 +260,7 @@ def main() -> None:
         real = measure("sam_med2d", "full", ft, device="cpu")
         print(f"check sam_med2d full: meta {meta['act_bytes_per_sample']} B, "
               f"cpu {real['act_bytes_per_sample']} B")
+    print(markdown(rows, ft))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)
