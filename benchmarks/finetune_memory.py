@@ -208,7 +208,9 @@ def markdown(rows: list[dict[str, Any]], ft: dict[str, Any]) -> str:
         train = run_settings(ft, r["model"], r["strategy"])["train"]
         micro = train.get("micro_batch_size") or train["batch_size"]
         ckpt = bool(train.get("activation_checkpointing"))
-        setting = f"micro {micro}" + (" + checkpointing" if ckpt else "")
+        setting = ("one pass" if micro >= train["batch_size"] else f"micro {micro}") + (
+            " + checkpointing" if ckpt else ""
+        )
         saved, peak = r["act_bytes_per_sample"] / GIB, r["forward_peak_bytes_per_sample"] / GIB
         one_pass, chosen = estimate(r, train["batch_size"], False), estimate(r, micro, ckpt)
         lines.append(
