@@ -449,3 +449,22 @@ def test_trainer_activation_checkpointing_same_weights(shards: dict[str, Path]) 
     plain = _train_double(shards, batch_size=4, epochs=1)
     ckpt = _train_double(shards, batch_size=4, epochs=1, activation_checkpointing=True)
     assert max(float((plain[k] - ckpt[k]).abs().max()) for k in plain) < 1e-9
+
+
+def test_encoder_lr_scale_as_the_original_rule(shards: dict[str, Path], base_ckpt: Path) -> None:
+    from medfm_robust.seg.trainer import param_groups
+
+    model = _tiny(base_ckpt, "full")
+    groups = param_groups(model, TrainConfig.from_config({**FAST, "encoder_lr_scale": 0.1}))
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert "lr" not in groups[0] and groups[1]["lr"] == pytest.approx(FAST["lr"] * 0.1)
+    assert {names[id(p)].split(".")[0] for p in groups[1]["params"]} == {"image_encoder", "prompt_encoder"}
+    assert len(param_groups(model, TrainConfig.from_config(FAST))) == 1
+    # scale 0: both encoders keep their weights, the decoder trains
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = TrainConfig.from_config({**FAST, "epochs": 1, "encoder_lr_scale": 0.0})
+    tr, va = load_split(shards["train"]), load_split(shards["val"])
+    train(model, tr, va, cfg, run_key=("t", "els"), progress=False)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if "encoder" in k)
+    assert not all(torch.equal(before[k], after[k]) for k in before if k.startswith("mask_decoder."))

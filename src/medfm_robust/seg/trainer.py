@@ -58,6 +58,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_fraction: float = 0.1
+    encoder_lr_scale: float = 1.0
     grad_clip: float = 1.0
     amp: bool = True
     bce_weight: float = 0.3
@@ -153,6 +154,21 @@ def activation_checkpointing(model: nn.Module, enabled: bool = True) -> Iterator
     finally:
         for block in blocks:
             del block.forward  # back to the class's forward
+
+
+def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW parameter groups: one at ``cfg.lr``; with ``encoder_lr_scale`` != 1, every trainable parameter
+    whose name contains "encoder" (image AND prompt encoder, as the original code's rule) goes to a second
+    group at ``lr x encoder_lr_scale`` (group 0 keeps the base lr)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if cfg.encoder_lr_scale == 1.0:
+        return [{"params": [p for _, p in named]}]
+    base = [p for n, p in named if "encoder" not in n]
+    enc = [p for n, p in named if "encoder" in n]
+    groups = [{"params": base}] if base else []
+    if enc:
+        groups.append({"params": enc, "lr": cfg.lr * cfg.encoder_lr_scale})
+    return groups
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
@@ -295,7 +311,7 @@ def train(
     steps_per_epoch = math.ceil(len(train_data) / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
     warmup = max(1, int(cfg.warmup_fraction * total_steps)) if cfg.warmup_fraction > 0 else 0
-    optim = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optim = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: lr_factor(s, total_steps, warmup))
     use_amp = bool(cfg.amp and device.type == "cuda")
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
