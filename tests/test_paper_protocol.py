@@ -70,7 +70,7 @@ def test_paper_training_setting_and_variants(paper: dict) -> None:
     assert run_settings(ft, "medsam", "enc_only")["strategy"]["train_adapters"] is False
     adapter = run_settings(ft, "sam_med2d", "adapter")["strategy"]
     assert adapter["train_decoder"] and adapter["train_prompt_encoder"]
-    assert paper["report"]["vlm_metrics"] == {"vqa": "correct", "caption": "bleu4", "grounding": "hit"}
+    assert paper["report"]["vlm_metrics"] == {"vqa": "correct", "caption": "bleu4_corpus", "grounding": "hit"}
 
 
 def test_paper_full_extends_the_protocol(repo: Path, paper: dict) -> None:
