@@ -159,7 +159,7 @@ def test_every_paper_dataset_ingests_from_the_fixture(resources: Path, tmp_path:
     from medfm_robust.config import load_config
     from medfm_robust.data.fixtures import PAPER_FOLDERS
 
-    cfg = load_config(Path(__file__).resolve().parents[1] / "config" / "paper.yaml")
+    cfg = load_config(Path(__file__).resolve().parents[1] / "config" / "paper_full.yaml")  # paper.yaml + BUSI
     assert set(cfg["datasets"]) == set(PAPER_FOLDERS)
     for name, spec in cfg["datasets"].items():
         spec = {**spec, "path": str(resources / Path(spec["path"]).relative_to("resources"))}

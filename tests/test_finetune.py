@@ -349,3 +349,122 @@ def test_run_settings_isolate_strategies(repo: Path) -> None:
         run_settings(cfg, "medsam", "full")
     with pytest.raises(ConfigError, match="not a trained strategy"):
         run_settings(cfg, "tiny_sam", "zero_shot")
+
+
+class _ToyEncoder(torch.nn.Module):
+    """Two conv blocks (``.blocks``, as a SAM ViT's) so activation checkpointing has blocks to wrap."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(
+            [torch.nn.Sequential(torch.nn.Conv2d(c, 6, 3, padding=1), torch.nn.GELU()) for c in (3, 6)]
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+class _ToySegmenter(torch.nn.Module):
+    """A float64 box-prompted segmenter with the trainer's interface (SAM's float32-only prompt encoder
+    cannot run in float64; float32 runs agree only to ~5e-6 after a few AdamW steps)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.image_encoder = _ToyEncoder()
+        self.prompt_encoder = torch.nn.Linear(4, 6)
+        self.mask_decoder = torch.nn.Conv2d(6, 1, 1)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+        self.double()
+
+    def encode(self, x01: torch.Tensor) -> torch.Tensor:
+        return self.image_encoder(x01)
+
+    def decode(self, emb: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        gate = self.prompt_encoder(boxes / size[0])[:, :, None, None]
+        return self.mask_decoder(emb * gate)
+
+    def forward(self, x01: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x01), boxes, tuple(x01.shape[-2:]))
+
+
+def _train_double(shards: dict[str, Path], **train_kw: object) -> dict[str, torch.Tensor]:
+    """Train the float64 toy segmenter for 2 epochs; returns its weights."""
+    tr, va = load_split(shards["train"]), load_split(shards["val"])
+    model = _ToySegmenter()
+    cfg = TrainConfig.from_config({**FAST, "epochs": 2, "amp": False, "lr": 1e-2, **train_kw})
+    train(model, tr, va, cfg, run_key=("t", "accumulate"), progress=False)
+    return trained_state(model)
+
+
+def test_micro_batches_give_the_weights_of_one_large_batch(shards: dict[str, Path]) -> None:
+    # 8 training images at batch 6: steps of 6 and 2 images; micro-batches 4 (slices 4 + 2, then 2) and 1
+    whole = _train_double(shards, batch_size=6)
+    for micro in (4, 1):
+        sliced = _train_double(shards, batch_size=6, micro_batch_size=micro)
+        assert max(float((whole[k] - sliced[k]).abs().max()) for k in whole) < 1e-9
+    # the comparison can tell batches apart: a real batch of 4 ends elsewhere
+    smaller = _train_double(shards, batch_size=4)
+    assert max(float((whole[k] - smaller[k]).abs().max()) for k in whole) > 1e-4
+    with pytest.raises(ConfigError, match=r"micro_batch_size \(8\) must be between 1 and batch_size \(6\)"):
+        TrainConfig.from_config({"batch_size": 6, "micro_batch_size": 8})
+
+
+def test_activation_checkpointing_same_gradients_less_saved_memory(base_ckpt: Path) -> None:
+    from medfm_robust.seg.strategies import encoder_blocks
+    from medfm_robust.seg.trainer import activation_checkpointing
+
+    model = _tiny(base_ckpt, "full").train()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, SIZE, SIZE, generator=gen)
+    boxes = torch.tensor([[8.0, 8.0, 40.0, 50.0], [20.0, 4.0, 60.0, 30.0]])
+
+    def grads_and_saved_bytes() -> tuple[dict[str, torch.Tensor], int]:
+        saved = [0]
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            saved[0] += t.numel() * t.element_size()
+            return t
+
+        model.zero_grad(set_to_none=True)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = seg_loss(model(x, boxes), torch.zeros(2, 1, SIZE, SIZE))
+        loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, saved[0]
+
+    plain, plain_bytes = grads_and_saved_bytes()
+    with activation_checkpointing(model):
+        ckpt, ckpt_bytes = grads_and_saved_bytes()
+    assert plain.keys() == ckpt.keys()
+    assert all(torch.allclose(plain[n], ckpt[n], rtol=1e-5, atol=1e-7) for n in plain)
+    assert ckpt_bytes < 0.7 * plain_bytes  # the blocks' activations are recomputed, not stored
+    assert all("forward" not in vars(b) for b in encoder_blocks(model.image_encoder))  # restored
+
+
+def test_trainer_activation_checkpointing_same_weights(shards: dict[str, Path]) -> None:
+    plain = _train_double(shards, batch_size=4, epochs=1)
+    ckpt = _train_double(shards, batch_size=4, epochs=1, activation_checkpointing=True)
+    assert max(float((plain[k] - ckpt[k]).abs().max()) for k in plain) < 1e-9
+
+
+def test_encoder_lr_scale_as_the_original_rule(shards: dict[str, Path], base_ckpt: Path) -> None:
+    from medfm_robust.seg.trainer import param_groups
+
+    model = _tiny(base_ckpt, "full")
+    groups = param_groups(model, TrainConfig.from_config({**FAST, "encoder_lr_scale": 0.1}))
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert "lr" not in groups[0] and groups[1]["lr"] == pytest.approx(FAST["lr"] * 0.1)
+    assert {names[id(p)].split(".")[0] for p in groups[1]["params"]} == {"image_encoder", "prompt_encoder"}
+    assert len(param_groups(model, TrainConfig.from_config(FAST))) == 1
+    # scale 0: both encoders keep their weights, the decoder trains
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = TrainConfig.from_config({**FAST, "epochs": 1, "encoder_lr_scale": 0.0})
+    tr, va = load_split(shards["train"]), load_split(shards["val"])
+    train(model, tr, va, cfg, run_key=("t", "els"), progress=False)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if "encoder" in k)
+    assert not all(torch.equal(before[k], after[k]) for k in before if k.startswith("mask_decoder."))

@@ -62,3 +62,31 @@ def test_seg_eval_writes_one_file_per_mode(tmp_path: Path, capsys: pytest.Captur
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["clean.parquet", "noise.parquet"]
     assert main([*args, "--shard", "noise"]) == 2
     assert "NAME=PATH" in capsys.readouterr().err
+
+
+def test_finetune_one_run_prints_peak_memory(
+    repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_test_shard(tmp_path / "train.parquet", "demo", 4, size=32)
+    write_test_shard(tmp_path / "val.parquet", "demo", 2, size=32)
+    out = tmp_path / "runs" / "tiny.safetensors"
+    args = [
+        "finetune", "--config", str(repo / "config" / "config.yaml"), "--model", "tiny_sam",
+        "--dataset", "demo", "--strategy", "dec_only", "--out", str(out), "--checkpoint", "random",
+        "--train", str(tmp_path / "train.parquet"), "--val", str(tmp_path / "val.parquet"),
+        "--device", "cpu", "--epochs", "1", "--batch-size", "4", "--micro-batch-size", "2",
+    ]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["peak_memory"] == "rss" and summary["peak_memory_mib"] > 50  # this process: torch + model
+    assert summary["micro_batch_size"] == 2 and summary["trainable_params"] > 0
+    assert sorted(p.name for p in out.parent.iterdir()) == [
+        "tiny.json", "tiny.safetensors", "tiny_curve.png", "tiny_history.csv"
+    ]
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["settings"]["train"]["micro_batch_size"] == 2 and meta["base_checkpoint"] is None
+    # a micro-batch larger than the batch is refused with one line
+    assert main([*args[:-1], "8"]) == 2
+    assert "micro_batch_size (8) must be between 1 and batch_size (4)" in capsys.readouterr().err
+    assert main([*args[:9], "--out", str(tmp_path / "x.pt")]) == 2
+    assert "must be a .safetensors file" in capsys.readouterr().err

@@ -219,3 +219,66 @@ def test_parameter_table_reports_every_strategy() -> None:
     assert "adapter" in str(rows[("medsam", "adapter")]["note"])
     assert rows[("tiny_sam", "zero_shot")]["trainable_params"] == 0
     assert rows[("tiny_sam", "full")]["trainable_params"] == rows[("tiny_sam", "full")]["total_params"]
+
+
+# The original code's variants (finetune_utils.py of the paper's repository, see
+# ../shared/reference/segmentation.md section 4.2): Enc-Partial = last N blocks (no neck) + mask decoder +
+# prompt encoder (+ every adapter on SAM-Med2D); Adapter = adapters + mask decoder + prompt encoder.
+PAPER_ENC = {"unfreeze_last_blocks": 2, "train_neck": False, "train_decoder": True,
+             "train_prompt_encoder": True}
+PAPER_ADAPTER = {"train_decoder": True, "train_prompt_encoder": True}
+
+
+@pytest.mark.parametrize("name", ["medsam", "sam_med2d"])
+def test_original_code_variants(name: str) -> None:
+    model = _meta_model(name)
+    names = _params(model)
+    heads = _with_prefix(names, "mask_decoder.", "prompt_encoder.")
+    adapters = {n for n in names if ".Adapter." in n}
+    cfg = {**PAPER_ENC, "train_adapters": True} if name == "sam_med2d" else PAPER_ENC
+    apply_strategy(model, StrategySpec.from_config("enc_only", cfg))
+    last_two = _with_prefix(names, "image_encoder.blocks.10.", "image_encoder.blocks.11.")
+    assert _trainable(model) == last_two | heads | adapters
+    if name == "medsam":
+        with pytest.raises(ConfigError, match="no adapter modules"):
+            apply_strategy(model, StrategySpec.from_config("enc_only", {**PAPER_ENC, "train_adapters": True}))
+        return
+    apply_strategy(model, StrategySpec.from_config("adapter", PAPER_ADAPTER))
+    assert _trainable(model) == adapters | heads
+    assert count_parameters(model)[0] == VIT_B_ADAPTER + _numel(model, heads)
+
+
+def test_optional_parts_only_where_they_apply() -> None:
+    assert StrategySpec.from_config("enc_only", PAPER_ENC).structure() == {"name": "enc_only", **PAPER_ENC,
+                                                                        "train_adapters": False}
+    # defaults keep the bare definitions (the embedded default config trains what it trained before)
+    assert StrategySpec.from_config("adapter", {}).structure() == {
+        "name": "adapter", "train_decoder": False, "train_prompt_encoder": False
+    }
+    for strategy, key in (("dec_only", "train_decoder"), ("full", "train_prompt_encoder"),
+                          ("adapter", "train_adapters"), ("lora", "train_neck")):
+        with pytest.raises(ConfigError, match=f"'{key}' is not a setting of this strategy"):
+            StrategySpec.from_config(strategy, {key: True})
+
+
+def test_parameter_table_uses_the_configured_variants(repo) -> None:
+    from medfm_robust.config import load_config
+    from medfm_robust.seg.strategies import parameter_table
+
+    ft = load_config(repo / "config" / "paper.yaml")["finetune"]
+    names, strategies = ["medsam", "sam_med2d"], ["enc_only", "dec_prompt", "adapter"]
+    rows = {(r["model"], r["strategy"]): r for r in parameter_table(names, strategies, ft_cfg=ft)}
+    bare = {(r["model"], r["strategy"]): r for r in parameter_table(["sam_med2d"], ["adapter"])}
+    for name in ("medsam", "sam_med2d"):
+        model = _meta_model(name)
+        apply_strategy(model, StrategySpec("dec_prompt"))
+        heads = count_parameters(model)[0]
+        # (block 10 is windowed, block 11 global: their relative-position tables differ in size)
+        blocks = ("image_encoder.blocks.10.", "image_encoder.blocks.11.")
+        last_two = _numel(model, _with_prefix(_params(model), *blocks))
+        adapters = VIT_B_ADAPTER if name == "sam_med2d" else 0
+        # Enc-Partial: 2 blocks + heads (+ the 10 other blocks' adapters on SAM-Med2D)
+        assert rows[(name, "enc_only")]["trainable_params"] == last_two + heads + adapters * 10 // 12
+        assert rows[(name, "dec_prompt")]["trainable_params"] == heads
+    assert rows[("sam_med2d", "adapter")]["trainable_params"] == VIT_B_ADAPTER + heads
+    assert bare[("sam_med2d", "adapter")]["trainable_params"] == VIT_B_ADAPTER

@@ -165,10 +165,15 @@ ISIC_PARTS = ("Training", "Test")
     "ISBI2016_ISIC_Part1_{Training,Test}_GroundTruth/ISIC_nnnnnnn_Segmentation.png",
 )
 def isic2016(dataset: str, spec: Mapping[str, Any], root: Path | None, seed: int) -> list[Item]:
-    """ISIC 2016 Task 1 (lesion segmentation): training and test parts as distributed, pooled."""
+    """ISIC 2016 Task 1 (lesion segmentation): the parts named by ``spec['parts']`` (default both, pooled;
+    the paper used ``[Training]``, 900 images)."""
     root = _need(root)
+    parts = spec.get("parts") or ISIC_PARTS
+    bad = sorted(set(parts) - set(ISIC_PARTS))
+    if bad:
+        raise DataError(f"dataset {dataset}: unknown ISIC 2016 part(s) {bad} (known: {ISIC_PARTS})")
     items: list[Item] = []
-    for part in ISIC_PARTS:
+    for part in [p for p in ISIC_PARTS if p in parts]:
         img_dir = _subdir(root, f"ISBI2016_ISIC_Part1_{part}_Data")
         if img_dir is None:
             continue

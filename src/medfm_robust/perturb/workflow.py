@@ -8,16 +8,36 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from medfm_robust.errors import ConfigError
 from medfm_robust.perturb.registry import REGISTRY, applicable_types
 
 
 def types_for(config: Mapping[str, Any], dataset: str) -> list[str]:
-    """Perturbation types produced for ``dataset``: its modality's applicable types, config-filtered."""
+    """Perturbation types produced for ``dataset`` in registry order: its ``perturb.per_dataset`` list, else
+    its modality's applicable types; then ``perturb.include`` / ``exclude``.
+
+    Raises:
+        ConfigError: ``perturb.per_dataset`` names a dataset that is not configured, or a type that is not
+            applicable to the dataset's modality.
+    """
     cfg = config["perturb"]
+    per_dataset = cfg.get("per_dataset") or {}
+    unknown = sorted(set(per_dataset) - set(config["datasets"]))
+    if unknown:
+        raise ConfigError(f"config key 'perturb.per_dataset': unknown dataset(s) {unknown}")
     modality = config["datasets"][dataset].get("modality")
     if not modality:
         return []
-    return applicable_types(modality, cfg["include"], cfg["exclude"])
+    types = applicable_types(modality, cfg["include"], cfg["exclude"])
+    listed = per_dataset.get(dataset)
+    if listed is None:
+        return types
+    bad = [t for t in listed if t not in applicable_types(modality)]
+    if bad:
+        raise ConfigError(
+            f"config key 'perturb.per_dataset.{dataset}': {bad} not applicable to modality '{modality}'"
+        )
+    return [t for t in types if t in listed]
 
 
 def jobs_per_type(config: Mapping[str, Any]) -> bool:

@@ -1,4 +1,4 @@
-"""Sub-commands of the segmentation stage: ``seg-models``, ``seg-predict``, ``seg-eval``."""
+"""Sub-commands of the segmentation stage: ``seg-models``, ``seg-predict``, ``seg-eval``, ``finetune``."""
 
 from __future__ import annotations
 
@@ -49,6 +49,27 @@ def register(subparsers: Any) -> None:
     p.add_argument("--attacks", action="store_true", help="also run FGSM and PGD (default settings)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=_eval)
+
+    p = subparsers.add_parser(
+        "finetune",
+        help="fine-tune one (model, dataset, strategy) outside the workflow; prints peak memory and time",
+    )
+    p.add_argument("--config", required=True, help="workflow config (e.g. config/paper.yaml)")
+    p.add_argument("--model", required=True, help="a model under finetune.models")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--strategy", required=True)
+    p.add_argument("--out", required=True, help="checkpoint .safetensors (sidecar, log, curve beside)")
+    p.add_argument("--train", help="train shard (default results/data/{dataset}/train.parquet)")
+    p.add_argument("--val", help="validation shard (default results/data/{dataset}/val.parquet)")
+    p.add_argument("--checkpoint", help="base weights instead of the config's ('random': random init)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="instead of finetune.device")
+    p.add_argument("--epochs", type=int, help="instead of the config's")
+    p.add_argument("--batch-size", type=int, help="effective batch, instead of the config's")
+    p.add_argument("--micro-batch-size", type=int, help="images per forward/backward pass")
+    p.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--max-train-images", type=int)
+    p.add_argument("--max-val-images", type=int)
+    p.set_defaults(func=_finetune)
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -120,4 +141,84 @@ def _eval(args: argparse.Namespace) -> int:
             )
         )
     print(json.dumps(counts, indent=2))
+    return 0
+
+
+def peak_memory(device: str) -> tuple[str, int]:
+    """``("cuda", torch.cuda.max_memory_allocated bytes)`` on a GPU, else ``("rss", peak resident set
+    size bytes of this process)`` from ``resource.getrusage`` (Linux reports KiB, macOS bytes)."""
+    import resource
+    import sys
+
+    import torch
+
+    if device.startswith("cuda"):
+        return "cuda", int(torch.cuda.max_memory_allocated())
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return "rss", int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    import time
+
+    from medfm_robust.config import load_config
+    from medfm_robust.seg.finetune import finetune_run, pick_device
+    from medfm_robust.seg.finetune_config import OUTPUT_KINDS, base_checkpoint, run_settings
+
+    config = load_config(args.config)
+    settings = run_settings(config["finetune"], args.model, args.strategy)
+    overrides = {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "micro_batch_size": args.micro_batch_size,
+        "activation_checkpointing": args.activation_checkpointing,
+        "max_train_images": args.max_train_images,
+        "max_val_images": args.max_val_images,
+    }
+    settings["train"].update({k: v for k, v in overrides.items() if v is not None})
+    base = args.checkpoint if args.checkpoint is not None else base_checkpoint(config, args.model)
+    out = Path(args.out)
+    if out.suffix != OUTPUT_KINDS["checkpoint"]:
+        raise ConfigError(f"--out {out}: the checkpoint must be a {OUTPUT_KINDS['checkpoint']} file")
+    paths = {kind: out.with_name(out.stem + suffix) for kind, suffix in OUTPUT_KINDS.items()}
+    device = pick_device(args.device or config["finetune"]["device"])
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    result = finetune_run(
+        model_name=args.model,
+        base_checkpoint=None if base == "random" else base,
+        dataset=args.dataset,
+        strategy=args.strategy,
+        train_shard=args.train or f"results/data/{args.dataset}/train.parquet",
+        val_shard=args.val or f"results/data/{args.dataset}/val.parquet",
+        checkpoint_out=paths["checkpoint"],
+        log_csv=paths["history"],
+        curve_png=paths["curve"],
+        settings=settings,
+        global_seed=int(config["seed"]),
+        device=str(device),
+        keep_state=False,
+        progress=False,
+    )
+    kind, peak = peak_memory(str(device))
+    summary = {
+        "model": args.model,
+        "dataset": args.dataset,
+        "strategy": args.strategy,
+        "device": str(device),
+        "batch_size": settings["train"].get("batch_size"),
+        "micro_batch_size": settings["train"].get("micro_batch_size"),
+        "activation_checkpointing": settings["train"].get("activation_checkpointing", False),
+        "trainable_params": result.trainable_params,
+        "best_epoch": result.best_epoch,
+        "val_dice": round(result.best_val_dice, 6),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "peak_memory": kind,
+        "peak_memory_mib": round(peak / 2**20, 1),
+        "checkpoint": str(paths["checkpoint"]),
+    }
+    print(json.dumps(summary, indent=2))
     return 0

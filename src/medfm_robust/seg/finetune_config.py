@@ -5,9 +5,9 @@ Settings resolution (``config['finetune']``), later entries override earlier one
 
     train  <-  models.<m>.train  <-  strategies.<s>.train  <-  models.<m>.overrides.<s>.train
 
-(structural keys ``unfreeze_last_blocks`` / ``lora`` from ``strategies.<s>``, then
-``models.<m>.overrides.<s>``). The resolved mapping is exactly what one job receives as ``params``, so
-changing one strategy's settings re-runs only that strategy.
+(structural keys :data:`STRUCTURE_KEYS` from ``strategies.<s>``, then ``models.<m>.overrides.<s>``).
+The resolved mapping is exactly what one job receives as ``params``, so changing one strategy's settings
+re-runs only that strategy.
 """
 
 from __future__ import annotations
@@ -21,7 +21,16 @@ from medfm_robust.errors import ConfigError
 
 STRATEGIES: tuple[str, ...] = ("zero_shot", "full", "enc_only", "dec_only", "dec_prompt", "lora", "adapter")
 TRAINED_STRATEGIES: tuple[str, ...] = STRATEGIES[1:]
-STRUCTURE_KEYS = ("unfreeze_last_blocks", "lora")
+PART_KEYS = ("train_decoder", "train_prompt_encoder", "train_adapters", "train_neck")
+STRUCTURE_KEYS = ("unfreeze_last_blocks", "lora", *PART_KEYS)
+# strategies whose trainable set may add the mask decoder / prompt encoder / every adapter, or (enc_only
+# with unfreeze_last_blocks) leave out the encoder neck. Original code: Enc-Partial and Adapter also train
+# decoder + prompt encoder, SAM-Med2D Enc-Partial also every adapter; Enc-Partial leaves the neck frozen.
+OPTIONAL_PARTS: dict[str, tuple[str, ...]] = {
+    "enc_only": ("train_decoder", "train_prompt_encoder", "train_adapters", "train_neck"),
+    "adapter": ("train_decoder", "train_prompt_encoder"),
+    "lora": ("train_decoder", "train_prompt_encoder"),
+}
 TINY_PRETRAINED = "results/checkpoints/tiny_sam/pretrained.safetensors"
 OUTPUT_KINDS = {
     "checkpoint": ".safetensors",
@@ -41,10 +50,21 @@ class StrategySpec:
     lora_alpha: float = 32.0
     lora_dropout: float = 0.1
     lora_targets: tuple[str, ...] = ("qkv", "proj")
+    train_decoder: bool | None = None
+    train_prompt_encoder: bool | None = None
+    train_adapters: bool | None = None
+    train_neck: bool | None = None
 
     def __post_init__(self) -> None:
         if self.name not in STRATEGIES:
             raise ConfigError(f"unknown fine-tuning strategy '{self.name}' (known: {', '.join(STRATEGIES)})")
+        allowed = OPTIONAL_PARTS.get(self.name, ())
+        for key in PART_KEYS:
+            if getattr(self, key) is not None and key not in allowed:
+                raise ConfigError(
+                    f"strategy {self.name}: '{key}' is not a setting of this strategy "
+                    f"(only of {', '.join(s for s, keys in OPTIONAL_PARTS.items() if key in keys)})"
+                )
         if self.unfreeze_last_blocks is not None and self.unfreeze_last_blocks < 1:
             raise ConfigError(f"strategy {self.name}: unfreeze_last_blocks must be >= 1 or null")
         if self.lora_r < 1 or not 0 <= self.lora_dropout < 1 or not self.lora_targets:
@@ -64,7 +84,17 @@ class StrategySpec:
             lora_alpha=float(lora.get("alpha", 32)),
             lora_dropout=float(lora.get("dropout", 0.1)),
             lora_targets=tuple(lora.get("targets", ("qkv", "proj"))),
+            train_decoder=cfg.get("train_decoder"),
+            train_prompt_encoder=cfg.get("train_prompt_encoder"),
+            train_adapters=cfg.get("train_adapters"),
+            train_neck=cfg.get("train_neck"),
         )
+
+    def trains(self, part: str) -> bool:
+        """Whether an optional part (a key of :data:`OPTIONAL_PARTS`' lists) is trained; ``train_neck``
+        defaults to on (``enc_only`` trains the neck unless told otherwise), the others to off."""
+        value = getattr(self, part)
+        return (part == "train_neck") if value is None else bool(value)
 
     def structure(self) -> dict[str, Any]:
         """The settings that change the model's structure or trainable set (stored in sidecars)."""
@@ -78,7 +108,18 @@ class StrategySpec:
                 "dropout": self.lora_dropout,
                 "targets": list(self.lora_targets),
             }
+        out.update({key: self.trains(key) for key in OPTIONAL_PARTS.get(self.name, ())})
         return out
+
+
+def strategy_structure(ft_cfg: Mapping[str, Any], model: str, strategy: str) -> dict[str, Any]:
+    """Structural settings of ``strategy`` for ``model``: ``strategies.<s>`` then
+    ``models.<m>.overrides.<s>`` (the model need not be configured: then the shared settings only)."""
+    scfg = (ft_cfg.get("strategies", {}) or {}).get(strategy, {}) or {}
+    mcfg = (ft_cfg.get("models", {}) or {}).get(model, {}) or {}
+    mscfg = (mcfg.get("overrides", {}) or {}).get(strategy, {}) or {}
+    struct = {k: scfg[k] for k in STRUCTURE_KEYS if k in scfg}
+    return deep_merge(struct, {k: mscfg[k] for k in STRUCTURE_KEYS if k in mscfg})
 
 
 def run_settings(ft_cfg: Mapping[str, Any], model: str, strategy: str) -> dict[str, Any]:
@@ -100,9 +141,7 @@ def run_settings(ft_cfg: Mapping[str, Any], model: str, strategy: str) -> dict[s
     train_cfg = deep_merge(ft_cfg.get("train", {}) or {}, mcfg.get("train", {}) or {})
     train_cfg = deep_merge(train_cfg, scfg.get("train", {}) or {})
     train_cfg = deep_merge(train_cfg, mscfg.get("train", {}) or {})
-    struct = {k: scfg[k] for k in STRUCTURE_KEYS if k in scfg}
-    struct = deep_merge(struct, {k: mscfg[k] for k in STRUCTURE_KEYS if k in mscfg})
-    spec = StrategySpec.from_config(strategy, struct)
+    spec = StrategySpec.from_config(strategy, strategy_structure(ft_cfg, model, strategy))
     return {"train": train_cfg, "strategy": spec.structure()}
 
 

@@ -15,6 +15,13 @@ adapter       only the adapter modules of the image encoder blocks (SAM-Med2D's 
               without adapters is a :class:`ConfigError`
 ============  ============================================================================================
 
+Optional parts (``finetune_config.OPTIONAL_PARTS``): ``train_decoder`` / ``train_prompt_encoder`` add the
+mask decoder / prompt encoder to ``enc_only``, ``adapter`` and ``lora``; ``train_adapters`` adds every
+adapter module to ``enc_only`` (a model without adapters is then a :class:`ConfigError`); ``train_neck:
+false`` leaves the neck of a partial ``enc_only`` frozen. The original code's variants: Enc-Partial = last 2
+blocks (no neck) + decoder + prompt encoder (+ every adapter on SAM-Med2D), Adapter = adapters + decoder +
+prompt encoder.
+
 Adapters: ``sam_med2d`` has them natively. ``tiny_sam`` gets the same design (SAM-Med2D's parallel adapter
 beside each block's MLP) inserted by :func:`ensure_adapters` with its output LayerNorm zero-initialised, so
 the inserted adapters start as an exact no-op on the pretrained model. Models listed in
@@ -186,8 +193,15 @@ def apply_strategy(model: nn.Module, spec: StrategySpec) -> StrategyReport:
             for block in blocks[-spec.unfreeze_last_blocks :]:
                 block.requires_grad_(True)
             neck = getattr(encoder, "neck", None)
-            if neck is not None:
+            if neck is not None and spec.trains("train_neck"):
                 neck.requires_grad_(True)
+        if spec.trains("train_adapters"):
+            found = adapter_modules(model)
+            if not found:
+                name = getattr(model, "name", type(model).__name__)
+                raise ConfigError(f"finetune enc_only train_adapters: model '{name}' has no adapter modules")
+            for a in found:
+                a.requires_grad_(True)
     elif spec.name == "dec_only":
         decoder.requires_grad_(True)
     elif spec.name == "dec_prompt":
@@ -200,6 +214,10 @@ def apply_strategy(model: nn.Module, spec: StrategySpec) -> StrategyReport:
             a.requires_grad_(True)
     elif spec.name == "lora":
         lora_names = inject_lora(model, spec)
+    if spec.trains("train_decoder"):
+        decoder.requires_grad_(True)
+    if spec.trains("train_prompt_encoder"):
+        prompt.requires_grad_(True)
     trainable, total = count_parameters(model)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     return StrategyReport(spec.name, trainable, total, names, lora_names)
@@ -325,12 +343,17 @@ def restore_trained_state(model: nn.Module, state: Mapping[str, torch.Tensor], *
 
 
 def parameter_table(
-    model_names: Sequence[str], strategies: Sequence[str] = STRATEGIES
+    model_names: Sequence[str],
+    strategies: Sequence[str] = STRATEGIES,
+    ft_cfg: Mapping[str, object] | None = None,
 ) -> list[dict[str, object]]:
     """Trainable/total parameter counts of each (model, strategy), from freshly built structures (ViT-B
-    models on the ``meta`` device; no weights, no downloads). Combinations that are configuration errors
-    (``adapter`` without adapters) get ``trainable_params=None`` and the error message as ``note``."""
+    models on the ``meta`` device; no weights, no downloads). ``ft_cfg`` (a ``finetune`` config section)
+    gives the strategies' structural settings (e.g. ``enc_only`` with decoder and prompt encoder); without
+    it, each strategy's bare definition. Combinations that are configuration errors (``adapter`` without
+    adapters) get ``trainable_params=None`` and the error message as ``note``."""
 
+    from medfm_robust.seg.finetune_config import strategy_structure
     from medfm_robust.seg.models import MODEL_SPECS
 
     rows: list[dict[str, object]] = []
@@ -340,7 +363,8 @@ def parameter_table(
             with torch.device("meta" if spec.input_size >= 1024 or name == "sam_med2d" else "cpu"):
                 model = spec.builder()
             try:
-                report = apply_strategy(model, StrategySpec(strategy))
+                struct = strategy_structure(ft_cfg, name, strategy) if ft_cfg else {}
+                report = apply_strategy(model, StrategySpec.from_config(strategy, struct))
             except ConfigError as exc:
                 rows.append(
                     {

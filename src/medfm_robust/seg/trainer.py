@@ -2,18 +2,24 @@
 
 AdamW, linear warm-up then cosine decay (stepped per optimiser step), gradient-norm clipping, autocast +
 gradient scaling on CUDA only, BCE + Dice loss, model selection on the validation split (best mean Dice,
-strictly greater; the test split is never read). The full training state (trained tensors, optimiser,
-scheduler, scaler, epoch, best tensors, history, torch RNG states) is written atomically after every epoch, so
-a killed run restarted with the same settings continues and ends with the same weights as an uninterrupted
-run (bitwise on the CPU).
+strictly greater; the test split is never read). One optimiser step per ``batch_size`` images; with
+``micro_batch_size`` < ``batch_size`` the batch is forwarded in slices whose losses are weighted by their
+share of the batch, so the accumulated gradient is the full batch's mean gradient (the last slice may be
+smaller). ``activation_checkpointing`` recomputes each image-encoder block's activations in the backward
+pass instead of storing them (same gradients, less memory, ~30% more compute).
+
+The full training state (trained tensors, optimiser, scheduler, scaler, epoch, best tensors, history, torch
+RNG states) is written atomically after every epoch, so a killed run restarted with the same settings
+continues and ends with the same weights as an uninterrupted run (bitwise on the CPU).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +36,7 @@ from medfm_robust.seg.augment import AugmentConfig, SegData, epoch_order, make_b
 from medfm_robust.seg.losses import hard_dice, seg_loss
 from medfm_robust.seg.strategies import (
     count_parameters,
+    encoder_blocks,
     restore_trained_state,
     set_train_mode,
     trained_state,
@@ -46,9 +53,12 @@ class TrainConfig:
 
     epochs: int = 4
     batch_size: int = 8
+    micro_batch_size: int | None = None
+    activation_checkpointing: bool = False
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_fraction: float = 0.1
+    encoder_lr_scale: float = 1.0
     grad_clip: float = 1.0
     amp: bool = True
     bce_weight: float = 0.3
@@ -71,7 +81,17 @@ class TrainConfig:
         out = cls(**kwargs, augment=AugmentConfig.from_config(cfg.get("augment")))
         if out.epochs < 1 or out.batch_size < 1 or out.lr <= 0:
             raise ConfigError("finetune: epochs and batch_size must be >= 1 and lr > 0")
+        if out.micro_batch_size is not None and not 1 <= out.micro_batch_size <= out.batch_size:
+            raise ConfigError(
+                f"finetune: micro_batch_size ({out.micro_batch_size}) must be between 1 and batch_size "
+                f"({out.batch_size})"
+            )
         return out
+
+    @property
+    def micro(self) -> int:
+        """Images per forward/backward pass (``micro_batch_size``, default ``batch_size``)."""
+        return self.micro_batch_size or self.batch_size
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (for hashing and sidecars)."""
@@ -93,6 +113,64 @@ class TrainResult:
     seconds: float
 
 
+def micro_batches(index: Sequence[int], micro: int) -> list[tuple[list[int], float]]:
+    """Split one batch's indices into slices of at most ``micro`` and each slice's loss weight
+    ``len(slice) / len(batch)`` (the weights sum to 1, so sum_k w_k * mean_loss_k = the batch mean)."""
+    n = len(index)
+    return [(list(index[i : i + micro]), min(micro, n - i) / n) for i in range(0, n, micro)]
+
+
+@contextlib.contextmanager
+def activation_checkpointing(model: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Within the context, each image-encoder block of ``model`` (``strategies.encoder_blocks``) recomputes
+    its activations during backward (``torch.utils.checkpoint``, non-reentrant, RNG state preserved so
+    dropout draws repeat) when gradients are enabled and flow through it (a trainable parameter or an input
+    that requires grad; frozen blocks on a frozen path run plainly). Forwards are restored on exit; the
+    trainable flags are read on entry."""
+    if not enabled:
+        yield
+        return
+    from torch.utils.checkpoint import checkpoint
+
+    blocks = encoder_blocks(model.image_encoder)
+
+    def wrap(block: nn.Module) -> Callable[..., Any]:
+        plain = block.forward
+
+        trains = any(p.requires_grad for p in block.parameters())
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            needs_graph = trains or any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+            if torch.is_grad_enabled() and block.training and needs_graph:
+                return checkpoint(plain, *args, use_reentrant=False, **kwargs)
+            return plain(*args, **kwargs)
+
+        return forward
+
+    for block in blocks:
+        block.forward = wrap(block)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        for block in blocks:
+            del block.forward  # back to the class's forward
+
+
+def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW parameter groups: one at ``cfg.lr``; with ``encoder_lr_scale`` != 1, every trainable parameter
+    whose name contains "encoder" (image AND prompt encoder, as the original code's rule) goes to a second
+    group at ``lr x encoder_lr_scale`` (group 0 keeps the base lr)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if cfg.encoder_lr_scale == 1.0:
+        return [{"params": [p for _, p in named]}]
+    base = [p for n, p in named if "encoder" not in n]
+    enc = [p for n, p in named if "encoder" in n]
+    groups = [{"params": base}] if base else []
+    if enc:
+        groups.append({"params": enc, "lr": cfg.lr * cfg.encoder_lr_scale})
+    return groups
+
+
 def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
     """Linear warm-up ``(step + 1) / warmup`` then cosine decay from 1 to 0 at ``total_steps``."""
     if step < warmup_steps:
@@ -110,11 +188,14 @@ class Segmenter:
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
+        self.dtype = next(model.parameters()).dtype
 
     def logits(
         self, x01: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int], emb: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """``B x 1 x H x W`` logits for ``x01`` (``B x 3 x H x W`` in [0, 1]) and ``B x 4`` pixel boxes."""
+        """``B x 1 x H x W`` logits for ``x01`` (``B x 3 x H x W`` in [0, 1]) and ``B x 4`` pixel boxes
+        (both cast to the model's parameter dtype, e.g. float64 for exactness tests)."""
+        x01, boxes = x01.to(self.dtype), boxes.to(self.dtype)
         out = self.model(x01, boxes) if emb is None else self.model.decode(emb, boxes, size)
         if tuple(out.shape[-2:]) != tuple(size):
             out = F.interpolate(out.float(), size=size, mode="bilinear", align_corners=False)
@@ -123,7 +204,7 @@ class Segmenter:
     @torch.no_grad()
     def encode(self, x01: torch.Tensor) -> torch.Tensor:
         """Image embeddings from the (frozen) encoder."""
-        return self.model.encode(x01)
+        return self.model.encode(x01.to(self.dtype))
 
 
 def _encoder_frozen(model: nn.Module) -> bool:
@@ -230,7 +311,7 @@ def train(
     steps_per_epoch = math.ceil(len(train_data) / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
     warmup = max(1, int(cfg.warmup_fraction * total_steps)) if cfg.warmup_fraction > 0 else 0
-    optim = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optim = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: lr_factor(s, total_steps, warmup))
     use_amp = bool(cfg.amp and device.type == "cuda")
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
@@ -289,94 +370,99 @@ def train(
         log.info("%s: validation Dice before training %.4f", "/".join(run_key), zero_dice)
 
     finished = False
-    for done_here, epoch in enumerate(range(start_epoch, cfg.epochs), start=1):
-        te = time.perf_counter()
-        set_train_mode(model)
-        order = epoch_order(train_data, epoch, global_seed)
-        batches = [order[i : i + cfg.batch_size].tolist() for i in range(0, len(order), cfg.batch_size)]
-        run_loss, seen = 0.0, 0
-        bar = tqdm(
-            batches,
-            desc=f"{'/'.join(run_key)} epoch {epoch + 1}/{cfg.epochs}",
-            disable=not progress,
-            leave=False,
-        )
-        for idx in bar:
-            x, m, b = make_batch(
-                train_data,
-                idx,
-                augment=augment,
-                epoch=epoch,
-                global_seed=global_seed,
-                box_targets=epoch < cfg.box_target_epochs,
+    with activation_checkpointing(model, cfg.activation_checkpointing):
+        for done_here, epoch in enumerate(range(start_epoch, cfg.epochs), start=1):
+            te = time.perf_counter()
+            set_train_mode(model)
+            order = epoch_order(train_data, epoch, global_seed)
+            batches = [order[i : i + cfg.batch_size].tolist() for i in range(0, len(order), cfg.batch_size)]
+            run_loss, seen = 0.0, 0
+            bar = tqdm(
+                batches,
+                desc=f"{'/'.join(run_key)} epoch {epoch + 1}/{cfg.epochs}",
+                disable=not progress,
+                leave=False,
             )
-            emb = train_emb[idx] if train_emb is not None else None
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                logits = seg.logits(x.to(device), b.to(device), size, emb)
-            loss = seg_loss(logits, m[:, None].to(device), bce_weight=loss_w[0], dice_weight=loss_w[1])
-            optim.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip and cfg.grad_clip > 0:
-                scaler.unscale_(optim)
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            scaler.step(optim)
-            scaler.update()
-            sched.step()
-            run_loss += float(loss.detach()) * len(idx)
-            seen += len(idx)
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
-        val_loss, val_dice, _ = evaluate(
-            model,
-            val_data,
-            batch_size=cfg.eval_batch_size,
-            device=device,
-            loss_weights=loss_w,
-            embeddings=val_emb,
-        )
-        if val_dice > best_dice:
-            best_state, best_epoch, best_dice = trained_state(model), epoch + 1, val_dice
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "train_loss": run_loss / seen,
-                "val_loss": val_loss,
-                "val_dice": val_dice,
-                "lr": optim.param_groups[0]["lr"],
-                "seconds": time.perf_counter() - te,
-            }
-        )
-        log.info(
-            "%s epoch %d: train loss %.4f, val loss %.4f, val Dice %.4f",
-            "/".join(run_key),
-            epoch + 1,
-            run_loss / seen,
-            val_loss,
-            val_dice,
-        )
-        if state_path is not None:
-            _save_state(
-                state_path,
+            for idx in bar:
+                optim.zero_grad(set_to_none=True)
+                batch_loss = 0.0
+                for part, weight in micro_batches(idx, cfg.micro):
+                    x, m, b = make_batch(
+                        train_data,
+                        part,
+                        augment=augment,
+                        epoch=epoch,
+                        global_seed=global_seed,
+                        box_targets=epoch < cfg.box_target_epochs,
+                    )
+                    emb = train_emb[part] if train_emb is not None else None
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                        logits = seg.logits(x.to(device), b.to(device), size, emb)
+                    target = m[:, None].to(device)
+                    loss = seg_loss(logits, target, bce_weight=loss_w[0], dice_weight=loss_w[1])
+                    scaler.scale(loss * weight).backward()
+                    batch_loss += float(loss.detach()) * weight
+                if cfg.grad_clip and cfg.grad_clip > 0:
+                    scaler.unscale_(optim)
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                scaler.step(optim)
+                scaler.update()
+                sched.step()
+                run_loss += batch_loss * len(idx)
+                seen += len(idx)
+                bar.set_postfix(loss=f"{batch_loss:.4f}")
+            val_loss, val_dice, _ = evaluate(
+                model,
+                val_data,
+                batch_size=cfg.eval_batch_size,
+                device=device,
+                loss_weights=loss_w,
+                embeddings=val_emb,
+            )
+            if val_dice > best_dice:
+                best_state, best_epoch, best_dice = trained_state(model), epoch + 1, val_dice
+            history.append(
                 {
-                    "fingerprint": fingerprint,
                     "epoch": epoch + 1,
-                    "trained": trained_state(model),
-                    "optimizer": optim.state_dict(),
-                    "scheduler": sched.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "best_state": best_state,
-                    "best_epoch": best_epoch,
-                    "best_dice": best_dice,
-                    "zero_shot_dice": zero_dice,
-                    "history": history,
-                    "rng": _rng_state(device),
-                },
+                    "train_loss": run_loss / seen,
+                    "val_loss": val_loss,
+                    "val_dice": val_dice,
+                    "lr": optim.param_groups[0]["lr"],
+                    "seconds": time.perf_counter() - te,
+                }
             )
-        if on_epoch is not None:
-            on_epoch(history)
-        if stop_after is not None and done_here >= stop_after and epoch + 1 < cfg.epochs:
-            break
-    else:
-        finished = True
+            log.info(
+                "%s epoch %d: train loss %.4f, val loss %.4f, val Dice %.4f",
+                "/".join(run_key),
+                epoch + 1,
+                run_loss / seen,
+                val_loss,
+                val_dice,
+            )
+            if state_path is not None:
+                _save_state(
+                    state_path,
+                    {
+                        "fingerprint": fingerprint,
+                        "epoch": epoch + 1,
+                        "trained": trained_state(model),
+                        "optimizer": optim.state_dict(),
+                        "scheduler": sched.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "best_state": best_state,
+                        "best_epoch": best_epoch,
+                        "best_dice": best_dice,
+                        "zero_shot_dice": zero_dice,
+                        "history": history,
+                        "rng": _rng_state(device),
+                    },
+                )
+            if on_epoch is not None:
+                on_epoch(history)
+            if stop_after is not None and done_here >= stop_after and epoch + 1 < cfg.epochs:
+                break
+        else:
+            finished = True
     return TrainResult(
         finished,
         best_state,
