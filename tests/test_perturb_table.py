@@ -12,6 +12,7 @@ from PIL import Image
 from test_perturb import shape_image, textured
 
 from medfm_robust.cli import main
+from medfm_robust.errors import ConfigError
 from medfm_robust.io import decode_png, encode_png, read_image
 from medfm_robust.perturb import DEFAULT_BANDS, apply, calibrate
 from medfm_robust.perturb.contact import write_contact_sheet
@@ -266,6 +267,14 @@ def test_workflow_settings_carry_only_one_types_settings(repo: Path) -> None:
     cfg2 = load_config(repo / "config" / "config.yaml")
     cfg2["perturb"]["overrides"] = {"rotation": {"param_range": [2, 30]}}
     assert wf.settings_for(cfg2, "hair") == hair  # another type's change leaves hair's params alone
+
+    # registry options: defaults filled in, the paper's HSV stain model selectable, bad values refused
+    assert wf.settings_for(cfg, "stain_variation")["options"] == {"space": "hed"} and hair["options"] == {}
+    cfg2["perturb"]["overrides"] = {"stain_variation": {"options": {"space": "hsv"}}}
+    assert wf.settings_for(cfg2, "stain_variation")["options"] == {"space": "hsv"}
+    cfg2["perturb"]["overrides"] = {"stain_variation": {"options": {"space": "lab"}}}
+    with pytest.raises(ConfigError, match="stain_variation"):
+        wf.settings_for(cfg2, "stain_variation")
 
     cfg["perturb"]["exclude"] = ["hair"]
     derm = next(d for d in cfg["datasets"] if cfg["datasets"][d]["modality"] == "dermoscopy")

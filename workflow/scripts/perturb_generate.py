@@ -21,6 +21,7 @@ def main(smk) -> None:
             bands=s["bands"],
             param_range=s["param_range"],
             max_evals=s["max_evals"],
+            options=s["options"],
         )
         write_perturbed_shard(out, shard)
 

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from medfm_robust.errors import ConfigError
-from medfm_robust.perturb.registry import REGISTRY, applicable_types
+from medfm_robust.perturb.registry import REGISTRY, applicable_types, get_spec
 
 
 def types_for(config: Mapping[str, Any], dataset: str) -> list[str]:
@@ -57,7 +57,10 @@ def datasets_of_type(config: Mapping[str, Any], datasets: Sequence[str], name: s
 
 
 def settings_for(config: Mapping[str, Any], name: str) -> dict[str, Any]:
-    """Only the settings one perturbation type's shards depend on (its overrides over the global ones)."""
+    """Only the settings one perturbation type's shards depend on (its overrides over the global ones).
+
+    ``options`` are the type's registry options with defaults filled in (an unknown option or value raises
+    ``ConfigError`` naming the type, at DAG time)."""
     cfg = config["perturb"]
     own = cfg["overrides"].get(name, {})
     return {
@@ -65,6 +68,7 @@ def settings_for(config: Mapping[str, Any], name: str) -> dict[str, Any]:
         "bands": own.get("bands", cfg["bands"]),
         "param_range": own.get("param_range"),
         "max_evals": own.get("max_evals", cfg["max_evals"]),
+        "options": get_spec(name).check_options(own.get("options")),
         "max_images": cfg["max_images"],
         "seed": config["seed"],
     }

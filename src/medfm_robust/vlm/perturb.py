@@ -1,7 +1,8 @@
 """Perturbed VLM inputs from the perturbation engine (:func:`medfm_robust.perturb.table.perturb_table`).
 
 Every test sample gets the types applicable to its modality (base types plus its family's) at every
-level. Draws are keyed like the engine's (``(dataset, image_id, type, level)`` + global seed):
+level. Draws are keyed like the engine's (``(dataset, image_id, type)`` + global seed; the levels of a key
+share one random layout and differ only in the severity parameter):
 
 - a demo sample built from a canonical image (``canonical_id = "{dataset}/{image_id}"``) uses the canonical
   key, so its perturbed image is byte-identical to ``results/perturbed/{dataset}/{type}.parquet`` (which is
@@ -125,7 +126,7 @@ def perturb_vlm_dataset(
     ``sample_paths``: the dataset's sample tables (``.../{task}.parquet``; the task is the file stem).
     ``canonical_shards``: type -> canonical perturbed shards whose keys need no recomputation.
     ``levels``, ``bands``, ``max_evals`` and per-type ``overrides`` (``param_range``, ``bands``, ``levels``,
-    ``max_evals``) are the perturbation stage's settings (``perturb.*``), so canonical and VLM outputs agree.
+    ``max_evals``, ``options``) are the perturbation stage's settings (``perturb.*``), so canonical and VLM outputs agree.
     Returns the number of calibrated keys per type. Files are written even when empty.
     """
     from medfm_robust.perturb.registry import get_spec
