@@ -21,7 +21,7 @@ import deflate
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from medfm_robust.errors import DataError
+from medfm_robust.errors import ConfigError, DataError
 
 PathLike = str | os.PathLike[str]
 
@@ -265,12 +265,31 @@ def pil_to_array(pil: Image.Image, *, header: bytes = b"") -> np.ndarray:
 DEFAULT_MAX_PIXELS = 4096 * 4096
 """Largest image (width x height) read by default; config key ``data.max_pixels``, CLI ``--max-pixels``."""
 
+_max_pixels: list[int | None] = [DEFAULT_MAX_PIXELS]  # the process-wide limit (set from the config)
 
-def read_image(path: PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+
+def set_max_pixels(limit: int | None) -> int | None:
+    """Set the process-wide limit of :func:`read_image` (None: none); returns the previous one.
+
+    Ingestion sets it from the config key ``data.max_pixels`` before any adapter reads a file.
+    """
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ConfigError(f"config key 'data.max_pixels': expected a positive integer or null, got {limit!r}")
+    previous, _max_pixels[0] = _max_pixels[0], limit
+    return previous
+
+
+_PROCESS_LIMIT: Any = object()
+
+
+def read_image(path: PathLike, *, max_pixels: int | None = _PROCESS_LIMIT) -> np.ndarray:
     """Read an image file (PNG, JPEG, TIFF, ...) to an array; a bad file raises ``DataError`` naming it.
 
-    An image of more than ``max_pixels`` pixels (None: no limit) is refused before it is decoded.
+    An image of more than ``max_pixels`` pixels (None: no limit; default: the process-wide limit of
+    :func:`set_max_pixels`, 4096 x 4096 unless configured) is refused before it is decoded.
     """
+    if max_pixels is _PROCESS_LIMIT:
+        max_pixels = _max_pixels[0]
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: image file not found" if not p.is_dir() else f"{p}: is a folder, not an image")
