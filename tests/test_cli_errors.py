@@ -133,3 +133,15 @@ def test_broken_pipe_exits_quietly(monkeypatch, capsys, argv: list[str]) -> None
     finally:
         out.close()
     assert capsys.readouterr().err == ""
+
+
+def test_seg_eval_refuses_to_overwrite_its_shards(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    shard = tmp_path / "clean.parquet"
+    shard.write_bytes(b"not read: refused before")
+    args = ["seg-eval", "--model", "tiny_sam", "--dataset", "d", "--out-dir", str(tmp_path)]
+    _fails(capsys, [*args, "--test", str(shard)], "clean.parquet: output is the input file")
+    _fails(capsys, [*args, "--test", "t.parquet", "--shard", f"noise={tmp_path / 'noise.parquet'}"],
+           "noise.parquet: output is the input file")
+    _fails(capsys, [*args, "--test", "t.parquet", "--attacks", "--finetuned", str(tmp_path / "pgd.parquet")],
+           "pgd.parquet: output is the input file")
+    assert shard.read_bytes() == b"not read: refused before"

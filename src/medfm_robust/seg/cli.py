@@ -97,6 +97,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from medfm_robust.io import check_outputs
     from medfm_robust.seg.attacks import AttackSettings
     from medfm_robust.seg.evaluate import EvalSettings, RunIdentity, evaluate_attacks, evaluate_dataset
 
@@ -107,6 +108,10 @@ def _eval(args: argparse.Namespace) -> int:
             raise ConfigError(f"--shard expects NAME=PATH, got '{item}'")
         shards[name] = path
     out = Path(args.out_dir)
+    names = ["clean", *shards, *(("fgsm", "pgd") if args.attacks else ())]
+    checkpoints = [p for p in (args.checkpoint, args.finetuned) if p and p != "bundled"]
+    inputs = [args.test, *shards.values(), *checkpoints]
+    check_outputs([out / f"{n}.parquet" for n in names], inputs)
     run = RunIdentity(args.model, args.strategy, args.checkpoint, args.finetuned)
     settings = EvalSettings(batch_size=args.batch_size, max_images=args.max_images, device=args.device)
     counts = evaluate_dataset(
