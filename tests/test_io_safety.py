@@ -211,3 +211,12 @@ def test_live_writers_temporaries_are_kept(tmp_path: Path) -> None:
         assert remove_stale_temporaries(target) == []  # our own, alive: kept
         assert tmp.exists()
     assert target.read_text() == "{}" and list(tmp_path.iterdir()) == [target]
+
+
+def test_default_limit_refuses_8000_square_before_decoding(tmp_path: Path) -> None:
+    """8000 x 8000 RGB drove one perturbation past 12 GB; the default limit refuses it from the header."""
+    ihdr = np.array([8000, 8000], ">u4").tobytes() + bytes([8, 2, 0, 0, 0])
+    head = b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", b"")
+    (tmp_path / "huge.png").write_bytes(head + _png_chunk(b"IEND", b""))  # no pixel data: never decoded
+    with pytest.raises(DataError, match=r"huge\.png: image is 8000 x 8000 = 64,000,000 pixels, above the"):
+        read_image(tmp_path / "huge.png")
