@@ -1,5 +1,12 @@
 """The embedded default's tiny SAM: pretraining reaches the Dice bar on the demo test splits, and every
-fine-tuning strategy beats zero_shot on clean validation Dice (slow: generates the demo data and trains)."""
+fine-tuning strategy beats zero_shot on clean validation Dice of a dataset held out of pretraining (slow:
+generates the demo data and trains).
+
+Margins are set against what floating-point differences can move (issue 13): the same pretraining gives
+clean test Dice 0.883 / 0.851 on an AVX-512 Xeon (default / AVX2 kernels) and 0.822 on an AVX2 EPYC, so the
+bar sits well below all three; fine-tuning on a dataset the model has seen gained nothing measurable
+(0.8828 vs 0.8832), so the strategies are fine-tuned on one it has not seen, where they gain clearly.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +25,13 @@ from medfm_robust.seg.models import build_model
 from medfm_robust.seg.pretrain import pretrain_tiny_sam
 from medfm_robust.seg.trainer import evaluate
 
-DICE_BAR = 0.80
+DICE_BAR = 0.75  # measured 0.822-0.883 across CPU types (see above)
+HELD_OUT = "demo_dermoscopy"  # left out of pretraining; the strategies are fine-tuned on it
+# Least validation-Dice gain over zero-shot on HELD_OUT, below the smallest gain of three seeds (0, 1, 2: run
+# to run divergence bounds what float differences do): full 0.039, enc_only 0.033, dec_only 0.039,
+# dec_prompt 0.040, lora 0.028 (seeds 0-1), adapter 0.007 (seeds 0-1; its gain is small with 3 epochs).
+MIN_GAIN = {"adapter": 0.0}
+DEFAULT_MIN_GAIN = 0.01
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +46,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory, repo: Path) -> tuple[dict, Pa
     for name in names:
         ingest_dataset(name, dict(cfg["datasets"][name]), data_cfg, root / "data" / name, seed=cfg["seed"])
     torch.set_num_threads(1)  # one thread: fastest for this tiny model on a shared machine
-    datasets = ft_cfg.pretrain_datasets(cfg, names)
+    datasets = [d for d in ft_cfg.pretrain_datasets(cfg, names) if d != HELD_OUT]
     t0, c0 = time.perf_counter(), time.process_time()
     pretrain_tiny_sam(
         datasets=datasets,
@@ -51,7 +64,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory, repo: Path) -> tuple[dict, Pa
         f"tiny-SAM pretraining: {time.perf_counter() - t0:.0f} s wall, {time.process_time() - c0:.0f} s CPU "
         "(1 thread, shared machine: noisy)"
     )
-    return cfg, root, names
+    return cfg, root, datasets
 
 
 @pytest.mark.slow
@@ -76,7 +89,7 @@ def test_every_strategy_beats_zero_shot_on_validation(
     demo: tuple[dict, Path, list[str]], tmp_path: Path
 ) -> None:
     cfg, root, _ = demo
-    dataset = "demo_dermoscopy"
+    dataset = HELD_OUT
     for strategy in cfg["finetune"]["models"]["tiny_sam"]["strategies"]:
         out = tmp_path / f"{strategy}.safetensors"
         result = finetune_run(
@@ -98,4 +111,5 @@ def test_every_strategy_beats_zero_shot_on_validation(
             f"{dataset}/{strategy}: zero-shot {result.zero_shot_val_dice:.3f} -> {result.best_val_dice:.3f} "
             f"({result.trainable_params} trainable, {result.seconds:.1f} s)"
         )
-        assert result.best_val_dice > result.zero_shot_val_dice, strategy
+        gain = result.best_val_dice - result.zero_shot_val_dice
+        assert gain > MIN_GAIN.get(strategy, DEFAULT_MIN_GAIN), (strategy, gain)

@@ -1,5 +1,9 @@
 """Snakemake adapter: pretrain the workflow's tiny SAM on the configured datasets (rule pretrain_tiny_sam)."""
 
+from medfm_robust.seeding import pin_cpu_kernels
+
+pin_cpu_kernels()  # before torch loads: the same float kernels on every x86-64 CPU (seeding.py)
+
 import torch
 
 from medfm_robust.logs import run_snakemake_script

@@ -1,5 +1,9 @@
 """Snakemake adapter: fine-tune one strategy of one model on one or more datasets (rules finetune*)."""
 
+from medfm_robust.seeding import pin_cpu_kernels
+
+pin_cpu_kernels()  # before torch loads: the same float kernels on every x86-64 CPU (seeding.py)
+
 import torch
 
 from medfm_robust.logs import run_snakemake_script

@@ -3,6 +3,10 @@
 Without ``params.attack`` it writes clean + one Parquet per perturbation; with it, fgsm + pgd.
 """
 
+from medfm_robust.seeding import pin_cpu_kernels
+
+pin_cpu_kernels()  # before torch loads: the same float kernels on every x86-64 CPU (seeding.py)
+
 from medfm_robust.logs import run_snakemake_script
 from medfm_robust.seg.evaluate import run_evaluation_job
 

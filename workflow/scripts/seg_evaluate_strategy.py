@@ -1,6 +1,10 @@
 """Snakemake adapter (rules segment_evaluate_<model> of one_job_per: strategy models): every dataset of one
 (model, strategy), clean + perturbations + FGSM/PGD, in one job."""
 
+from medfm_robust.seeding import pin_cpu_kernels
+
+pin_cpu_kernels()  # before torch loads: the same float kernels on every x86-64 CPU (seeding.py)
+
 from medfm_robust.logs import run_snakemake_script
 from medfm_robust.seg.evaluate import run_strategy_job
 

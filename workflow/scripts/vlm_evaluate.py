@@ -1,5 +1,9 @@
 """Snakemake adapter (rules vlm_evaluate, vlm_evaluate_api): every condition of one (model, task, dataset)."""
 
+from medfm_robust.seeding import pin_cpu_kernels
+
+pin_cpu_kernels()  # before torch loads: the same float kernels on every x86-64 CPU (seeding.py)
+
 from medfm_robust.logs import run_snakemake_script
 from medfm_robust.vlm.models import set_torch_threads
 from medfm_robust.vlm.run import run_evaluation_job

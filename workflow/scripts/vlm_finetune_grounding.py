@@ -1,5 +1,9 @@
 """Snakemake adapter (rule vlm_finetune_grounding): LoRA grounding adapter of one open model (resumable)."""
 
+from medfm_robust.seeding import pin_cpu_kernels
+
+pin_cpu_kernels()  # before torch loads: the same float kernels on every x86-64 CPU (seeding.py)
+
 from medfm_robust.logs import run_snakemake_script
 from medfm_robust.vlm.grounding_lora import finetune_grounding
 from medfm_robust.vlm.models import box_convention, set_torch_threads

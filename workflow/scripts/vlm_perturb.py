@@ -1,5 +1,9 @@
 """Snakemake adapter (rule vlm_perturb): every perturbed-input shard of one VLM dataset."""
 
+from medfm_robust.seeding import pin_cpu_kernels
+
+pin_cpu_kernels()  # before torch loads: the same float kernels on every x86-64 CPU (seeding.py)
+
 from medfm_robust.logs import run_snakemake_script
 from medfm_robust.vlm.perturb import perturb_vlm_dataset
 

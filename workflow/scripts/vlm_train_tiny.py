@@ -1,5 +1,9 @@
 """Snakemake adapter (rule vlm_train_tiny): build and train one tiny VLM on the demo training sets."""
 
+from medfm_robust.seeding import pin_cpu_kernels
+
+pin_cpu_kernels()  # before torch loads: the same float kernels on every x86-64 CPU (seeding.py)
+
 from pathlib import Path
 
 from medfm_robust.logs import run_snakemake_script

@@ -6,6 +6,7 @@ is loaded, and a missing or unreadable file raises ``DataError`` naming it.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -28,11 +29,26 @@ SOURCE_EXTENSIONS = IMAGE_EXTENSIONS + MEDICAL_EXTENSIONS
 
 
 def safe_id(text: str) -> str:
-    """An image id from a file stem: runs of characters other than ``[A-Za-z0-9._-]`` become ``_``."""
+    """An image id from a file stem: runs of characters other than ``[A-Za-z0-9._-]`` become ``_``.
+
+    A stem with non-ASCII characters (e.g. Chinese) or none left keeps ids distinct and valid with the
+    first 8 hex digits of its SHA-256 appended (``病例_01`` -> ``01_<hash>``; ``图像`` -> ``<hash>``).
+    """
     out = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
-    if not out:
-        raise DataError(f"cannot derive an image id from '{text}'")
+    if not text.isascii() or not out.strip("."):
+        digest = hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+        out = f"{out}_{digest}" if out.strip(".") else digest
     return out
+
+
+def warn_orphan_masks(
+    masks: Iterable[Path], image_stems: set[str], stem_of: Callable[[Path], str]
+) -> list[Path]:
+    """Log a warning naming each mask whose image (``stem_of(mask)`` in ``image_stems``) is missing."""
+    orphans = [m for m in masks if stem_of(m) not in image_stems]
+    for m in orphans:
+        log.warning("%s: mask without an image (no image named %s.*); ignored", m, stem_of(m))
+    return orphans
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -207,12 +223,14 @@ def kvasir_seg(dataset: str, spec: Mapping[str, Any], root: Path | None, seed: i
     for d in (img_dir, mask_dir):
         if not d.is_dir():
             raise DataError(f"{d}: folder not found (expected Kvasir-SEG's images/ and masks/)")
+    images = _images_in(img_dir)
     items = [
         Item(safe_id(img.stem), _rel(img, root), file_loader(img, [mask_dir / img.name], _threshold(spec)))
-        for img in _images_in(img_dir)
+        for img in images
     ]
     if not items:
         raise DataError(f"{img_dir}: no images found")
+    warn_orphan_masks(_images_in(mask_dir), {p.stem for p in images}, lambda m: m.stem)
     return items
 
 
@@ -561,11 +579,24 @@ def folder(dataset: str, spec: Mapping[str, Any], root: Path | None, seed: int) 
         raise DataError(f"{img_dir}: images and masks share a folder; set 'datasets.{dataset}.mask_suffix'")
     groups = group_reader(dataset, spec, root)
     items = []
+    stems = set()
+
+    def is_mask(p: Path) -> bool:
+        return p.name.endswith(suffix) if Path(suffix).suffix else _stem(p).endswith(suffix)
+
+    def stem_of(mask: Path) -> str:
+        if not is_mask(mask):
+            return _stem(mask)
+        return (mask.name if Path(suffix).suffix else _stem(mask))[: -len(suffix) or None]
+
     for img in _images_in(img_dir, SOURCE_EXTENSIONS):
-        if same and (img.name.endswith(suffix) if Path(suffix).suffix else _stem(img).endswith(suffix)):
+        if same and is_mask(img):
             continue
+        stems.add(_stem(img))
         loader = _folder_loader(img, mask_dir, suffix, _threshold(spec))
         items.append(Item(safe_id(_stem(img)), _rel(img, root), loader, groups(img) if groups else None))
     if not items:
         raise DataError(f"{img_dir}: no images found")
+    masks = (m for m in _images_in(mask_dir, SOURCE_EXTENSIONS) if not same or is_mask(m))
+    warn_orphan_masks(masks, stems, stem_of)
     return items

@@ -22,7 +22,7 @@ from medfm_robust.data.shards import (
 )
 from medfm_robust.errors import ConfigError, DataError
 from medfm_robust.intensity import apply_policy, parse_policy, policy_json
-from medfm_robust.io import write_json_atomic
+from medfm_robust.io import DEFAULT_MAX_PIXELS, set_max_pixels, write_json_atomic
 from medfm_robust.seeding import unit_hash
 
 log = logging.getLogger(__name__)
@@ -116,6 +116,7 @@ def ingest_dataset(
         raise ConfigError(f"config key 'datasets.{dataset}.path': dataset folder not found: {root}")
     on_error = data_cfg.get("on_error", "fail")
     size = data_cfg.get("image_size")
+    set_max_pixels(data_cfg.get("max_pixels", DEFAULT_MAX_PIXELS))  # size guard of every image read (io)
     cap = None if adapter.generated else spec.get("n_images")
     policy_key = f"datasets.{dataset}.intensity"
     policy = parse_policy(spec.get("intensity", "none"), policy_key)

@@ -23,13 +23,29 @@ def register(subparsers: Any) -> None:
     p.add_argument("--level", required=True, type=int, help="severity level 1..5")
     p.add_argument("--seed", type=int, default=0, help="seed of the random stream (default 0)")
     p.add_argument("--mask", help="mask image to move with label-moving types")
-    p.add_argument("--mask-out", dest="mask_out", help="where to write the (moved) mask")
+    p.add_argument("--mask-out", dest="mask_out", help="where to write the (moved) mask PNG")
+    add_max_pixels(p)
     p.set_defaults(func=_perturb)
 
     p = subparsers.add_parser("ssim", help="SSIM of two images (the project's definition)")
     p.add_argument("a")
     p.add_argument("b")
+    add_max_pixels(p)
     p.set_defaults(func=_ssim)
+
+
+def add_max_pixels(parser: argparse.ArgumentParser) -> None:
+    """Add ``--max-pixels`` (the input size guard of :func:`medfm_robust.io.read_image`) to ``parser``."""
+    from medfm_robust.io import DEFAULT_MAX_PIXELS
+
+    parser.add_argument(
+        "--max-pixels",
+        dest="max_pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        metavar="N",
+        help="refuse inputs of more than N pixels (width x height; default %(default)s; 0: no limit)",
+    )
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -50,7 +66,8 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _perturb(args: argparse.Namespace) -> int:
-    from medfm_robust.io import read_image, write_image
+    from medfm_robust.cli import about_file
+    from medfm_robust.io import check_outputs, check_png_name, read_image, write_images
     from medfm_robust.perturb import calibrate
     from medfm_robust.perturb.registry import get_spec
 
@@ -59,12 +76,17 @@ def _perturb(args: argparse.Namespace) -> int:
         raise ConfigError(f"--level must be in 1..5, got {args.level}")
     if args.mask_out and not args.mask:
         raise ConfigError("--mask-out needs --mask")
-    image = read_image(args.input)
+    outputs = [args.output, *([args.mask_out] if args.mask_out else [])]
+    for out in outputs:
+        check_png_name(out)
+    check_outputs(outputs, [args.input, *([args.mask] if args.mask else [])])
+    limit = args.max_pixels or None
+    image = read_image(args.input, max_pixels=limit)
     if image.ndim == 3 and image.dtype.itemsize == 2:
         raise DataError(f"{args.input}: 16-bit colour images are not supported")
     mask = None
     if args.mask:
-        mask = read_image(args.mask)
+        mask = read_image(args.mask, max_pixels=limit)
         if mask.ndim == 3:
             mask = mask[..., 0]
         if mask.shape != image.shape[:2]:
@@ -72,23 +94,29 @@ def _perturb(args: argparse.Namespace) -> int:
                 f"{args.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but {args.input} is "
                 f"{image.shape[1]}x{image.shape[0]}"
             )
-    res = calibrate(image, args.type_, args.level, seed=args.seed, mask=mask)
-    write_image(args.output, res.image)
+    with about_file(args.input):
+        res = calibrate(image, args.type_, args.level, seed=args.seed, mask=mask)
     out = res.summary()
     out["output"] = str(Path(args.output))
+    items = [(args.output, res.image)]
     if args.mask_out and res.mask is not None:
-        write_image(args.mask_out, res.mask)
+        items.append((args.mask_out, res.mask))
         out["mask_out"] = str(Path(args.mask_out))
+    write_images(items)  # both files or neither
     print(json.dumps(out))
     return 0
 
 
 def _ssim(args: argparse.Namespace) -> int:
+    from medfm_robust.cli import about_file
     from medfm_robust.io import read_image
     from medfm_robust.perturb.ssim import ssim
 
-    a, b = read_image(args.a), read_image(args.b)
+    limit = args.max_pixels or None
+    a, b = read_image(args.a, max_pixels=limit), read_image(args.b, max_pixels=limit)
     if a.shape != b.shape or a.dtype != b.dtype:
         raise DataError(f"{args.a} is {a.shape} {a.dtype} but {args.b} is {b.shape} {b.dtype}")
-    print(f"{ssim(a, b):.6f}")
+    with about_file(args.a):
+        value = ssim(a, b)
+    print(f"{value:.6f}")
     return 0

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from medfm_robust.errors import ConfigError
+from medfm_robust.perturb.cli import add_max_pixels
 
 
 def register(subparsers: Any) -> None:
@@ -31,6 +32,7 @@ def register(subparsers: Any) -> None:
         help="box prompt in pixels, inclusive max",
     )
     p.add_argument("--checkpoint", help="checkpoint file, or 'bundled' for lite_medsam (default: random)")
+    add_max_pixels(p)
     p.set_defaults(func=_predict)
 
     p = subparsers.add_parser("seg-eval", help="evaluate one (model, strategy, dataset) outside the workflow")
@@ -97,22 +99,26 @@ def _predict(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from medfm_robust.io import read_image, write_image
+    from medfm_robust.cli import about_file
+    from medfm_robust.io import check_outputs, check_png_name, read_image, write_image
     from medfm_robust.seg.models import build_model, images_to_batch
 
+    check_png_name(args.output)
+    check_outputs([args.output], [args.image, *([args.checkpoint] if args.checkpoint else [])])
     model = build_model(args.model, args.checkpoint)
-    image = read_image(args.image)
+    image = read_image(args.image, max_pixels=args.max_pixels or None)
     x0, y0, x1, y1 = args.box
     h, w = image.shape[:2]
     if not (0 <= x0 <= x1 < w and 0 <= y0 <= y1 < h):
         raise ConfigError(f"--box {args.box} is not inside the {w} x {h} image {args.image}")
-    with torch.no_grad():
+    with torch.no_grad(), about_file(args.image):
         logits = model(images_to_batch([image], model.device), torch.tensor([args.box], dtype=torch.float32))
     write_image(args.output, (logits[0, 0] > 0).cpu().numpy().astype(np.uint8) * 255)
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from medfm_robust.io import check_outputs
     from medfm_robust.seg.attacks import AttackSettings
     from medfm_robust.seg.evaluate import EvalSettings, RunIdentity, evaluate_attacks, evaluate_dataset
 
@@ -123,6 +129,10 @@ def _eval(args: argparse.Namespace) -> int:
             raise ConfigError(f"--shard expects NAME=PATH, got '{item}'")
         shards[name] = path
     out = Path(args.out_dir)
+    names = ["clean", *shards, *(("fgsm", "pgd") if args.attacks else ())]
+    checkpoints = [p for p in (args.checkpoint, args.finetuned) if p and p != "bundled"]
+    inputs = [args.test, *shards.values(), *checkpoints]
+    check_outputs([out / f"{n}.parquet" for n in names], inputs)
     run = RunIdentity(args.model, args.strategy, args.checkpoint, args.finetuned)
     settings = EvalSettings(batch_size=args.batch_size, max_images=args.max_images, device=args.device)
     counts = evaluate_dataset(

@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 
 from medfm_robust.errors import ConfigError, MedFMError
-from medfm_robust.io import encode_png, sha256_bytes
+from medfm_robust.io import encode_png
 from medfm_robust.seeding import rng_for
-from medfm_robust.vlm.cache import RequestCache, request_key
+from medfm_robust.vlm.cache import RequestCache, pixel_hash, request_key
 from medfm_robust.vlm.prompts import SYSTEM_PROMPT
 
 log = logging.getLogger(__name__)
@@ -178,10 +178,10 @@ class APIClient:
                 "image_detail": self.endpoint.image_detail, "extra_body": dict(self.endpoint.extra_body)}
 
     def key(self, req: ChatRequest) -> str:
-        """Cache key of ``req``: (model, system, prompt, image SHA-256, settings)."""
+        """Cache key of ``req``: (model, system, prompt, SHA-256 of the image's pixels, settings)."""
         return request_key({
             "model": self.endpoint.model, "system": req.system, "prompt": req.prompt,
-            "image_sha256": sha256_bytes(req.image_png) if req.image_png is not None else None,
+            "image_pixels_sha256": pixel_hash(req.image_png),
             "settings": self.settings(req),
         })
 
@@ -294,7 +294,7 @@ class APIClient:
             self.cache.put(key, {
                 "text": text, "finish_reason": finish, "endpoint": self.endpoint.name,
                 "model": self.endpoint.model, "prompt": req.prompt, "system": req.system,
-                "image_sha256": sha256_bytes(req.image_png) if req.image_png is not None else None,
+                "image_pixels_sha256": pixel_hash(req.image_png),
                 "settings": self.settings(req), "created": time.time(), **extra,
             })
             return ChatResult(key, text, None, finish, cached=False, attempts=attempt + 1)

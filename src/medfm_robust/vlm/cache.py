@@ -1,7 +1,9 @@
 """Persistent per-request answer cache: one JSON file per request key, written atomically.
 
 A key is the SHA-256 of the canonical JSON of everything that determines an answer (model, system prompt,
-prompt, image hash, generation settings). Files live at ``<root>/<key[:2]>/<key>.json``; each is written
+prompt, image hash, generation settings). The image hash is taken over the decoded pixels (dtype, shape and
+array bytes; :func:`pixel_hash`), never over encoded bytes, so the same image encoded twice (another PNG
+encoder, level or version) hits the same entry. Files live at ``<root>/<key[:2]>/<key>.json``; each is written
 with :func:`medfm_robust.io.write_json_atomic` as soon as its answer arrives, so a killed run keeps every
 finished answer and concurrent writers (threads or processes) never see half-written files.
 """
@@ -15,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from medfm_robust.io import write_json_atomic
+from medfm_robust.io import array_hash, decode_png, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +26,11 @@ def request_key(payload: Mapping[str, Any]) -> str:
     """SHA-256 hex of the canonical (key-sorted, compact) JSON of ``payload``."""
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def pixel_hash(image_png: bytes | None) -> str | None:
+    """SHA-256 of the pixels of PNG bytes (:func:`medfm_robust.io.array_hash` of the decoded array)."""
+    return None if image_png is None else array_hash(decode_png(image_png, source="API request image"))
 
 
 class RequestCache:
