@@ -126,7 +126,8 @@ def perturb_vlm_dataset(
     ``sample_paths``: the dataset's sample tables (``.../{task}.parquet``; the task is the file stem).
     ``canonical_shards``: type -> canonical perturbed shards whose keys need no recomputation.
     ``levels``, ``bands``, ``max_evals`` and per-type ``overrides`` (``param_range``, ``bands``, ``levels``,
-    ``max_evals``, ``options``) are the perturbation stage's settings (``perturb.*``), so canonical and VLM outputs agree.
+    ``max_evals``, ``options``) are the perturbation stage's settings (``perturb.*``), so canonical and VLM
+    outputs agree.
     Returns the number of calibrated keys per type. Files are written even when empty.
     """
     from medfm_robust.perturb.registry import get_spec
