@@ -78,8 +78,10 @@ def test_256_models_equal_official_pipelines(name: str, tmp_path: Path) -> None:
     _check(name, _probabilities(model))
 
 
+@pytest.mark.slow
 def test_medsam_and_sam_vit_b_equal_official_pipelines(tmp_path: Path) -> None:
     # Both are SAM ViT-B with the same state-dict keys, so the parity weights (drawn per key) are equal.
+    # Six ViT-B forwards at 1024 x 1024 (about 10 s each on one CPU core), hence slow.
     path = _official_checkpoint("medsam", tmp_path / "vit_b.pth")
     for name in ("medsam", "sam_vit_b"):
         _check(name, _probabilities(M.build_model(name, checkpoint=path)))

@@ -527,12 +527,12 @@ class LiteMedSAMSegmenter(PromptableSegmenter):
     input_size = 256
 
     def preprocess(self, x01: torch.Tensor) -> torch.Tensor:
-        x = as_uint8_levels(_as_rgb(x01))
+        x = as_uint8_levels(_as_rgb(x01)).double()  # float64 (kept under autocast): exact rounding
         h, w = x.shape[-2:]
         nh, nw = longest_side_hw(h, w, self.input_size)
         if (nh, nw) != (h, w):
             x = round_half_up(separable_resize(x, (nh, nw), "cv2_area")).clamp(0.0, 255.0)
-        return _pad_bottom_right(minmax_per_image(x), self.input_size)
+        return _pad_bottom_right(minmax_per_image(x.to(x01.dtype)), self.input_size)
 
     def input_boxes(self, boxes_px: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
         factor = self.input_size / max(orig_hw)
