@@ -58,17 +58,18 @@ def test_to_unit_range_scales_by_value_range_and_repeats_gray() -> None:
 
 def test_sam_preprocessing_normalises_then_pads_bottom_right(sam256: M.SamLongestSide) -> None:
     tiny = sam256
-    # 256 x 128 needs no resize (longest side already 256): SAM mean/std on 0-255 values, zero padding right.
+    # 256 x 128 needs no resize (longest side already 256): SAM mean/std on the uint8 image SamPredictor
+    # takes (0.5 -> round(127.5) = 128; issue 11 parity), zero padding right.
     x = torch.full((1, 1, 256, 128), 0.5)
     out = tiny.preprocess(x)
     assert out.shape == (1, 3, 256, 256)
-    expected = (127.5 - SAM_MEAN) / SAM_STD
+    expected = (128.0 - SAM_MEAN) / SAM_STD
     assert torch.allclose(out[..., :128], expected.expand(1, 3, 256, 128), atol=1e-5)
     assert torch.all(out[..., 128:] == 0)
     # 128 x 64 is enlarged to 256 x 128; a constant image stays constant; boxes scale by 2.
     small = torch.full((2, 3, 128, 64), 0.25)
     out = tiny.preprocess(small)
-    assert torch.allclose(out[..., :128], ((63.75 - SAM_MEAN) / SAM_STD).expand(2, 3, 256, 128), atol=1e-4)
+    assert torch.allclose(out[..., :128], ((64.0 - SAM_MEAN) / SAM_STD).expand(2, 3, 256, 128), atol=1e-4)
     assert torch.all(out[..., 128:] == 0)
     boxes = tiny.input_boxes(torch.tensor([[10.0, 20.0, 30.0, 40.0]]), (128, 64))
     assert boxes.tolist() == [[20.0, 40.0, 60.0, 80.0]]
@@ -76,7 +77,8 @@ def test_sam_preprocessing_normalises_then_pads_bottom_right(sam256: M.SamLonges
 
 def test_sam_resize_matches_segment_anything_resize_longest_side(sam256: M.SamLongestSide) -> None:
     tiny = sam256
-    # SamPredictor's ResizeLongestSide.apply_image (PIL bilinear on uint8) up to PIL's rounding to integers.
+    # SamPredictor's ResizeLongestSide.apply_image (PIL bilinear on uint8: horizontal pass, rounding, vertical
+    # pass, rounding, 22-bit fixed-point weights): equal (issue 11; was up to 1 grey level before).
     from segment_anything.utils.transforms import ResizeLongestSide
 
     rng = np.random.default_rng(1)
@@ -86,7 +88,7 @@ def test_sam_resize_matches_segment_anything_resize_longest_side(sam256: M.SamLo
         x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255.0
         ours = tiny.preprocess(x)[..., : ref.shape[0], : ref.shape[1]] * SAM_STD + SAM_MEAN
         assert ref.shape[:2] == M.longest_side_hw(h, w, 256)
-        assert np.abs(ours[0].permute(1, 2, 0).numpy() - ref).max() <= 1.01
+        assert np.abs(ours[0].permute(1, 2, 0).numpy() - ref).max() < 1e-3
 
 
 def test_tiny_sam_preprocessing_minmax_then_imagenet_standardisation(tiny: M.TinySamSegmenter) -> None:
@@ -136,17 +138,18 @@ def test_tiny_sam_decodes_with_sparse_box_and_dense_mask_prompt(tiny: M.TinySamS
         assert not torch.allclose(no_mask, dense)
 
 
-def test_medsam_preprocessing_equals_skimage_resize_then_minmax() -> None:
+def test_medsam_preprocessing_equals_skimage_resize_uint8_then_minmax() -> None:
     from skimage.transform import resize
 
     model = M.MedSAMSegmenter(torch.nn.Identity(), torch.nn.Identity(), torch.nn.Identity())
     rng = np.random.default_rng(0)
-    img = rng.random((40, 24, 3)).astype(np.float32)
-    ref = resize(img, (1024, 1024), order=3, preserve_range=True, anti_aliasing=True)
-    ref = (ref - ref.min()) / max(ref.max() - ref.min(), 1e-8)
-    out = model.preprocess(torch.from_numpy(img).permute(2, 0, 1)[None])
+    img = rng.integers(0, 256, (40, 24, 3)).astype(np.uint8)
+    # MedSAM_Inference.py: resize the uint8 image, truncate to uint8 (issue 11), then min-max.
+    ref = resize(img, (1024, 1024), order=3, preserve_range=True, anti_aliasing=True).astype(np.uint8)
+    ref = (ref - ref.min()) / max(float(ref.max()) - ref.min(), 1e-8)
+    out = model.preprocess(torch.from_numpy(img).permute(2, 0, 1)[None] / 255.0)
     assert out.shape == (1, 3, 1024, 1024)
-    assert np.abs(out[0].permute(1, 2, 0).numpy() - ref).max() < 1e-5
+    assert np.abs(out[0].permute(1, 2, 0).numpy() - ref).max() < 1e-6
     # Hand example: a two-valued image becomes exactly {0, 1} far from the edge; boxes scale per axis.
     two = torch.full((1, 1, 8, 8), 0.2)
     two[..., 4:] = 0.6
@@ -172,28 +175,30 @@ def test_sam_med2d_preprocessing_imagenet_then_nearest() -> None:
     model = M.SamMed2DSegmenter(torch.nn.Identity(), torch.nn.Identity(), torch.nn.Identity())
     x = torch.rand(1, 3, 128, 128)
     out = model.preprocess(x)
-    norm = (x * 255.0 - SAM_MEAN) / SAM_STD
+    norm = (x.flip(1) * 255.0 - SAM_MEAN) / SAM_STD  # BGR, as cv2.imread gives it to SAM-Med2D (issue 11)
     assert out.shape == (1, 3, 256, 256)
     assert torch.allclose(out[..., ::2, ::2], norm, atol=1e-5)
     assert torch.allclose(out[..., 1::2, 1::2], norm, atol=1e-5)  # each pixel becomes a 2 x 2 block
+    # inclusive max -> regionprops' exclusive max (+1), then per-axis scaling (x 4, y 2)
     boxes = model.input_boxes(torch.tensor([[10.0, 20.0, 30.0, 40.0]]), (128, 64))
-    assert boxes.tolist() == [[40.0, 40.0, 120.0, 80.0]]
+    assert boxes.tolist() == [[40.0, 40.0, 124.0, 82.0]]
 
 
 def test_lite_medsam_preprocessing_minmax_area_and_padding() -> None:
     model = M.LiteMedSAMSegmenter(torch.nn.Identity(), torch.nn.Identity(), torch.nn.Identity())
+    lo, hi = 51 / 255, 153 / 255  # uint8 levels, as the official script reads
     x = torch.zeros(1, 1, 512, 256)
-    x[..., :256, :] = 0.3
-    x[..., 256:, :] = 0.7
-    x[..., 0:2, 0:2] = torch.tensor([[0.3, 0.7], [0.7, 0.3]])  # a 2 x 2 block averaging to 0.5
+    x[..., :256, :] = lo
+    x[..., 256:, :] = hi
+    x[..., 0:2, 0:2] = torch.tensor([[lo, hi], [hi, lo]])  # a 2 x 2 block averaging to level 102
     out = model.preprocess(x)
     assert out.shape == (1, 3, 256, 256)
-    assert out[0, 0, 0, 0].item() == pytest.approx(0.5, abs=1e-6)  # (0.5 - 0.3) / (0.7 - 0.3)
+    assert out[0, 0, 0, 0].item() == pytest.approx(0.5, abs=1e-6)  # (102 - 51) / (153 - 51)
     assert out[0, 1, 10, 10].item() == pytest.approx(0.0, abs=1e-6)
     assert out[0, 2, 200, 100].item() == pytest.approx(1.0, abs=1e-6)
     assert torch.all(out[..., 128:] == 0)  # padded on the right
-    boxes = model.input_boxes(torch.tensor([[10.0, 20.0, 30.0, 40.0]]), (512, 256))
-    assert boxes.tolist() == [[5.0, 10.0, 15.0, 20.0]]
+    boxes = model.input_boxes(torch.tensor([[10.0, 21.0, 30.0, 41.0]]), (512, 256))
+    assert boxes.tolist() == [[5.0, 10.0, 15.0, 20.0]]  # int(box * 256 / 512): truncated (issue 11)
 
 
 # -------------------------------------------------------------------------------------------- decoding
@@ -204,21 +209,26 @@ def test_batched_decoder_matches_official_sam_per_image(tiny: M.TinySamSegmenter
 
     tiny = M.SamLongestSide(tiny.image_encoder, tiny.prompt_encoder, tiny.mask_decoder, 256, "sam256").eval()
 
-    x = torch.rand(3, 3, 256, 256)
+    x = torch.randint(0, 256, (3, 3, 256, 256)).float() / 255.0  # uint8 levels, as SamPredictor takes
     boxes = torch.tensor([[10.0, 20.0, 100.0, 120.0], [50.0, 50.0, 200.0, 210.0], [0.0, 0.0, 255.0, 255.0]])
     sam = Sam(tiny.image_encoder, tiny.prompt_encoder, tiny.mask_decoder).eval()
+    batch = [{"image": torch.round(x[i] * 255.0), "original_size": (256, 256), "boxes": boxes[i : i + 1]}
+             for i in range(3)]
     with torch.no_grad():
-        ref = sam(
-            [
-                {"image": x[i] * 255.0, "original_size": (256, 256), "boxes": boxes[i : i + 1]}
-                for i in range(3)
-            ],
-            multimask_output=False,
-        )
+        ref = sam(batch, multimask_output=False)
         ours = tiny(x, boxes)
+        # SAM-Med2D's choice: of the three multimask outputs, the highest predicted IoU per image
+        multi = sam(batch, multimask_output=True)
+        emb = tiny.encode(x)
+        sparse, dense = tiny.prompt_encoder(points=None, boxes=boxes[:, None, :], masks=None)
+        best = M.batched_mask_decoder(tiny.mask_decoder, emb, tiny.prompt_encoder.get_dense_pe(), sparse,
+                                      dense, best_of_multimask=True)
     ref_logits = torch.cat([r["masks"].float() for r in ref])  # official thresholded masks
     assert ours.shape == (3, 1, 256, 256)
     assert torch.equal(ours > 0, ref_logits > 0)
+    for i, r in enumerate(multi):
+        k = int(r["iou_predictions"][0].argmax())
+        assert torch.allclose(best[i, 0], r["low_res_logits"][0, k], atol=1e-5)
 
 
 def test_forward_is_differentiable_wrt_pixels(tiny: M.TinySamSegmenter) -> None:

@@ -4,11 +4,16 @@
 (LoRA as its low-rank factors ``...lora_A.weight`` / ``...lora_B.weight``); the sidecar ``{strategy}.json``
 records the base checkpoint's SHA-256, the strategy and its structural settings, trainable/total parameter
 counts, best epoch, validation Dice and the config hash. :func:`load_for_eval` rebuilds the evaluable model.
+
+Official base checkpoints are read by :func:`read_state_dict` without executing pickled code: a raw state dict
+(MedSAM, SAM, LiteMedSAM) or a dict with ``model`` and optimiser entries (SAM-Med2D's ``train.py`` pickles the
+optimiser OBJECT, which ``torch.load(weights_only=True)`` refuses).
 """
 
 from __future__ import annotations
 
 import json
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,6 +34,114 @@ from medfm_robust.seg.strategies import (
 )
 
 SIDECAR_FORMAT = 1
+
+# Globals a checkpoint may name that are called for real: tensor/storage reconstruction (as in torch's own
+# weights_only unpickler) and plain containers. Nothing here runs code chosen by the file.
+_REAL_GLOBALS = {
+    ("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter"),
+    ("torch._utils", "_rebuild_parameter_with_state"), ("collections", "OrderedDict"),
+    ("collections", "defaultdict"), ("torch", "Size"), ("torch", "device"),
+    *(("builtins", n) for n in ("dict", "list", "tuple", "set", "frozenset", "int", "float", "bool", "str")),
+}
+# Module prefixes of training state that is kept as an inert placeholder, never imported nor called:
+# optimiser / scheduler / AMP-scaler objects, argparse namespaces, numpy scalars and arrays.
+_INERT_PREFIXES = ("torch.optim", "torch.cuda.amp", "torch.amp", "argparse", "numpy", "copyreg")
+
+
+class _Inert:
+    """Stand-in for a pickled object of an allow-listed training-state class: keeps nothing, runs nothing."""
+
+    def __new__(cls, *args: object, **kwargs: object) -> _Inert:
+        return object.__new__(cls)
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def __setstate__(self, state: object) -> None:
+        pass
+
+    def __setitem__(self, key: object, value: object) -> None:
+        pass
+
+    def append(self, value: object) -> None:
+        pass
+
+    def extend(self, values: object) -> None:
+        pass
+
+
+class _Refused(pickle.UnpicklingError):
+    """A global outside the allow-lists."""
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler resolving only :data:`_REAL_GLOBALS`; training-state classes become :class:`_Inert`
+    subclasses; any other global (``os.system``, ``builtins.eval``, ...) raises ``UnpicklingError``."""
+
+    def find_class(self, module: str, name: str) -> object:
+        module = "builtins" if module == "__builtin__" else module
+        if (module, name) in _REAL_GLOBALS:
+            return super().find_class(module, name)
+        if module.startswith(_INERT_PREFIXES):
+            return type(name, (_Inert,), {"__module__": f"inert.{module}"})
+        raise _Refused(f"refusing global {module}.{name}")
+
+
+class _RestrictedPickle:
+    """``pickle_module`` for ``torch.load`` that unpickles with :class:`_RestrictedUnpickler`."""
+
+    Unpickler = _RestrictedUnpickler
+    UnpicklingError = pickle.UnpicklingError
+
+    @staticmethod
+    def load(file: Any, **kwargs: Any) -> Any:
+        return _RestrictedUnpickler(file, **kwargs).load()
+
+
+def safe_torch_load(path: Path) -> Any:
+    """``torch.load`` on the CPU that never executes pickled code.
+
+    First ``weights_only=True``; a file it refuses (e.g. SAM-Med2D's ``{'model': ..., 'optimizer': Adam}``)
+    is read again with :class:`_RestrictedUnpickler` (tensors real, optimiser state inert). A global outside
+    both allow-lists raises :class:`CheckpointError` naming the file and the global; a file that is not a
+    checkpoint at all raises its unpickling error (:func:`read_state_dict` words it).
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        pass  # not weights-only: read again with the restricted unpickler below
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RestrictedPickle)
+    except _Refused as exc:
+        raise CheckpointError(f"{path}: cannot be read safely ({exc}; only tensors, containers and "
+                              "optimiser state are accepted)") from None
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a base checkpoint: ``.safetensors``, or a torch ``.pth``/``.pt`` holding a plain state
+    dict or one under a ``model`` / ``state_dict`` / ``model_state_dict`` key (other entries, such as a
+    pickled optimiser, are ignored), read on the CPU by :func:`safe_torch_load`."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p}: checkpoint file not found")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return dict(load_file(str(p), device="cpu"))
+        obj = safe_torch_load(p)
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(f"{p}: cannot read checkpoint ({type(exc).__name__}: {exc})") from exc
+    if isinstance(obj, dict):
+        for key in ("model", "state_dict", "model_state_dict"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{p}: not a state dict of tensors")
+    return dict(obj)
 
 
 def sidecar_path(path: str | Path) -> Path:

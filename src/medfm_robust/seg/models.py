@@ -49,6 +49,7 @@ from torch import nn
 
 from medfm_robust.errors import CheckpointError, ConfigError, DataError
 from medfm_robust.seg import MODEL_NAMES as _REGISTERED_NAMES
+from medfm_robust.seg.checkpoint import read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -122,19 +123,56 @@ def scale_boxes(boxes_px: torch.Tensor, orig_hw: tuple[int, int], new_hw: tuple[
     return boxes_px.to(torch.float32) * factor
 
 
-@functools.lru_cache(maxsize=16)
-def _skimage_resize_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """``n_out x n_in`` matrix equal to 1-D ``skimage.transform.resize(order=3, anti_aliasing=True)``.
+RESIZE_KINDS = ("skimage_cubic", "cv2_area", "pil_bilinear")
 
-    That resize is linear and separable (Gaussian pre-filter when down-sampling, cubic spline zoom), so the
-    response to the identity gives the exact operator. Clipping to the input range is applied separately.
+
+@functools.lru_cache(maxsize=32)
+def _resize_matrix(kind: str, n_in: int, n_out: int) -> np.ndarray:
+    """``n_out x n_in`` float64 matrix of a 1-D resize: its response to the identity.
+
+    ``skimage_cubic``: ``skimage.transform.resize(order=3, anti_aliasing=True)`` (Gaussian pre-filter when
+    down-sampling, cubic spline zoom); ``cv2_area``: ``cv2.resize(INTER_AREA)``; ``pil_bilinear``: PIL's
+    bilinear (triangle) filter for 8-bit images, antialiased when shrinking, with PIL's coefficients
+    (``precompute_coeffs``) rounded to its 22-bit fixed point, so that ``floor(M @ x + 0.5)`` is exactly
+    PIL's pass on integer ``x``. Each is
+    linear and separable, so two matrix products reproduce it in 2-D (for ``cv2_area``: when both axes
+    shrink or both grow, which holds for aspect-preserving resizes).
     """
-    from skimage.transform import resize
-
+    if kind not in RESIZE_KINDS:
+        raise ValueError(f"unknown resize kind {kind!r}")
     eye = np.eye(n_in, dtype=np.float64)
-    mat = resize(eye, (n_out, n_in), order=3, mode="reflect", anti_aliasing=True, preserve_range=True,
-                 clip=False)
-    return mat.astype(np.float64)
+    if kind == "skimage_cubic":
+        from skimage.transform import resize
+
+        return resize(eye, (n_out, n_in), order=3, mode="reflect", anti_aliasing=True, preserve_range=True,
+                      clip=False)
+    if kind == "cv2_area":
+        import cv2
+
+        return np.asarray(cv2.resize(eye, (n_in, n_out), interpolation=cv2.INTER_AREA), dtype=np.float64)
+    scale = n_in / n_out
+    support = max(scale, 1.0)  # bilinear support 1, widened by the scale when shrinking
+    mat = np.zeros((n_out, n_in), dtype=np.float64)
+    for i in range(n_out):
+        center = (i + 0.5) * scale
+        lo = max(int(center - support + 0.5), 0)
+        hi = min(int(center + support + 0.5), n_in)
+        w = np.maximum(1.0 - np.abs((np.arange(lo, hi) - center + 0.5) / support), 0.0)
+        mat[i, lo:hi] = w / w.sum() if w.sum() else w
+    precision = float(1 << 22)
+    return np.floor(mat * precision + 0.5) / precision
+
+
+def _resize_axis(x: torch.Tensor, kind: str, n_out: int, dim: int) -> torch.Tensor:
+    """Apply the 1-D ``kind`` resize along ``dim`` (-1: width, -2: height) of ``B x C x H x W``."""
+    mat = torch.as_tensor(_resize_matrix(kind, int(x.shape[dim]), n_out), dtype=x.dtype, device=x.device)
+    return torch.einsum("bchw,pw->bchp", x, mat) if dim == -1 else torch.einsum("oh,bchw->bcow", mat, x)
+
+
+def separable_resize(x: torch.Tensor, out_hw: tuple[int, int], kind: str) -> torch.Tensor:
+    """Batched, differentiable 2-D resize ``B x C x H x W`` -> ``B x C x out_h x out_w`` (see
+    :func:`_resize_matrix` for ``kind``), without clipping or rounding."""
+    return _resize_axis(_resize_axis(x, kind, out_hw[1], -1), kind, out_hw[0], -2)
 
 
 def skimage_cubic_resize(x: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
@@ -143,13 +181,25 @@ def skimage_cubic_resize(x: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tens
     ``x``: ``B x C x H x W`` float; returns ``B x C x out_h x out_w``, clipped per image to the input's
     [min, max] as skimage does (``clip=True``).
     """
-    _, _, h, w = x.shape
-    mh = torch.as_tensor(_skimage_resize_matrix(h, out_hw[0]), dtype=x.dtype, device=x.device)
-    mw = torch.as_tensor(_skimage_resize_matrix(w, out_hw[1]), dtype=x.dtype, device=x.device)
-    out = torch.einsum("oh,bchw,pw->bcop", mh, x, mw)
+    out = separable_resize(x, out_hw, "skimage_cubic")
     lo = x.amin(dim=(1, 2, 3), keepdim=True)
     hi = x.amax(dim=(1, 2, 3), keepdim=True)
     return torch.maximum(torch.minimum(out, hi), lo)
+
+
+def straight_through(x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``fn(x)`` in the forward pass, identity gradient (straight-through estimator for rounding)."""
+    return x + (fn(x.detach()) - x.detach())
+
+
+def round_half_up(x: torch.Tensor) -> torch.Tensor:
+    """``floor(x + 0.5)``: rounding of fixed-point uint8 resizers (OpenCV, PIL); differentiable (STE)."""
+    return straight_through(x, lambda t: torch.floor(t + 0.5))
+
+
+def as_uint8_levels(x01: torch.Tensor) -> torch.Tensor:
+    """``[0, 1]`` -> the uint8 image the official pipelines read: ``round(255 x)`` as float (STE)."""
+    return round_half_up(x01 * 255.0).clamp(0.0, 255.0)
 
 
 def minmax_per_image(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -224,12 +274,16 @@ class PromptableSegmenter(nn.Module):
     def decode_low_res(self, embeddings: torch.Tensor, boxes_px: torch.Tensor,
                        orig_hw: tuple[int, int]) -> torch.Tensor:
         """Decoder logits ``B x 1 x h x w`` (single-mask output, mask token 0), one box per image."""
+        return self._decode_low_res(embeddings, boxes_px, orig_hw)
+
+    def _decode_low_res(self, embeddings: torch.Tensor, boxes_px: torch.Tensor, orig_hw: tuple[int, int],
+                        best_of_multimask: bool = False) -> torch.Tensor:
         if boxes_px.ndim != 2 or boxes_px.shape[1] != 4 or boxes_px.shape[0] != embeddings.shape[0]:
             raise DataError(f"boxes must be B x 4 with B={embeddings.shape[0]}, got {tuple(boxes_px.shape)}")
         boxes = self.input_boxes(boxes_px.to(embeddings.device), orig_hw)
         sparse, dense = self.prompt_encoder(points=None, boxes=boxes[:, None, :], masks=None)
         return batched_mask_decoder(self.mask_decoder, embeddings, self.prompt_encoder.get_dense_pe(),
-                                    sparse, dense)
+                                    sparse, dense, best_of_multimask)
 
     def decode(self, embeddings: torch.Tensor, boxes_px: torch.Tensor,
                orig_hw: tuple[int, int]) -> torch.Tensor:
@@ -243,11 +297,14 @@ class PromptableSegmenter(nn.Module):
 
 
 def batched_mask_decoder(decoder: nn.Module, embeddings: torch.Tensor, image_pe: torch.Tensor,
-                         sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-    """Run a SAM ``MaskDecoder`` with one prompt per image of a batch; returns mask-token-0 logits.
+                         sparse: torch.Tensor, dense: torch.Tensor, best_of_multimask: bool = False,
+                         ) -> torch.Tensor:
+    """Run a SAM ``MaskDecoder`` with one prompt per image of a batch; returns ``B x 1 x h x w`` logits.
 
-    The stock ``MaskDecoder.predict_masks`` repeats ONE image embedding for every prompt; here image ``i``
-    is paired with prompt ``i`` (the mathematics of one image with one prompt is unchanged).
+    ``best_of_multimask=False``: mask token 0 (``multimask_output=False``). ``True``: of the three multimask
+    outputs (tokens 1-3), the one with the highest predicted IoU per image (SAM-Med2D's predictor and
+    ``test.py``). The stock ``MaskDecoder.predict_masks`` repeats ONE image embedding for every prompt; here
+    image ``i`` is paired with prompt ``i`` (the mathematics of one image with one prompt is unchanged).
     """
     tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
     tokens = tokens.unsqueeze(0).expand(sparse.shape[0], -1, -1)
@@ -256,12 +313,17 @@ def batched_mask_decoder(decoder: nn.Module, embeddings: torch.Tensor, image_pe:
     pos = image_pe.expand(src.shape[0], -1, -1, -1)
     b, c, h, w = src.shape
     hs, src = decoder.transformer(src, pos, tokens)
-    mask_token = hs[:, 1, :]
     src = src.transpose(1, 2).reshape(b, c, h, w)
     upscaled = decoder.output_upscaling(src)
-    hyper = decoder.output_hypernetworks_mlps[0](mask_token)
     b, c, h, w = upscaled.shape
-    return (hyper[:, None, :] @ upscaled.reshape(b, c, h * w)).reshape(b, 1, h, w)
+    if not best_of_multimask:
+        hyper = decoder.output_hypernetworks_mlps[0](hs[:, 1, :])
+        return (hyper[:, None, :] @ upscaled.reshape(b, c, h * w)).reshape(b, 1, h, w)
+    n = decoder.num_mask_tokens
+    hyper = torch.stack([decoder.output_hypernetworks_mlps[i](hs[:, 1 + i, :]) for i in range(1, n)], dim=1)
+    masks = (hyper @ upscaled.reshape(b, c, h * w)).reshape(b, n - 1, h, w)
+    best = decoder.iou_prediction_head(hs[:, 0, :])[:, 1:].argmax(dim=1)
+    return masks[torch.arange(b, device=masks.device), best][:, None]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -271,8 +333,9 @@ def batched_mask_decoder(decoder: nn.Module, embeddings: torch.Tensor, image_pe:
 class SamLongestSide(PromptableSegmenter):
     """SAM's own preprocessing (``sam_vit_b``).
 
-    ``x * 255`` -> bilinear antialiased resize of the longest side to S (``SamPredictor``'s
-    ``ResizeLongestSide.apply_image``, PIL bilinear, done in torch; equal up to PIL's rounding to uint8)
+    ``round(x * 255)`` (the uint8 image ``SamPredictor.set_image`` takes) -> resize of the longest side to
+    S as ``ResizeLongestSide.apply_image`` does it with PIL on uint8: bilinear (antialiased), horizontal
+    pass, rounding to uint8, vertical pass, rounding to uint8 (rounding as straight-through estimators)
     -> ``(x - pixel_mean) / pixel_std`` (0-255 units) -> zero padding bottom/right to ``S x S``. Boxes are
     scaled by the resize factor per axis. Logits: bilinear to ``S x S``, crop the unpadded part, bilinear
     to the original size (``Sam.postprocess_masks``).
@@ -288,12 +351,14 @@ class SamLongestSide(PromptableSegmenter):
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, 3, 1, 1), persistent=False)
 
     def preprocess(self, x01: torch.Tensor) -> torch.Tensor:
-        x = _as_rgb(x01) * 255.0
+        x = as_uint8_levels(_as_rgb(x01)).double()  # float64: exact fixed-point sums
         h, w = x.shape[-2:]
         nh, nw = longest_side_hw(h, w, self.input_size)
-        if (nh, nw) != (h, w):
-            x = F.interpolate(x, (nh, nw), mode="bilinear", align_corners=False, antialias=True)
-        x = (x - self.pixel_mean) / self.pixel_std
+        if nw != w:
+            x = round_half_up(_resize_axis(x, "pil_bilinear", nw, -1)).clamp(0.0, 255.0)
+        if nh != h:
+            x = round_half_up(_resize_axis(x, "pil_bilinear", nh, -2)).clamp(0.0, 255.0)
+        x = (x.to(x01.dtype) - self.pixel_mean) / self.pixel_std
         return _pad_bottom_right(x, self.input_size)
 
     def input_boxes(self, boxes_px: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
@@ -310,8 +375,10 @@ class SamLongestSide(PromptableSegmenter):
 class MedSAMSegmenter(PromptableSegmenter):
     """MedSAM (``MedSAM_Inference.py``): SAM ViT-B at 1024.
 
-    Resize to ``1024 x 1024`` (aspect ratio NOT kept) with skimage's order-3 anti-aliased resize (exact, as a
-    linear operator, clipped to the input range), then per-image min-max to [0, 1] (no mean/std). Box:
+    ``round(x * 255)`` (the uint8 image the script reads), resize to ``1024 x 1024`` (aspect ratio NOT
+    kept) with skimage's order-3 anti-aliased resize (exact, as a linear operator in float64, clipped to the
+    input range), truncation to uint8 (``.astype(np.uint8)``; straight-through gradient), then per-image
+    min-max to [0, 1] (no mean/std). Box:
     ``box / [W, H, W, H] * 1024``. Post-processing: sigmoid of the 256 x 256 low-res logits, bilinear to the
     original size, returned as logits (``log p - log(1 - p)``, p clamped to [1e-7, 1 - 1e-7]) so that
     ``logit > 0`` is exactly MedSAM's ``p > 0.5``.
@@ -321,8 +388,8 @@ class MedSAMSegmenter(PromptableSegmenter):
     input_size = 1024
 
     def preprocess(self, x01: torch.Tensor) -> torch.Tensor:
-        x = skimage_cubic_resize(_as_rgb(x01), (self.input_size, self.input_size))
-        return minmax_per_image(x)
+        x = skimage_cubic_resize(as_uint8_levels(_as_rgb(x01)).double(), (self.input_size, self.input_size))
+        return minmax_per_image(straight_through(x, torch.floor).to(x01.dtype))
 
     def input_boxes(self, boxes_px: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
         return scale_boxes(boxes_px, orig_hw, (self.input_size, self.input_size))
@@ -407,11 +474,14 @@ class TinySamSegmenter(SamLongestSide):
 
 
 class SamMed2DSegmenter(PromptableSegmenter):
-    """SAM-Med2D (``SammedPredictor``): SAM ViT-B with parallel adapters at 256.
+    """SAM-Med2D (``SammedPredictor`` fed as ``test.py`` feeds it): SAM ViT-B with parallel adapters at 256.
 
-    ``(x * 255 - ImageNet mean) / ImageNet std`` (0-255 units), then nearest resize to ``256 x 256``
-    (``cv2.INTER_NEAREST`` = torch ``nearest``; aspect ratio NOT kept). Box scaled per axis by 256 / W and
-    256 / H. Logits: bilinear to 256 x 256, then bilinear to the original size.
+    Channels reversed to BGR (the official training and test code read images with ``cv2.imread`` and
+    normalise them unchanged), ``(x * 255 - mean) / std`` with SAM's statistics in their stored order
+    (0-255 units), then nearest resize to ``256 x 256`` (``cv2.INTER_NEAREST`` = torch ``nearest``; aspect
+    ratio NOT kept). Box: our inclusive max becomes ``regionprops``' exclusive max (+1), then scaled per
+    axis by 256 / W and 256 / H. Mask: of the three multimask outputs, the one with the highest predicted
+    IoU. Logits: bilinear to 256 x 256, then bilinear to the original size.
     """
 
     name = "sam_med2d"
@@ -423,14 +493,19 @@ class SamMed2DSegmenter(PromptableSegmenter):
         self.register_buffer("pixel_std", torch.tensor(SAM_PIXEL_STD).view(1, 3, 1, 1), persistent=False)
 
     def preprocess(self, x01: torch.Tensor) -> torch.Tensor:
-        x = (_as_rgb(x01) * 255.0 - self.pixel_mean) / self.pixel_std
+        x = (_as_rgb(x01).flip(1) * 255.0 - self.pixel_mean) / self.pixel_std
         s = self.input_size
         if tuple(x.shape[-2:]) != (s, s):
             x = F.interpolate(x, (s, s), mode="nearest")
         return x
 
     def input_boxes(self, boxes_px: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
-        return scale_boxes(boxes_px, orig_hw, (self.input_size, self.input_size))
+        exclusive = boxes_px.to(torch.float32) + torch.tensor([0.0, 0.0, 1.0, 1.0], device=boxes_px.device)
+        return scale_boxes(exclusive, orig_hw, (self.input_size, self.input_size))
+
+    def decode_low_res(self, embeddings: torch.Tensor, boxes_px: torch.Tensor,
+                       orig_hw: tuple[int, int]) -> torch.Tensor:
+        return self._decode_low_res(embeddings, boxes_px, orig_hw, best_of_multimask=True)
 
     def postprocess(self, low_res: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
         s = self.input_size
@@ -441,8 +516,10 @@ class SamMed2DSegmenter(PromptableSegmenter):
 class LiteMedSAMSegmenter(PromptableSegmenter):
     """LiteMedSAM (``CVPR24_LiteMedSAM_infer.py``): TinyViT encoder at 256.
 
-    Longest side to 256 (``cv2.INTER_AREA``: area averaging when shrinking, bilinear when enlarging),
-    per-image min-max to [0, 1], zero padding bottom/right to ``256 x 256``. Box times ``256 / max(H, W)``.
+    ``round(x * 255)`` (the script's uint8 input), longest side to 256 with ``cv2.INTER_AREA`` (exact
+    operator; area averaging when shrinking), rounded to uint8 as OpenCV does (straight-through gradient),
+    per-image min-max to [0, 1], zero padding bottom/right to ``256 x 256``. Box:
+    ``int(box * 256 / max(H, W))`` (truncated, as ``resize_box_to_256``).
     Logits (256 x 256): crop the unpadded part, bilinear to the original size.
     """
 
@@ -450,18 +527,16 @@ class LiteMedSAMSegmenter(PromptableSegmenter):
     input_size = 256
 
     def preprocess(self, x01: torch.Tensor) -> torch.Tensor:
-        x = _as_rgb(x01)
+        x = as_uint8_levels(_as_rgb(x01)).double()  # float64 (kept under autocast): exact rounding
         h, w = x.shape[-2:]
         nh, nw = longest_side_hw(h, w, self.input_size)
         if (nh, nw) != (h, w):
-            mode = "area" if nh <= h and nw <= w else "bilinear"
-            kwargs = {} if mode == "area" else {"align_corners": False}
-            x = F.interpolate(x, (nh, nw), mode=mode, **kwargs)
-        return _pad_bottom_right(minmax_per_image(x), self.input_size)
+            x = round_half_up(separable_resize(x, (nh, nw), "cv2_area")).clamp(0.0, 255.0)
+        return _pad_bottom_right(minmax_per_image(x.to(x01.dtype)), self.input_size)
 
     def input_boxes(self, boxes_px: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
         factor = self.input_size / max(orig_hw)
-        return boxes_px.to(torch.float32) * factor
+        return torch.floor(boxes_px.to(torch.float64) * factor).to(torch.float32)
 
     def postprocess(self, low_res: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
         nh, nw = longest_side_hw(*orig_hw, self.input_size)
@@ -503,7 +578,9 @@ class SamMed2DAdapter(nn.Module):
 
     Channel gate (global average pool -> Linear C->C/4 -> ReLU -> Linear C/4->C -> Sigmoid, no biases)
     scales the map; a spatial branch (3x3 stride-2 conv -> ReLU -> 4x4 stride-2 transposed conv -> ReLU,
-    no biases) is added to the gated map as a skip, then LayerNorm. Module names match the official checkpoint
+    no biases) maps the gated map; its output is added to the UNGATED input (``norm(x + spatial(gate * x))``,
+    upstream ``Adapter_Layer.forward`` with ``skip_connect=True``), then LayerNorm. Module names match the
+    official checkpoint
     (``channel.0``, ``channel.2``, ``spatial.0``, ``spatial.2``, ``norm``).
     """
 
@@ -524,8 +601,7 @@ class SamMed2DAdapter(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = x.permute(0, 3, 1, 2)
         gate = self.channel(y.mean(dim=(2, 3)))[:, :, None, None]
-        gated = gate * y
-        out = gated + self.spatial(gated)
+        out = y + self.spatial(gate * y)
         return self.norm(out.permute(0, 2, 3, 1))
 
 
@@ -657,32 +733,6 @@ assert MODEL_NAMES == _REGISTERED_NAMES, "medfm_robust.seg.MODEL_NAMES is out of
 
 # ----------------------------------------------------------------------------------------------------
 # Checkpoints
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a checkpoint file: ``.safetensors``, or a torch ``.pth``/``.pt`` (plain state dict or one
-    under a ``model`` / ``state_dict`` key), loaded on the CPU with ``weights_only=True``."""
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"{p}: checkpoint file not found")
-    try:
-        if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return dict(load_file(str(p), device="cpu"))
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except CheckpointError:
-        raise
-    except Exception as exc:
-        raise CheckpointError(f"{p}: cannot read checkpoint ({type(exc).__name__}: {exc})") from exc
-    if isinstance(obj, dict):
-        for key in ("model", "state_dict", "model_state_dict"):
-            if key in obj and isinstance(obj[key], dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{p}: not a state dict of tensors")
-    return obj
 
 
 def _key_list(keys: Sequence[str], limit: int = 8) -> str:
