@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from test_seg_support import write_perturbed_shard, write_test_shard
 
 from medfm_robust.cli import main
@@ -38,6 +39,34 @@ def test_seg_predict_writes_a_mask_and_rejects_bad_boxes(
     assert "not inside the 60 x 40 image" in capsys.readouterr().err
     assert predict((0, 0, 5, 5), "--checkpoint", str(tmp_path / "none.pth")) == 2
     assert "none.pth: checkpoint file for model 'tiny_sam' not found" in capsys.readouterr().err
+
+
+def test_seg_predict_reads_raw_16bit_images_by_their_range(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A raw 16-bit slice (values 0..1275 = 5 x 255, so its 8-bit rendering is exact) gives the mask of that
+    rendering: by default by its own min..max (ingestion's ``intensity: none``), or an explicit range."""
+    raw = np.zeros((40, 60), np.uint16)
+    raw[10:30, 20:45] = 1275
+    raw[12:20, 25:30] = 635
+    write_image(tmp_path / "raw.png", raw)
+    write_image(tmp_path / "u8.png", (raw // 5).astype(np.uint8))
+
+    box = ["--box", "20", "10", "44", "29"]
+
+    def predict(name: str, *extra: str) -> np.ndarray:
+        out = tmp_path / f"m_{name}_{len(extra)}.png"
+        torch.manual_seed(0)  # the same random tiny SAM for every call (no checkpoint given)
+        assert main(["seg-predict", "tiny_sam", str(tmp_path / name), str(out), *box, *extra]) == 0
+        return read_image(out)
+
+    ref = predict("u8.png")
+    assert np.array_equal(predict("raw.png"), ref)
+    assert np.array_equal(predict("raw.png", "--value-range", "0", "1275"), ref)
+    bad = ["--value-range", "5", "5"]
+    raw_in, out = str(tmp_path / "raw.png"), str(tmp_path / "x.png")
+    assert main(["seg-predict", "tiny_sam", raw_in, out, *box, *bad]) == 2
+    assert "--value-range of" in capsys.readouterr().err
 
 
 def test_seg_eval_writes_one_file_per_mode(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -32,6 +32,14 @@ def register(subparsers: Any) -> None:
         help="box prompt in pixels, inclusive max",
     )
     p.add_argument("--checkpoint", help="checkpoint file, or 'bundled' for lite_medsam (default: random)")
+    p.add_argument(
+        "--value-range",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        help="stored values meaning black and white (default: 0 255 for 8-bit images; a 16-bit image's own "
+        "min and max, as ingestion's `intensity: none` records them)",
+    )
     add_max_pixels(p)
     p.set_defaults(func=_predict)
 
@@ -100,6 +108,7 @@ def _predict(args: argparse.Namespace) -> int:
     import torch
 
     from medfm_robust.cli import about_file
+    from medfm_robust.intensity import apply_policy, check_value_range
     from medfm_robust.io import check_outputs, check_png_name, read_image, write_image
     from medfm_robust.seg.models import build_model, images_to_batch
 
@@ -107,12 +116,17 @@ def _predict(args: argparse.Namespace) -> int:
     check_outputs([args.output], [args.image, *([args.checkpoint] if args.checkpoint else [])])
     model = build_model(args.model, args.checkpoint)
     image = read_image(args.image, max_pixels=args.max_pixels or None)
+    if args.value_range is not None:
+        value_range = check_value_range(args.value_range, f"--value-range of {args.image}")
+    else:
+        value_range = apply_policy(image, "none", args.image)[1]
     x0, y0, x1, y1 = args.box
     h, w = image.shape[:2]
     if not (0 <= x0 <= x1 < w and 0 <= y0 <= y1 < h):
         raise ConfigError(f"--box {args.box} is not inside the {w} x {h} image {args.image}")
     with torch.no_grad(), about_file(args.image):
-        logits = model(images_to_batch([image], model.device), torch.tensor([args.box], dtype=torch.float32))
+        x = images_to_batch([image], model.device, value_ranges=[value_range])
+        logits = model(x, torch.tensor([args.box], dtype=torch.float32))
     write_image(args.output, (logits[0, 0] > 0).cpu().numpy().astype(np.uint8) * 255)
     return 0
 
