@@ -48,3 +48,9 @@ def get_final_output():
 def log_path(rule_name, pattern):
     """`logs/<rule>/<pattern>.log`: log paths mirror the output wildcards."""
     return f"logs/{rule_name}/{pattern}.log"
+
+
+# Rules reading dataset, model or checkpoint folders carry `params: sources=source_params(<their inputs>)`:
+# a listing-manifest hash, so Snakemake's params trigger re-runs them when a file inside is added, removed
+# or edited (a folder's own mtime does not change then). See medfm_robust.manifest and docs/workflow.md.
+from medfm_robust.manifest import source_params
