@@ -105,3 +105,40 @@ def test_folder_changes_rerun_exactly_their_dataset(tmp_path: Path) -> None:
     victim = sorted(p for p in (res / "datasets" / "BUSI").rglob("*") if p.is_file())[-1]
     victim.unlink()  # removed from BUSI
     assert planned() == {kvasir, ("data_ingest", "busi")}
+
+
+@pytest.mark.workflow
+def test_missing_api_key_found_at_start_up_and_keep_going_finishes_the_rest(tmp_path: Path) -> None:
+    """An enabled API model without its key: one start-up message; without --keep-going nothing runs,
+    with it every job that does not need the key finishes and only the API evaluation fails."""
+    cfg = yaml.safe_load((REPO / "tests" / "config" / "ci.yaml").read_text())
+    cfg["data"]["image_size"] = 32
+    cfg["datasets"] = {"demo_ct": {"adapter": "demo", "modality": "ct", "n_images": 8},
+                       "demo_dermoscopy": {"adapter": "demo", "modality": "dermoscopy", "n_images": 8}}
+    cfg["perturb"].update(include=["gaussian_noise"], levels=[1], one_job_per="dataset")
+    cfg["vlm"]["datasets"] = {"demo": {"adapter": "demo", "tasks": ["vqa"], "max_test_images": 2,
+                                       "sources": ["demo_ct"]}}
+    cfg["vlm"]["perturbations"] = {"include": ["gaussian_noise"], "levels": [1]}
+    cfg["vlm"]["sampling"] = {"n_test": 2, "n_train": None, "n_val": None}
+    var = "MEDFM_TEST_ABSENT_KEY"
+    cfg["vlm"]["models"] = {"gpt_4o_mini": {"kind": "api", "api_key_env": var}}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    api_metric = "results/metrics/vlm/gpt_4o_mini/vqa/demo/clean.parquet"
+    independent = "results/data/demo_dermoscopy/ingest_report.json"
+    cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--configfile", "cfg.yaml", "-c1", api_metric,
+           independent]
+    env = {k: v for k, v in env_for(REPO).items() if k != var}
+
+    stopped = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    out = stopped.stdout + stopped.stderr
+    assert stopped.returncode != 0 and "Stopping before any job (no --keep-going)" in out
+    assert f"{var} (needed by vlm.models.gpt_4o_mini)" in out and not (tmp_path / "results").exists()
+
+    kept = subprocess.run([*cmd, "--keep-going"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    out = kept.stdout + kept.stderr
+    assert kept.returncode != 0 and out.count("API key(s) not set in the environment") == 1
+    assert (tmp_path / independent).is_file() and (tmp_path / "results/vlm/perturbed/demo").is_dir()
+    assert not (tmp_path / api_metric).exists()
+    job_log = next((tmp_path / "logs" / "vlm_evaluate_api").rglob("*.log")).read_text()
+    assert f"environment variable {var} is not set" in job_log and "Traceback" not in job_log
