@@ -161,7 +161,8 @@ def _api_endpoint_missing(name: str, spec: Mapping[str, Any], endpoints: Mapping
 def cross_field_problems(config: Mapping[str, Any], *, judge_endpoint_set: bool = True) -> list[str]:
     """Problems between keys that the schema cannot see, one line each naming the key path.
 
-    SSIM bands inverted or out of severity order; an API model without a complete endpoint; an unknown
+    SSIM bands inverted or out of severity order; a type both included and excluded; a local VLM without
+    a path; an API model without a complete endpoint; an unknown
     judge endpoint (checked when judging is enabled or the endpoint was set); demo VLM sources and organs
     that are not datasets; tiny-training / grounding data sets that are not VLM datasets (when used).
     """
@@ -172,9 +173,16 @@ def cross_field_problems(config: Mapping[str, Any], *, judge_endpoint_set: bool 
         if isinstance(spec, Mapping) and "bands" in spec:
             out += _band_problems(f"perturb.overrides.{name}.bands", spec["bands"])
     vlm = config.get("vlm") or {}
+    for key, section in (("perturb", perturb), ("vlm.perturbations", vlm.get("perturbations") or {})):
+        both = sorted(set(section.get("include") or []) & set(section.get("exclude") or []))
+        if both:
+            out.append(f"config key '{key}.exclude': {both} also in {key}.include (both kept and dropped)")
     endpoints = (vlm.get("api") or {}).get("endpoints") or {}
     models = vlm.get("models") or {}
     for name, spec in sorted(models.items()):
+        if spec.get("kind") == "local" and spec.get("enabled", True) and not spec.get("path"):
+            out.append(f"config key 'vlm.models.{name}.path': required for a local model (its checkpoint "
+                       "folder, relative to resources_dir)")
         if spec.get("kind") == "api":
             missing = _api_endpoint_missing(name, spec, endpoints)
             if missing:
