@@ -10,7 +10,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -323,8 +323,10 @@ ECHO_RUNNER = textwrap.dedent("""
 """)
 
 
-def test_api_key_never_reaches_logs_stderr_caches_or_exceptions(tmp_path: Path) -> None:
-    """A server that echoes the request headers (in error bodies and in answers) on every status."""
+@contextlib.contextmanager
+def echo_server(status: Callable[[str], int]) -> Iterator[str]:
+    """A chat-completions server on 127.0.0.1 that echoes the request headers in every answer and error
+    body; ``status(prompt)`` picks each reply's HTTP status. Yields the base URL."""
 
     class Echo(BaseHTTPRequestHandler):
         def log_message(self, *args: object) -> None:
@@ -332,15 +334,13 @@ def test_api_key_never_reaches_logs_stderr_caches_or_exceptions(tmp_path: Path) 
 
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            prompt = body["messages"][-1]["content"][0]["text"]
-            code = int(prompt) if prompt.isdigit() else 200
-            echo = {"headers": dict(self.headers.items()), "raw": str(self.headers)}
+            code = status(body["messages"][-1]["content"][0]["text"])
+            echo = json.dumps({"headers": dict(self.headers.items()), "raw": str(self.headers)})
             if code == 200:
                 obj = {"id": "c", "object": "chat.completion", "created": 0, "model": "m", "choices": [
-                    {"index": 0, "finish_reason": "stop",
-                     "message": {"role": "assistant", "content": json.dumps(echo)}}]}
+                    {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": echo}}]}
             else:
-                obj = {"error": {"message": f"rejected request {echo}", "type": "x", "request": echo}}
+                obj = {"error": {"message": f"rejected request {echo}", "type": "x"}}
             data = json.dumps(obj).encode()
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
@@ -349,10 +349,17 @@ def test_api_key_never_reaches_logs_stderr_caches_or_exceptions(tmp_path: Path) 
             self.wfile.write(data)
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
-        url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_api_key_never_reaches_logs_stderr_caches_or_exceptions(tmp_path: Path) -> None:
+    """A server that echoes the request headers (in error bodies and in answers) on every status."""
+    with echo_server(lambda prompt: int(prompt) if prompt.isdigit() else 200) as url:
         env = {**os.environ, "MEDFM_ECHO_KEY": SECRET}
         log_file = tmp_path / "logs" / "job.log"
         res = subprocess.run(
@@ -360,9 +367,6 @@ def test_api_key_never_reaches_logs_stderr_caches_or_exceptions(tmp_path: Path) 
              "hello", "400", "422", "500", "401"],
             env=env, capture_output=True, text=True, timeout=120,
         )
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
     assert res.returncode != 0 and "uncaught after" in res.stderr
     log_text = log_file.read_text()
     # every path was taken: an answer, refusals, retries given up, a rejected key

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+from test_api_client import echo_server
 from test_workflow_support import SNAKEMAKE, env_for, parse_dryrun
 
 from medfm_robust.data.fixtures import build_fixture_resources
@@ -165,30 +163,12 @@ def test_api_key_echoed_by_the_server_reaches_no_output_of_the_workflow(tmp_path
     no file the workflow writes (results, logs, caches, .snakemake), nor on stdout / stderr."""
     mode = {"code": 200, "n": 0}
 
-    class Echo(BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
+    def status(prompt: str) -> int:
+        mode["n"] += 1
+        return 400 if mode["code"] == 200 and mode["n"] % 3 == 0 else mode["code"]  # every third refused
 
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers["Content-Length"]))
-            echo = f"you sent {dict(self.headers.items())}"
-            mode["n"] += 1
-            code = 400 if mode["code"] == 200 and mode["n"] % 3 == 0 else mode["code"]  # every third refused
-            obj = ({"id": "c", "object": "chat.completion", "created": 0, "model": "m", "choices": [
-                {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": echo}}]}
-                   if code == 200 else {"error": {"message": echo, "type": "invalid_request_error"}})
-            data = json.dumps(obj).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
     var = "MEDFM_TEST_ECHO_KEY"
-    try:
-        url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    with echo_server(status) as url:
         cmd, api_metric, _ = _api_workflow(tmp_path, {"api_key_env": var, "base_url": url, "api_model": "m"})
         env = {**env_for(REPO), var: SECRET}
         first = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
@@ -204,9 +184,6 @@ def test_api_key_echoed_by_the_server_reaches_no_output_of_the_workflow(tmp_path
         second = subprocess.run([*cmd, "--forcerun", "vlm_evaluate_api"], cwd=tmp_path, env=env,
                                 capture_output=True, text=True, timeout=600)
         assert second.returncode != 0 and "HTTP 401" in second.stdout + second.stderr
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
     texts["stdout/stderr"] = first.stdout + first.stderr + second.stdout + second.stderr
     for path in tmp_path.rglob("*"):
         if path.is_file():
