@@ -8,10 +8,8 @@ import subprocess
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import yaml
-from test_api_client import echo_server
 from test_workflow_support import SNAKEMAKE, env_for, parse_dryrun
 
 from medfm_robust.data.fixtures import build_fixture_resources
@@ -107,87 +105,3 @@ def test_folder_changes_rerun_exactly_their_dataset(tmp_path: Path) -> None:
     victim = sorted(p for p in (res / "datasets" / "BUSI").rglob("*") if p.is_file())[-1]
     victim.unlink()  # removed from BUSI
     assert planned() == {kvasir, ("data_ingest", "busi")}
-
-
-def _api_workflow(tmp_path: Path, model: dict) -> tuple[list[str], str, str]:
-    """A small config (two demo datasets, one VLM demo set, one API model ``model``) in ``tmp_path``:
-    (snakemake command for the API metric and an independent target, the API metric, that target)."""
-    cfg = yaml.safe_load((REPO / "tests" / "config" / "ci.yaml").read_text())
-    cfg["data"]["image_size"] = 32
-    cfg["datasets"] = {"demo_ct": {"adapter": "demo", "modality": "ct", "n_images": 8},
-                       "demo_dermoscopy": {"adapter": "demo", "modality": "dermoscopy", "n_images": 8}}
-    cfg["perturb"].update(include=["gaussian_noise"], levels=[1], one_job_per="dataset")
-    cfg["vlm"]["datasets"] = {"demo": {"adapter": "demo", "tasks": ["vqa"], "max_test_images": 2,
-                                       "sources": ["demo_ct"]}}
-    cfg["vlm"]["perturbations"] = {"include": ["gaussian_noise"], "levels": [1]}
-    cfg["vlm"]["sampling"] = {"n_test": 2, "n_train": None, "n_val": None}
-    cfg["vlm"]["models"] = {"gpt_4o_mini": {"kind": "api", **model}}
-    cfg["vlm"]["api"] = {"max_retries": 1, "backoff_initial_s": 0.0, "backoff_max_s": 0.0, "timeout_s": 10}
-    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
-    api_metric = "results/metrics/vlm/gpt_4o_mini/vqa/demo/clean.parquet"
-    independent = "results/data/demo_dermoscopy/ingest_report.json"
-    cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--configfile", "cfg.yaml", "-c1", api_metric,
-           independent]
-    return cmd, api_metric, independent
-
-
-@pytest.mark.workflow
-def test_missing_api_key_found_at_start_up_and_keep_going_finishes_the_rest(tmp_path: Path) -> None:
-    """An enabled API model without its key: one start-up message; without --keep-going nothing runs,
-    with it every job that does not need the key finishes and only the API evaluation fails."""
-    var = "MEDFM_TEST_ABSENT_KEY"
-    cmd, api_metric, independent = _api_workflow(tmp_path, {"api_key_env": var})
-    env = {k: v for k, v in env_for(REPO).items() if k != var}
-
-    stopped = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    out = stopped.stdout + stopped.stderr
-    assert stopped.returncode != 0 and "Stopping before any job (no --keep-going)" in out
-    assert f"{var} (needed by vlm.models.gpt_4o_mini)" in out and not (tmp_path / "results").exists()
-
-    kept = subprocess.run([*cmd, "--keep-going"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=600)
-    out = kept.stdout + kept.stderr
-    assert kept.returncode != 0 and out.count("API key(s) not set in the environment") == 1
-    assert (tmp_path / independent).is_file() and (tmp_path / "results/vlm/perturbed/demo").is_dir()
-    assert not (tmp_path / api_metric).exists()
-    job_log = next((tmp_path / "logs" / "vlm_evaluate_api").rglob("*.log")).read_text()
-    assert f"environment variable {var} is not set" in job_log and "Traceback" not in job_log
-
-
-SECRET = "sk-medfm-WORKFLOW-SECRET-9876543210"
-
-
-@pytest.mark.workflow
-def test_api_key_echoed_by_the_server_reaches_no_output_of_the_workflow(tmp_path: Path) -> None:
-    """A server on 127.0.0.1 echoes the request headers in its answers and error bodies: the key is in
-    no file the workflow writes (results, logs, caches, .snakemake), nor on stdout / stderr."""
-    mode = {"code": 200, "n": 0}
-
-    def status(prompt: str) -> int:
-        mode["n"] += 1
-        return 400 if mode["code"] == 200 and mode["n"] % 3 == 0 else mode["code"]  # every third refused
-
-    var = "MEDFM_TEST_ECHO_KEY"
-    with echo_server(status) as url:
-        cmd, api_metric, _ = _api_workflow(tmp_path, {"api_key_env": var, "base_url": url, "api_model": "m"})
-        env = {**env_for(REPO), var: SECRET}
-        first = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-        assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
-        texts = {str(p): pd.read_parquet(p).to_csv() for p in (tmp_path / "results").rglob("*.parquet")}
-        answers = pd.read_parquet(tmp_path / api_metric)["raw_output"].tolist()
-        assert any("[REDACTED]" in a for a in answers)  # the echoes arrived, redacted
-        job_log = next((tmp_path / "logs" / "vlm_evaluate_api").rglob("*.log")).read_text()
-        assert "HTTP 400" in job_log and "[REDACTED]" in job_log  # a refusal echoing the headers, logged
-        texts["first job log"] = job_log
-        shutil.rmtree(tmp_path / "results" / "vlm" / "api_cache")
-        mode["code"] = 401  # a rejected key: the job fails, its error text echoes the headers
-        second = subprocess.run([*cmd, "--forcerun", "vlm_evaluate_api"], cwd=tmp_path, env=env,
-                                capture_output=True, text=True, timeout=600)
-        assert second.returncode != 0 and "HTTP 401" in second.stdout + second.stderr
-    texts["stdout/stderr"] = first.stdout + first.stderr + second.stdout + second.stderr
-    for path in tmp_path.rglob("*"):
-        if path.is_file():
-            texts[f"{path} (now)"] = (pd.read_parquet(path).to_csv() if path.suffix == ".parquet"
-                                      else path.read_bytes().decode("latin-1"))
-    leaked = [name for name, text in texts.items() if SECRET in text or "Bearer sk-" in text]
-    assert not leaked and len(texts) > 20
