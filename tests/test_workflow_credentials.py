@@ -38,61 +38,74 @@ def _api_workflow(tmp_path: Path, model: dict) -> tuple[list[str], str, str]:
     return cmd, api_metric, independent
 
 
+VAR = "MEDFM_TEST_API_KEY_VAR"
+
+
+@pytest.fixture(scope="module")
+def keep_going_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The API model's key unset: a run without --keep-going, then one with it (shared by both tests)."""
+    work = tmp_path_factory.mktemp("keys")
+    cmd, api_metric, independent = _api_workflow(work, {"api_key_env": VAR})
+    env = {k: v for k, v in env_for(REPO).items() if k != VAR}
+    stopped = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    results_after_stop = (work / "results").exists()
+    kept = subprocess.run([*cmd, "--keep-going"], cwd=work, env=env, capture_output=True, text=True,
+                          timeout=600)
+    return {"work": work, "stopped": stopped, "results_after_stop": results_after_stop, "kept": kept,
+            "api_metric": api_metric, "independent": independent}
+
+
 @pytest.mark.workflow
-def test_missing_api_key_found_at_start_up_and_keep_going_finishes_the_rest(tmp_path: Path) -> None:
+def test_missing_api_key_found_at_start_up_and_keep_going_finishes_the_rest(keep_going_run: dict) -> None:
     """An enabled API model without its key: one start-up message; without --keep-going nothing runs,
     with it every job that does not need the key finishes and only the API evaluation fails."""
-    var = "MEDFM_TEST_ABSENT_KEY"
-    cmd, api_metric, independent = _api_workflow(tmp_path, {"api_key_env": var})
-    env = {k: v for k, v in env_for(REPO).items() if k != var}
-
-    stopped = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    out = stopped.stdout + stopped.stderr
-    assert stopped.returncode != 0 and "Stopping before any job (no --keep-going)" in out
-    assert f"{var} (needed by vlm.models.gpt_4o_mini)" in out and not (tmp_path / "results").exists()
-
-    kept = subprocess.run([*cmd, "--keep-going"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=600)
-    out = kept.stdout + kept.stderr
-    assert kept.returncode != 0 and out.count("API key(s) not set in the environment") == 1
-    assert (tmp_path / independent).is_file() and (tmp_path / "results/vlm/perturbed/demo").is_dir()
-    assert not (tmp_path / api_metric).exists()
-    job_log = next((tmp_path / "logs" / "vlm_evaluate_api").rglob("*.log")).read_text()
-    assert f"environment variable {var} is not set" in job_log and "Traceback" not in job_log
+    run, work = keep_going_run, keep_going_run["work"]
+    out = run["stopped"].stdout + run["stopped"].stderr
+    assert run["stopped"].returncode != 0 and "Stopping before any job (no --keep-going)" in out
+    assert f"{VAR} (needed by vlm.models.gpt_4o_mini)" in out and not run["results_after_stop"]
+    out = run["kept"].stdout + run["kept"].stderr
+    assert run["kept"].returncode != 0 and out.count("API key(s) not set in the environment") == 1
+    assert (work / run["independent"]).is_file() and (work / "results/vlm/perturbed/demo").is_dir()
+    assert not (work / run["api_metric"]).exists()
+    job_log = next((work / "logs" / "vlm_evaluate_api").rglob("*.log")).read_text()
+    assert f"environment variable {VAR} is not set" in job_log and "Traceback" not in job_log
 
 
 SECRET = "sk-medfm-WORKFLOW-SECRET-9876543210"
 
 
 @pytest.mark.workflow
-def test_api_key_echoed_by_the_server_reaches_no_output_of_the_workflow(tmp_path: Path) -> None:
+def test_api_key_echoed_by_the_server_reaches_no_output_of_the_workflow(tmp_path: Path,
+                                                                        keep_going_run: dict) -> None:
     """A server on 127.0.0.1 echoes the request headers in its answers and error bodies: the key is in
-    no file the workflow writes (results, logs, caches, .snakemake), nor on stdout / stderr."""
+    no file the workflow writes (results, logs, caches, .snakemake), nor on stdout / stderr. Continues
+    the keep-going run with the key set (only the API evaluation job runs)."""
+    work = shutil.copytree(keep_going_run["work"], tmp_path / "run", symlinks=True)
     mode = {"code": 200, "n": 0}
 
     def status(prompt: str) -> int:
         mode["n"] += 1
         return 400 if mode["code"] == 200 and mode["n"] % 3 == 0 else mode["code"]  # every third refused
 
-    var = "MEDFM_TEST_ECHO_KEY"
     with echo_server(status) as url:
-        cmd, api_metric, _ = _api_workflow(tmp_path, {"api_key_env": var, "base_url": url, "api_model": "m"})
-        env = {**env_for(REPO), var: SECRET}
-        first = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        cmd, api_metric, _ = _api_workflow(work, {"api_key_env": VAR, "base_url": url, "api_model": "m"})
+        env = {**env_for(REPO), VAR: SECRET}
+        first = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
         assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
-        texts = {str(p): pd.read_parquet(p).to_csv() for p in (tmp_path / "results").rglob("*.parquet")}
-        answers = pd.read_parquet(tmp_path / api_metric)["raw_output"].tolist()
+        assert "1 of 1 steps" in first.stdout + first.stderr  # upstream jobs were kept
+        texts = {str(p): pd.read_parquet(p).to_csv() for p in (work / "results").rglob("*.parquet")}
+        answers = pd.read_parquet(work / api_metric)["raw_output"].tolist()
         assert any("[REDACTED]" in a for a in answers)  # the echoes arrived, redacted
-        job_log = next((tmp_path / "logs" / "vlm_evaluate_api").rglob("*.log")).read_text()
+        job_log = next((work / "logs" / "vlm_evaluate_api").rglob("*.log")).read_text()
         assert "HTTP 400" in job_log and "[REDACTED]" in job_log  # a refusal echoing the headers, logged
         texts["first job log"] = job_log
-        shutil.rmtree(tmp_path / "results" / "vlm" / "api_cache")
+        shutil.rmtree(work / "results" / "vlm" / "api_cache")
         mode["code"] = 401  # a rejected key: the job fails, its error text echoes the headers
-        second = subprocess.run([*cmd, "--forcerun", "vlm_evaluate_api"], cwd=tmp_path, env=env,
+        second = subprocess.run([*cmd, "--forcerun", "vlm_evaluate_api"], cwd=work, env=env,
                                 capture_output=True, text=True, timeout=600)
         assert second.returncode != 0 and "HTTP 401" in second.stdout + second.stderr
     texts["stdout/stderr"] = first.stdout + first.stderr + second.stdout + second.stderr
-    for path in tmp_path.rglob("*"):
+    for path in work.rglob("*"):
         if path.is_file():
             texts[f"{path} (now)"] = (pd.read_parquet(path).to_csv() if path.suffix == ".parquet"
                                       else path.read_bytes().decode("latin-1"))
