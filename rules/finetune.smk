@@ -33,6 +33,7 @@ rule finetune:
         model=lambda wildcards: wildcards.model,
         settings=lambda wildcards: ft_cfg.job_params(config, wildcards.model, wildcards.strategy),
         datasets=lambda wildcards: [wildcards.dataset],
+        sources=lambda wildcards: source_params(ft_cfg.base_input(config, wildcards.model)),
     threads: lambda wildcards: FT["models"][wildcards.model]["threads"]
     resources:
         gpu=1,
@@ -71,6 +72,7 @@ for _model in FT_PER_STRATEGY:
             model=_model,
             settings=lambda wildcards, m=_model: ft_cfg.job_params(config, m, wildcards.strategy),
             datasets=_datasets,
+            sources=lambda wildcards, m=_model: source_params(ft_cfg.base_input(config, m)),
         threads: FT["models"][_model]["threads"]
         resources:
             gpu=1,

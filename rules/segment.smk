@@ -46,6 +46,7 @@ for _model, _dataset, _names in SEG_JOBS:
             dataset=_dataset,
             perturbations=_names[1:],
             settings=seg_wf.job_params(config, _model),
+            sources=lambda wildcards, m=_model: source_params(seg_wf.base_checkpoint_input(config, m)),
         threads: config["segmentation"]["models"][_model]["threads"]
         resources:
             gpu=1,
@@ -79,6 +80,7 @@ for _model, _layout, _outputs in SEG_STRATEGY_JOBS:
             layout=_layout,
             settings=seg_wf.job_params(config, _model),
             attack=config["segmentation"]["attacks"],
+            sources=lambda wildcards, m=_model: source_params(seg_wf.base_checkpoint_input(config, m)),
         threads: config["segmentation"]["models"][_model]["threads"]
         resources:
             gpu=1,
@@ -112,6 +114,7 @@ rule segment_attack:
         perturbations=lambda wildcards: seg_wf.perturbations_for(config, wildcards.model, wildcards.dataset),
         settings=lambda wildcards: seg_wf.job_params(config, wildcards.model),
         attack=config["segmentation"]["attacks"],
+        sources=lambda wildcards: source_params(seg_wf.base_checkpoint_input(config, wildcards.model)),
     threads: lambda wildcards: config["segmentation"]["models"][wildcards.model]["threads"]
     resources:
         gpu=1,

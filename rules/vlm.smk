@@ -25,6 +25,7 @@ rule vlm_samples:
         sampling=VLM["sampling"],
         seed=SEED,
         resources_dir=config["resources_dir"],
+        sources=lambda wildcards: source_params(vlm_wf.sample_inputs(config, wildcards.vlm_dataset)),
     conda:
         "../envs/vlm.yaml"
     script:
@@ -82,6 +83,7 @@ rule vlm_finetune_grounding:
         settings=VLM["grounding_finetune"],
         state=lambda wildcards: f"results/vlm/adapters/{wildcards.vlm_model}/grounding.resume.pt",
         seed=SEED,
+        sources=lambda wildcards: source_params(vlm_wf.model_dir(config, wildcards.vlm_model)),
     threads: 1
     resources:
         gpu=lambda wildcards: int(VLM["models"][wildcards.vlm_model]["kind"] == "local"),
@@ -102,6 +104,7 @@ rule vlm_evaluate:
         "logs/vlm_evaluate/{vlm_model}/{task}/{vlm_dataset}.log",
     params:
         settings=lambda wc: vlm_wf.eval_params(config, wc.vlm_model, wc.task, wc.vlm_dataset),
+        sources=lambda wildcards: source_params(vlm_wf.model_dir(config, wildcards.vlm_model)),
     threads: 1
     resources:
         gpu=lambda wildcards: int(VLM["models"][wildcards.vlm_model]["kind"] == "local"),

@@ -10,7 +10,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -300,3 +300,81 @@ def test_judge_is_off_by_default_and_uses_the_configured_endpoint(server: FakeSe
     cfg = {"judge": {"enabled": True, "tasks": ["caption"], "endpoint": "j"}, "api": api}
     assert maybe_judge("caption", rows, ["CT"], cfg, cache_dir=tmp_path / "c", progress=False) == [0.8]
     assert server.bodies[0]["model"] == "judge"
+
+
+SECRET = "sk-medfm-SECRET-0123456789abcdef"
+ECHO_RUNNER = textwrap.dedent("""
+    import logging, sys
+    from medfm_robust.logs import setup_logging
+    from medfm_robust.vlm.api import client_from_config, generate_batch
+    import numpy as np
+    setup_logging(sys.argv[3])
+    api = {"endpoints": {"fake": {"base_url": sys.argv[1], "model": "m", "api_key_env": "MEDFM_ECHO_KEY"}},
+           "max_retries": 1, "backoff_initial_s": 0.0, "backoff_max_s": 0.0, "timeout_s": 5}
+    client = client_from_config("fake", api, cache_dir=sys.argv[2])
+    img = np.zeros((4, 4), np.uint8)
+    for prompt in sys.argv[4:]:
+        try:
+            print(generate_batch(client, images=[img], prompts=[prompt], progress=False))
+        except Exception as exc:
+            print("caught:", exc)
+            logging.getLogger("runner").exception("failed")
+    raise RuntimeError("uncaught after " + repr(client.cache))
+""")
+
+
+@contextlib.contextmanager
+def echo_server(status: Callable[[str], int]) -> Iterator[str]:
+    """A chat-completions server on 127.0.0.1 that echoes the request headers in every answer and error
+    body; ``status(prompt)`` picks each reply's HTTP status. Yields the base URL."""
+
+    class Echo(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            code = status(body["messages"][-1]["content"][0]["text"])
+            echo = json.dumps({"headers": dict(self.headers.items()), "raw": str(self.headers)})
+            if code == 200:
+                obj = {"id": "c", "object": "chat.completion", "created": 0, "model": "m", "choices": [
+                    {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": echo}}]}
+            else:
+                obj = {"error": {"message": f"rejected request {echo}", "type": "x"}}
+            data = json.dumps(obj).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_api_key_never_reaches_logs_stderr_caches_or_exceptions(tmp_path: Path) -> None:
+    """A server that echoes the request headers (in error bodies and in answers) on every status."""
+    with echo_server(lambda prompt: int(prompt) if prompt.isdigit() else 200) as url:
+        env = {**os.environ, "MEDFM_ECHO_KEY": SECRET}
+        log_file = tmp_path / "logs" / "job.log"
+        res = subprocess.run(
+            [sys.executable, "-c", ECHO_RUNNER, url, str(tmp_path / "cache"), str(log_file),
+             "hello", "400", "422", "500", "401"],
+            env=env, capture_output=True, text=True, timeout=120,
+        )
+    assert res.returncode != 0 and "uncaught after" in res.stderr
+    log_text = log_file.read_text()
+    # every path was taken: an answer, refusals, retries given up, a rejected key
+    assert "HTTP 400" in log_text and "HTTP 422" in log_text and "failed after 2 attempts" in res.stdout
+    assert "HTTP 401" in res.stdout and "[REDACTED]" in log_text + res.stdout
+    outputs = {"stdout": res.stdout, "stderr": res.stderr, "log": log_text}
+    outputs |= {str(p): p.read_text() for p in (tmp_path / "cache").rglob("*") if p.is_file()}
+    assert len(outputs) > 3  # the answer was cached
+    for name, text in outputs.items():
+        assert SECRET not in text, name
+        assert "Bearer sk" not in text, name

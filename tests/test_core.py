@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from medfm_robust import io, seeding
-from medfm_robust.config import load_config, validate_config
+from medfm_robust.config import load_config, load_yaml, missing_credentials, validate_config
 from medfm_robust.errors import ConfigError, DataError
 
 
@@ -97,3 +97,106 @@ def test_atomic_write_gives_normal_permissions(tmp_path: Path) -> None:
     os.umask(mask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~mask
     assert target.read_text() == "hello"
+
+
+def test_duplicated_yaml_keys_name_file_and_both_lines(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("seed: 0\ndatasets:\n  a: {adapter: demo, modality: ct}\n  b: {adapter: demo}\n"
+                    "  a: {adapter: demo, modality: mri}\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml:5:3: .*duplicate key 'a' \(first defined at line 3\)"):
+        load_yaml(path)
+    path.write_text("l:\n  - {x: 1, x: 2}\n")  # inside a list too
+    with pytest.raises(ConfigError, match=r"c\.yaml:2:.*duplicate key 'x'"):
+        load_yaml(path)
+    path.write_text("base: &b {x: 1, y: 2}\nder:\n  <<: *b\n  x: 3\n")  # overriding a merged key is fine
+    assert load_yaml(path)["der"] == {"x": 3, "y": 2}
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [("seed: 0\ndata:\n  splits: [1, 2\nfoo: 1\n", ":4:"), ("a:\n\tb: 1\n", ":2:1:"), ("a: 'open\n", ":2:")],
+)
+def test_yaml_syntax_errors_name_file_and_line(tmp_path: Path, text: str, where: str) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_yaml(path)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}{where}") and "invalid YAML" in msg and "\n" not in msg
+
+
+def _edited(repo: Path, edit) -> dict:
+    cfg = load_yaml(repo / "config" / "config.yaml")
+    edit(cfg)
+    return cfg
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda c: c["perturb"].__setitem__("bands", [[0.98, 0.90], [0.8, 0.9], [0.7, 0.8], [0.6, 0.7],
+                                                       [0.5, 0.6]]),
+         r"perturb\.bands\[0\]': inverted SSIM band"),
+        (lambda c: c["perturb"].__setitem__("bands", [[0.5, 0.6], [0.6, 0.7], [0.7, 0.8], [0.8, 0.9],
+                                                       [0.9, 0.98]]),
+         r"perturb\.bands\[1\]': band \[0\.6, 0\.7\] of level 2 lies above"),
+        (lambda c: c["perturb"].setdefault("overrides", {}).__setitem__(
+            "gaussian_noise", {"bands": [[0.9, 0.98], [0.8, 0.9], [0.8, 0.7], [0.6, 0.7], [0.5, 0.6]]}),
+         r"perturb\.overrides\.gaussian_noise\.bands\[2\]': inverted"),
+        (lambda c: c["vlm"]["models"].__setitem__("my_api", {"kind": "api"}),
+         r"vlm\.models\.my_api': API model without an endpoint \(missing base_url, model, api_key_env\)"),
+        (lambda c: c["vlm"]["models"].__setitem__("my_api", {"kind": "api", "base_url": "http://x/v1"}),
+         r"vlm\.models\.my_api': API model without an endpoint \(missing model, api_key_env\)"),
+        (lambda c: c["vlm"].__setitem__("judge", {"enabled": True, "endpoint": "gpt4"}),
+         r"vlm\.judge\.endpoint': unknown endpoint 'gpt4' \(known: gemini_2_5_flash, gpt_4o_mini\)"),
+        (lambda c: c["vlm"].__setitem__("judge", {"endpoint": "gpt4"}), r"unknown endpoint 'gpt4'"),
+        (lambda c: c["vlm"]["datasets"]["demo"].__setitem__("sources", ["demo_ct", "demo_oct"]),
+         r"vlm\.datasets\.demo\.sources': unknown dataset\(s\) \['demo_oct'\]"),
+        (lambda c: c["vlm"]["datasets"]["demo"].__setitem__("organs", {"nope": "lung"}),
+         r"vlm\.datasets\.demo\.organs': unknown dataset\(s\) \['nope'\]"),
+        (lambda c: c["datasets"].__setitem__("own", {"adapter": "folder", "path": "x", "modality": "ct",
+                                                     "mask_threshold": 256}),
+         r"datasets\.own\.mask_threshold': 256 is greater than the maximum of 255"),
+        (lambda c: c["perturb"].update(include=["rotation", "hair"], exclude=["hair"]),
+         r"perturb\.exclude': \['hair'\] also in perturb\.include"),
+        (lambda c: c["vlm"].setdefault("perturbations", {}).update(include=["blink"], exclude=["blink"]),
+         r"vlm\.perturbations\.exclude': \['blink'\] also in"),
+        (lambda c: c["vlm"]["models"].__setitem__("medgemma", {"kind": "local"}),
+         r"vlm\.models\.medgemma\.path': required for a local model"),
+        (lambda c: c["vlm"].setdefault("tiny_training", {}).__setitem__("dataset", "omni"),
+         r"vlm\.tiny_training\.dataset': 'omni' is not a VLM dataset"),
+    ],
+)
+def test_cross_field_mistakes_are_named(repo: Path, edit, expected: str) -> None:
+    cfg = _edited(repo, edit)
+    with pytest.raises(ConfigError, match=expected):
+        validate_config(cfg)
+
+
+def test_unused_settings_referring_to_absent_things_pass(repo: Path) -> None:
+    def edit(c: dict) -> None:
+        # own endpoints only: the (disabled, unset) judge's default endpoint is gone, and that is fine
+        mine = {"base_url": "http://x/v1", "model": "m", "api_key_env": "K"}
+        c["vlm"]["api"] = {"endpoints": {"mine": mine}}
+        c["vlm"]["models"] = {"mine": {"kind": "api", "enabled": False}}
+
+    validate_config(_edited(repo, edit))
+
+
+def test_missing_credentials_lists_each_variable_once(repo: Path) -> None:
+    def edit(c: dict) -> None:
+        c["vlm"]["models"]["gpt_4o_mini"] = {"kind": "api"}
+        c["vlm"]["models"]["other"] = {"kind": "api", "api_key_env": "OPENAI_API_KEY", "base_url": "http://x",
+                                       "api_model": "m"}
+        c["vlm"]["models"]["off"] = {"kind": "api", "enabled": False, "api_key_env": "OFF_KEY",
+                                     "base_url": "http://x", "api_model": "m"}
+        c["vlm"]["judge"] = {"enabled": True, "endpoint": "gemini_2_5_flash"}
+
+    cfg = validate_config(_edited(repo, edit))
+    assert missing_credentials(cfg, environ={}) == {
+        "OPENAI_API_KEY": ["vlm.models.gpt_4o_mini", "vlm.models.other"],
+        "GEMINI_API_KEY": ["vlm.judge (endpoint gemini_2_5_flash)"],
+    }
+    assert missing_credentials(cfg, environ={"OPENAI_API_KEY": "k", "GEMINI_API_KEY": "g"}) == {}
+    cfg["vlm"]["datasets"] = {}  # no VLM jobs: no key needed
+    assert missing_credentials(cfg, environ={}) == {}

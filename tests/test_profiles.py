@@ -30,7 +30,7 @@ CLUSTER_KEYS = re.compile(r"\b(slurm_partition|slurm_account|gpu_model|qos|slurm
 
 
 def test_local_profile():
-    assert LOCAL["cores"] == "all" and LOCAL["rerun-incomplete"] is True and LOCAL["keep-going"] is False
+    assert LOCAL["cores"] == "all" and LOCAL["rerun-incomplete"] is True and LOCAL["keep-going"] is True
     # GPU rules must still run on a machine without a GPU: the gpu resource is never capped locally.
     assert "gpu" not in (LOCAL.get("resources") or {})
     assert LOCAL["resources"]["api_calls"] >= 1

@@ -1,7 +1,10 @@
 """Configuration loading and validation against ``config/schema.yaml`` (JSON Schema 2020-12).
 
 Defaults live in the schema (``default`` fields) and are filled in by :func:`validate_config`; an unknown
-key, a wrong type or a value outside its enum raises :class:`ConfigError` naming the key path.
+key, a wrong type or a value outside its enum raises :class:`ConfigError` naming the key path, and so do
+the cross-field checks the schema cannot express (:func:`cross_field_problems`). YAML files are read
+strictly: a duplicated key or a syntax error names the file and line. ``python -m medfm_robust.config
+FILE...`` checks config files from the shell.
 """
 
 from __future__ import annotations
@@ -9,7 +12,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Mapping
+import os
+import sys
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +26,50 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "config" / "schema.yaml"
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """A safe loader that refuses duplicated mapping keys (PyYAML silently keeps the last one)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` (overriding a merged key is allowed)
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key '{key}' (first defined at line {seen[key]})", key_node.start_mark
+            )
+        seen[key] = line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _yaml_error(path: Path, exc: yaml.YAMLError) -> ConfigError:
+    """``<file>:<line>:<column>: <problem>`` for a YAML error (the line of the problem, 1-based)."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context = getattr(exc, "context", None)
+    detail = f"{problem} ({context})" if context and "duplicate key" not in problem else problem
+    return ConfigError(f"{where}: invalid YAML: {detail}")
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; a missing file or a non-mapping top level raises ``ConfigError``."""
+    """Read a YAML mapping strictly; a missing file, a YAML syntax error, a duplicated key or a non-mapping
+    top level raises ``ConfigError`` (syntax errors and duplicates name the file and line)."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p}: configuration file not found")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_StrictLoader) or {}  # a SafeLoader
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: invalid YAML ({exc})") from exc
+        raise _yaml_error(p, exc) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: top level must be a mapping")
     return data
@@ -63,6 +103,7 @@ def validate_config(config: dict[str, Any], schema_path: str | Path = SCHEMA_PAT
     """
     from jsonschema import Draft202012Validator
 
+    judge_set = "endpoint" in ((config.get("vlm") or {}).get("judge") or {})
     schema = load_yaml(schema_path)
     cls = _extend_with_defaults(Draft202012Validator)
     errors = sorted(cls(schema).iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
@@ -85,7 +126,127 @@ def validate_config(config: dict[str, Any], schema_path: str | Path = SCHEMA_PAT
             else:
                 lines.append(f"config key '{where}': {err.message}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(dict.fromkeys(lines)))
+    problems = cross_field_problems(config, judge_endpoint_set=judge_set)
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     return config
+
+
+def _band_problems(key: str, bands: Any) -> list[str]:
+    """Each SSIM band ``[lo, hi]`` must have lo < hi, and level k+1 must lie below level k (more severe)."""
+    out = []
+    for i, band in enumerate(bands or []):
+        if len(band) == 2 and band[0] >= band[1]:
+            out.append(f"config key '{key}[{i}]': inverted SSIM band {list(band)} (level {i + 1}: lower "
+                       "bound must be below the upper)")
+    for i in range(len(bands or []) - 1):
+        upper, lower = bands[i], bands[i + 1]
+        if len(upper) == 2 and len(lower) == 2 and (lower[0] > upper[0] or lower[1] > upper[1]):
+            out.append(f"config key '{key}[{i + 1}]': band {list(lower)} of level {i + 2} lies above band "
+                       f"{list(upper)} of level {i + 1} (higher levels must have lower SSIM)")
+    return out
+
+
+def _api_endpoint_missing(name: str, spec: Mapping[str, Any], endpoints: Mapping[str, Any]) -> list[str]:
+    """What an API model lacks: base URL, model id or key variable (from its endpoint or its overrides)."""
+    endpoint = endpoints.get(name) or {}
+    have = {
+        "base_url": spec.get("base_url") or endpoint.get("base_url"),
+        "model": spec.get("api_model") or endpoint.get("model"),
+        "api_key_env": spec.get("api_key_env") or endpoint.get("api_key_env"),
+    }
+    return [k for k, v in have.items() if not v]
+
+
+def cross_field_problems(config: Mapping[str, Any], *, judge_endpoint_set: bool = True) -> list[str]:
+    """Problems between keys that the schema cannot see, one line each naming the key path.
+
+    SSIM bands inverted or out of severity order; a type both included and excluded; a local VLM without
+    a path; an API model without a complete endpoint; an unknown
+    judge endpoint (checked when judging is enabled or the endpoint was set); demo VLM sources and organs
+    that are not datasets; tiny-training / grounding data sets that are not VLM datasets (when used).
+    """
+    out: list[str] = []
+    perturb = config.get("perturb") or {}
+    out += _band_problems("perturb.bands", perturb.get("bands"))
+    for name, spec in sorted((perturb.get("overrides") or {}).items()):
+        if isinstance(spec, Mapping) and "bands" in spec:
+            out += _band_problems(f"perturb.overrides.{name}.bands", spec["bands"])
+    vlm = config.get("vlm") or {}
+    for key, section in (("perturb", perturb), ("vlm.perturbations", vlm.get("perturbations") or {})):
+        both = sorted(set(section.get("include") or []) & set(section.get("exclude") or []))
+        if both:
+            out.append(f"config key '{key}.exclude': {both} also in {key}.include (both kept and dropped)")
+    endpoints = (vlm.get("api") or {}).get("endpoints") or {}
+    models = vlm.get("models") or {}
+    for name, spec in sorted(models.items()):
+        if spec.get("kind") == "local" and spec.get("enabled", True) and not spec.get("path"):
+            out.append(f"config key 'vlm.models.{name}.path': required for a local model (its checkpoint "
+                       "folder, relative to resources_dir)")
+        if spec.get("kind") == "api":
+            missing = _api_endpoint_missing(name, spec, endpoints)
+            if missing:
+                out.append(f"config key 'vlm.models.{name}': API model without an endpoint (missing "
+                           f"{', '.join(missing)}): add vlm.api.endpoints.{name} or set base_url, api_model "
+                           "and api_key_env on the model")
+    judge = vlm.get("judge") or {}
+    if (judge.get("enabled") or judge_endpoint_set) and judge.get("endpoint") not in endpoints:
+        out.append(f"config key 'vlm.judge.endpoint': unknown endpoint '{judge.get('endpoint')}' (known: "
+                   f"{', '.join(sorted(endpoints)) or 'none'})")
+    datasets = config.get("datasets") or {}
+    vlm_datasets = vlm.get("datasets") or {}
+    for name, spec in sorted(vlm_datasets.items()):
+        for key in ("sources", "organs"):
+            unknown = sorted(set(spec.get(key) or []) - set(datasets))
+            if unknown:
+                out.append(f"config key 'vlm.datasets.{name}.{key}': unknown dataset(s) {unknown} (known: "
+                           f"{', '.join(sorted(datasets)) or 'none'})")
+    used = {
+        "vlm.tiny_training.dataset": (vlm.get("tiny_training") or {}).get("dataset")
+        if any(s.get("kind") == "tiny" for s in models.values()) else None,
+        "vlm.grounding_finetune.dataset": (vlm.get("grounding_finetune") or {}).get("dataset")
+        if any(s.get("kind") != "api" and s.get("grounding_finetune") for s in models.values()) else None,
+    }
+    for key, value in used.items():
+        if value is not None and value not in vlm_datasets:
+            out.append(f"config key '{key}': '{value}' is not a VLM dataset (known: "
+                       f"{', '.join(sorted(vlm_datasets)) or 'none'})")
+    return out
+
+
+def missing_credentials(
+    config: Mapping[str, Any], environ: Mapping[str, str] | None = None
+) -> dict[str, list[str]]:
+    """API-key variables that jobs of this configuration need but the environment lacks.
+
+    Returns ``{variable: [what needs it, ...]}`` for every enabled API model (when there are VLM datasets)
+    and the LLM judge (when enabled); empty when every key is set.
+    """
+    env = os.environ if environ is None else environ
+    vlm = config.get("vlm") or {}
+    if not vlm.get("datasets"):
+        return {}
+    endpoints = (vlm.get("api") or {}).get("endpoints") or {}
+    needs: dict[str, list[str]] = {}
+    for name, spec in sorted((vlm.get("models") or {}).items()):
+        if spec.get("kind") == "api" and spec.get("enabled", True):
+            var = spec.get("api_key_env") or (endpoints.get(name) or {}).get("api_key_env")
+            if var:
+                needs.setdefault(var, []).append(f"vlm.models.{name}")
+    judge = vlm.get("judge") or {}
+    if judge.get("enabled") and judge.get("tasks"):
+        var = (endpoints.get(judge.get("endpoint")) or {}).get("api_key_env")
+        if var:
+            needs.setdefault(var, []).append(f"vlm.judge (endpoint {judge.get('endpoint')})")
+    return {var: users for var, users in needs.items() if not env.get(var)}
+
+
+def check_config_files(paths: Iterable[str | Path]) -> None:
+    """Read every config file strictly (duplicated keys, syntax errors: file and line); missing ones are
+    skipped (the caller reports them)."""
+    for path in paths:
+        if Path(path).is_file():
+            load_yaml(path)
 
 
 def load_config(path: str | Path, schema_path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
@@ -108,3 +269,22 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m medfm_robust.config FILE...``: validate config files (file and line for YAML errors)."""
+    args = sys.argv[1:] if argv is None else argv
+    status = 0
+    for path in args:
+        try:
+            load_config(path)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            status = 1
+        else:
+            print(f"{path}: valid")
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

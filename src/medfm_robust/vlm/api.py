@@ -11,7 +11,10 @@
   prompt, image SHA-256, generation settings): an answer is stored the moment it arrives, so a repeated
   or interrupted run never pays twice and never loses finished answers.
 - The API key is read when a request actually has to be sent; a missing variable raises
-  :class:`~medfm_robust.errors.ConfigError` naming it (other stages are unaffected).
+  :class:`~medfm_robust.errors.ConfigError` naming it (the workflow checks it at start-up already).
+- Secrets: the key is registered with :func:`medfm_robust.logs.register_secret`, and every error text,
+  log message and answer passes :func:`~medfm_robust.logs.redact` (an error body that echoes the request
+  headers never shows the key); exceptions from the HTTP library are re-raised without their chain.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import numpy as np
 
 from medfm_robust.errors import ConfigError, MedFMError
 from medfm_robust.io import encode_png
+from medfm_robust.logs import redact, register_secret
 from medfm_robust.seeding import rng_for
 from medfm_robust.vlm.cache import RequestCache, pixel_hash, request_key
 from medfm_robust.vlm.prompts import SYSTEM_PROMPT
@@ -207,6 +211,7 @@ class APIClient:
                 f"set (needed for requests to {self.endpoint.base_url}; set "
                 f"vlm.api.endpoints.{self.endpoint.name}.api_key_env to use another variable)"
             )
+        register_secret(key)
         return key
 
     def _get_client(self) -> Any:
@@ -227,34 +232,37 @@ class APIClient:
                 model=self.endpoint.model, messages=self.messages(req), temperature=settings["temperature"],
                 max_tokens=settings["max_tokens"], extra_body=settings["extra_body"] or None,
             )
+        # Error texts may echo the request (headers included): redacted, and raised without the chain.
         except openai.RateLimitError as exc:
-            raise _Retryable(f"429 rate limited: {exc}", _retry_after(exc)) from exc
-        except openai.APITimeoutError as exc:
-            raise _Retryable(f"timeout after {self.retry.timeout_s} s") from exc
+            raise _Retryable(f"429 rate limited: {redact(exc)}", _retry_after(exc)) from None
+        except openai.APITimeoutError:
+            raise _Retryable(f"timeout after {self.retry.timeout_s} s") from None
         except openai.APIConnectionError as exc:
-            raise _Retryable(f"connection error: {exc}") from exc
+            raise _Retryable(f"connection error: {redact(exc)}") from None
         except openai.APIResponseValidationError as exc:
-            raise _Retryable(f"malformed response: {exc}") from exc
+            raise _Retryable(f"malformed response: {redact(exc)}") from None
         except openai.APIStatusError as exc:
             if exc.status_code >= 500 or exc.status_code in (408, 409, 429):
-                raise _Retryable(f"HTTP {exc.status_code}: {exc}", _retry_after(exc)) from exc
+                raise _Retryable(f"HTTP {exc.status_code}: {redact(exc)}", _retry_after(exc)) from None
             if exc.status_code in (401, 403, 404):
                 raise ConfigError(
                     f"API model '{self.endpoint.name}': HTTP {exc.status_code} from "
                     f"{self.endpoint.base_url} (check {self.endpoint.api_key_env} and model "
-                    f"'{self.endpoint.model}'): {exc}"
-                ) from exc
+                    f"'{self.endpoint.model}'): {redact(exc)}"
+                ) from None
             raise
         except json.JSONDecodeError as exc:
-            raise _Retryable(f"malformed JSON: {exc}") from exc
+            raise _Retryable(f"malformed JSON: {redact(exc)}") from None
+        except openai.OpenAIError as exc:
+            raise APIRequestError(f"API model '{self.endpoint.name}': {redact(exc)}") from None
         choices = getattr(resp, "choices", None)
         if isinstance(resp, str) or not choices:
-            raise _Retryable(f"malformed response without choices: {str(resp)[:200]!r}")
+            raise _Retryable(f"malformed response without choices: {redact(str(resp)[:200])!r}")
         choice = choices[0]
         message = getattr(choice, "message", None)
         if message is None:
             raise _Retryable("malformed response: choice without message")
-        text = message.content or ""
+        text = redact(message.content or "")  # an answer that echoes the request does not store the key
         finish = getattr(choice, "finish_reason", None)
         if not text and finish == "length":
             log.warning("%s: empty answer with finish_reason=length (raise max_tokens_factor?)",
@@ -288,9 +296,10 @@ class APIClient:
                     self._sleep(wait)
                 continue
             except openai.APIStatusError as exc:
-                log.warning("%s: request refused with HTTP %d (%s); recorded as an empty answer",
-                            self.endpoint.name, exc.status_code, exc)
-                return ChatResult(key, None, f"HTTP {exc.status_code}: {exc}", attempts=attempt + 1)
+                error = f"HTTP {exc.status_code}: {redact(exc)}"
+                log.warning("%s: request refused (%s); recorded as an empty answer", self.endpoint.name,
+                            error)
+                return ChatResult(key, None, error, attempts=attempt + 1)
             self.cache.put(key, {
                 "text": text, "finish_reason": finish, "endpoint": self.endpoint.name,
                 "model": self.endpoint.model, "prompt": req.prompt, "system": req.system,
