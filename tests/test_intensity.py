@@ -311,3 +311,26 @@ def test_attack_budget_and_grid_are_in_units_of_the_image_range() -> None:
         delta = (stored.round() - torch.from_numpy(raw.astype(np.float32))).abs()
         assert delta.max() == 10.0  # eps 2/255 of a 1300 range = 10.2 stored units, not 2 (dtype) or 0
         assert (delta > 0).float().mean() > 0.5, attack
+
+
+def test_to_rgb8_one_converter_for_8bit_consumers() -> None:
+    """8-bit kept byte for byte; 16-bit windowed by its range (by the dtype range for VLM samples, which
+    equals the former ``value / 257`` on every uint16 value); gray to 3 channels; bad input names it."""
+    from medfm_robust.vlm.api import image_to_png
+    from medfm_robust.vlm.models import to_pil_rgb
+
+    u8 = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    assert np.array_equal(I.to_rgb8(u8), np.repeat(u8[:, :, None], 3, axis=2))
+    every = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    old_rule = np.round(every.astype(np.float64) / 257.0).astype(np.uint8)
+    assert np.array_equal(I.to_rgb8(every, I.dtype_value_range(every))[:, :, 0], old_rule)
+    assert np.array_equal(np.asarray(to_pil_rgb(every))[:, :, 1], old_rule)
+    assert np.array_equal(decode_png(image_to_png(every))[:, :, 2], old_rule)
+    raw = np.array([[0, 650, 1300]], np.uint16)
+    assert I.to_rgb8(raw, (0, 1300))[0, :, 0].tolist() == [0, 128, 255]
+    with pytest.raises(DataError, match="value_range"):
+        I.to_rgb8(raw)  # 16-bit needs its range
+    with pytest.raises(DataError, match=r"scan\.png: shape"):
+        I.to_rgb8(np.zeros((4, 4, 2), np.uint8), source="scan.png")
+    with pytest.raises(DataError, match=r"scan\.png: dtype float32"):
+        I.to_rgb8(np.zeros((4, 4), np.float32), source="scan.png")

@@ -154,7 +154,7 @@ def apply_policy(
             lo, hi = policy["value_range"]
             return stored, (float(lo), float(hi))
         if full_dtype_range:
-            return stored, UINT16_RANGE if stored.dtype == np.uint16 else UINT8_RANGE
+            return stored, dtype_value_range(stored)
         lo, hi = float(stored.min()), float(stored.max())
         return stored, (lo, hi if hi > lo else lo + 1.0)  # a constant image still has a unit of range
     assert isinstance(policy, dict)
@@ -186,6 +186,12 @@ def check_value_range(value_range: Sequence[float], source: str = "value_range")
     if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
         raise DataError(f"{source}: value_range [{lo}, {hi}] is not a finite range with hi > lo")
     return lo, hi
+
+
+def dtype_value_range(image: np.ndarray) -> ValueRange:
+    """``(0, 255)`` for uint8, ``(0, 65535)`` for uint16: the range of data generated over the whole dtype
+    (the embedded demo's images, and VLM samples, whose tables carry no ``value_range``)."""
+    return UINT16_RANGE if np.asarray(image).dtype == np.uint16 else UINT8_RANGE
 
 
 def resolve_range(image: np.ndarray, value_range: Sequence[float] | None = None) -> ValueRange:
@@ -222,3 +228,29 @@ def to_unit(image: np.ndarray, value_range: Sequence[float] | None = None) -> np
     else:
         out = ((arr.astype(np.float64) - lo) / (hi - lo)).astype(np.float32)
     return np.clip(out, np.float32(0.0), np.float32(1.0))
+
+
+def to_rgb8(
+    image: np.ndarray, value_range: Sequence[float] | None = None, source: str = "image"
+) -> np.ndarray:
+    """Stored ``H x W`` / ``H x W x 1`` / ``H x W x 3`` image to ``H x W x 3`` uint8 for 8-bit consumers
+    (VLM processors, API requests): 8-bit images kept as they are (without ``value_range`` or with
+    ``[0, 255]``), others windowed by their ``value_range`` (:func:`window_to_uint8`), never min-max
+    stretched, so intensity perturbations reach the model as they are; gray repeated to 3 channels.
+    ``source`` names the image in errors."""
+    arr = np.asarray(image)
+    if arr.dtype not in (np.uint8, np.uint16):
+        raise DataError(f"{source}: dtype {arr.dtype}; expected uint8 or uint16")
+    if arr.dtype == np.uint8 and (value_range is None or tuple(map(float, value_range)) == UINT8_RANGE):
+        out = arr
+    else:
+        lo, hi = resolve_range(arr, None if value_range is None else check_value_range(value_range, source))
+        out = window_to_uint8(arr, lo, hi)
+    if out.ndim == 3 and out.shape[2] == 1:
+        out = out[:, :, 0]
+    if out.ndim == 2:
+        out = np.repeat(out[:, :, None], 3, axis=2)
+    if out.ndim != 3 or out.shape[2] != 3:
+        raise DataError(f"{source}: shape {arr.shape}; expected H x W or H x W x 3")
+    return np.ascontiguousarray(out)
+

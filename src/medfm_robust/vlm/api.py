@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from medfm_robust.errors import ConfigError, MedFMError
+from medfm_robust.intensity import dtype_value_range, to_rgb8
 from medfm_robust.io import encode_png
 from medfm_robust.logs import redact, register_secret
 from medfm_robust.seeding import rng_for
@@ -128,19 +129,12 @@ class _Retryable(Exception):
 
 def image_to_png(image: np.ndarray | bytes) -> bytes:
     """8-bit RGB PNG bytes of an ``H x W`` / ``H x W x 3`` uint8/uint16 array (uint16 -> ``value / 257``,
-    no stretching); PNG bytes are decoded and re-encoded the same way."""
+    no stretching: :func:`medfm_robust.intensity.to_rgb8` over the dtype's range, as the local VLMs see
+    it); PNG bytes are decoded and re-encoded the same way."""
     from medfm_robust.io import decode_png
 
     arr = decode_png(image) if isinstance(image, bytes | bytearray) else np.asarray(image)
-    if arr.dtype == np.uint16:
-        arr = np.round(arr.astype(np.float64) / 257.0).astype(np.uint8)
-    if arr.dtype != np.uint8:
-        raise ConfigError(f"API image has dtype {arr.dtype}; expected uint8 or uint16")
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[:, :, 0]
-    if arr.ndim == 2:
-        arr = np.repeat(arr[:, :, None], 3, axis=2)
-    return encode_png(arr)
+    return encode_png(to_rgb8(arr, dtype_value_range(arr), "API image"))
 
 
 class APIClient:

@@ -26,7 +26,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from medfm_robust.errors import CheckpointError, ConfigError, DataError
+from medfm_robust.errors import CheckpointError, ConfigError
+from medfm_robust.intensity import dtype_value_range, to_rgb8
 from medfm_robust.vlm.llava_med import MARKER as LLAVA_MED_MARKER
 
 log = logging.getLogger(__name__)
@@ -50,25 +51,12 @@ class VisionLanguageModel(Protocol):
 
 
 def to_pil_rgb(image: np.ndarray) -> Any:
-    """An ``H x W`` or ``H x W x 3`` uint8/uint16 array as an 8-bit RGB ``PIL.Image``.
-
-    uint16 is mapped linearly (``value / 257``), never min-max stretched, so intensity perturbations
-    (gain, under-exposure) reach the model as they are.
-    """
+    """An ``H x W`` or ``H x W x 3`` uint8/uint16 array as an 8-bit RGB ``PIL.Image``: VLM samples carry no
+    ``value_range``, so uint16 means the dtype's range (``value / 257``), never min-max stretched."""
     from PIL import Image
 
     arr = np.asarray(image)
-    if arr.dtype == np.uint16:
-        arr = np.round(arr.astype(np.float64) / 257.0).astype(np.uint8)
-    elif arr.dtype != np.uint8:
-        raise DataError(f"VLM input image has dtype {arr.dtype}; expected uint8 or uint16")
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[:, :, 0]
-    if arr.ndim == 2:
-        arr = np.repeat(arr[:, :, None], 3, axis=2)
-    if arr.ndim != 3 or arr.shape[2] != 3:
-        raise DataError(f"VLM input image has shape {arr.shape}; expected H x W or H x W x 3")
-    return Image.fromarray(np.ascontiguousarray(arr), mode="RGB")
+    return Image.fromarray(to_rgb8(arr, dtype_value_range(arr), "VLM input image"), mode="RGB")
 
 
 def folder_revision(path: str | Path) -> str:
