@@ -139,9 +139,9 @@ def test_bad_metric_file_names_the_file(tmp_path):
 
 
 def test_sidecar_strategy_must_match_its_file(tmp_path):
-    side = tmp_path / "tiny_sam" / "d1" / "lora.json"
+    side = tmp_path / "tiny_sam" / "d1" / "lora" / "seed0.json"
     write_json_atomic(side, {"strategy": "full", "trainable_params": 5})
-    with pytest.raises(DataError, match=r"lora\.json.*strategy"):
+    with pytest.raises(DataError, match=r"lora/seed0\.json.*strategy"):
         read_sidecars([str(side)])
     write_json_atomic(side, {"strategy": "lora"})
     with pytest.raises(DataError, match="trainable"):
@@ -179,6 +179,37 @@ def test_segmentation_tables_written_in_three_formats(seg_run):
     assert all(k in tex for k in ("\\toprule", "\\midrule", "\\bottomrule", "demo\\_derm dB"))
     md = (root / "tables/table1_segmentation.md").read_text()
     assert "n=36" in md and "LoRA" in md and "| 1.0K | 1.00% |" in md
+
+
+def test_cells_are_the_mean_over_training_seeds_with_their_sd(tmp_path):
+    """Three training seeds: each Table 1 cell equals the mean of the cells computed from one seed's files
+    alone, and the seed-to-seed SD of those cells follows the image-level interval."""
+    from medfm_robust.report.build import segmentation_tables
+
+    metrics, sidecars = write_seg_tree(tmp_path, strategies=("zero_shot", "full"), train_seeds=(0, 1, 2))
+    settings = BootstrapSettings(samples=50, seed=0)
+
+    def table1(paths):
+        t = next(t for t in segmentation_tables(paths, sidecars, settings) if t.name == "table1_segmentation")
+        return t, t.cells.set_index(["model", "strategy", "column"])
+
+    table, pooled = table1(metrics)
+    per_seed = [table1([p for p in metrics if "/zero_shot/" in p or f"/seed{k}/" in p])[1] for k in (0, 1, 2)]
+    cell = ("tiny_sam", "full", "demo_derm dB")
+    values = np.array([c.loc[cell, "mean"] for c in per_seed])
+    assert values[1] - values[0] == pytest.approx(0.01) and values[2] - values[1] == pytest.approx(0.01)
+    assert pooled.loc[cell, "mean"] == pytest.approx(values.mean())
+    assert pooled.loc[cell, "seed_sd"] == pytest.approx(values.std(ddof=1)) == pytest.approx(0.01)
+    avg = ("tiny_sam", "full", "avg dB")
+    assert pooled.loc[avg, "mean"] == pytest.approx(np.mean([c.loc[avg, "mean"] for c in per_seed]))
+    # zero_shot is not trained: one seed, no SD; clean scores do not depend on the synthetic seed
+    assert np.isnan(pooled.loc[("tiny_sam", "zero_shot", "demo_derm dB"), "seed_sd"])
+    assert pooled.loc[("tiny_sam", "full", "demo_derm clean"), "seed_sd"] == pytest.approx(0.0)
+    row = table.display().set_index("strategy").loc["Full", "demo_derm dB"]
+    lo, hi = pooled.loc[cell, ["ci_low", "ci_high"]]
+    assert row.startswith(f"{values.mean():.3f} [{lo:.3f}, {hi:.3f}] ±0.010 sd(seeds) n=")
+    assert "sd(seeds)" not in table.display().set_index("strategy").loc["Zero-shot", "demo_derm dB"]
+    assert "demo_derm dB_seed_sd" in table.wide().columns
 
 
 def test_rankings_follow_the_synthetic_effects(seg_run):
@@ -262,15 +293,18 @@ def test_palette_is_stable_and_distinct():
 
 def test_report_targets_follow_the_upstream_stages():
     seg = [
-        f"results/metrics/segmentation/tiny_sam/{s}/demo_ct/{p}.parquet"
-        for s in ("zero_shot", "lora")
+        f"results/metrics/segmentation/tiny_sam/{s}/seed{k}/demo_ct/{p}.parquet"
+        for s, k in (("zero_shot", 0), ("lora", 0), ("lora", 1))
         for p in ("clean", "hair")
     ]
     vlm = ["results/metrics/vlm/tiny_llava/vqa/demo/clean.parquet"]
     other = ["results/data/demo_ct/test.parquet", "results/figures/contact_sheets/ct.png"]
     rt = ReportTargets([lambda: seg + other, lambda: [Path(v) for v in vlm]])
     assert rt.seg_metric_files() == sorted(seg)
-    assert rt.checkpoint_sidecars() == ["results/checkpoints/tiny_sam/demo_ct/lora.json"]
+    assert rt.checkpoint_sidecars() == [
+        "results/checkpoints/tiny_sam/demo_ct/lora/seed0.json",
+        "results/checkpoints/tiny_sam/demo_ct/lora/seed1.json",
+    ]
     assert rt.vlm_tasks() == ["vqa"] and rt.contact_sheet_modalities() == ["ct"]
     tg = rt.targets()
     assert (
@@ -278,8 +312,8 @@ def test_report_targets_follow_the_upstream_stages():
     )
     assert "results/figures/fig3k_grounding_perturbations.png" not in tg
     assert "results/report/contact_sheets/ct.png" in tg
-    listed = ReportTargets([lambda: [*seg, "results/checkpoints/tiny_sam/demo_ct/lora.safetensors"]])
-    assert listed.checkpoint_sidecars() == ["results/checkpoints/tiny_sam/demo_ct/lora.json"]
+    listed = ReportTargets([lambda: [*seg, "results/checkpoints/tiny_sam/demo_ct/lora/seed1.safetensors"]])
+    assert listed.checkpoint_sidecars() == ["results/checkpoints/tiny_sam/demo_ct/lora/seed1.json"]
     assert ReportTargets([lambda: other]).targets() == ["results/report/contact_sheets/ct.png"]
 
 

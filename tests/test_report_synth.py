@@ -65,23 +65,37 @@ def write_seg_tree(
     strategies=("zero_shot", "full", "lora"),
     datasets=("demo_derm", "demo_mri"),
     adversarial: bool = True,
+    train_seeds: tuple[int, ...] = (),
 ) -> tuple[list[str], list[str]]:
-    """Write a metric tree and checkpoint sidecars under ``root``; return (metric paths, sidecar paths)."""
+    """Write a metric tree and checkpoint sidecars under ``root``; return (metric paths, sidecar paths).
+
+    ``train_seeds``: the trained strategies' training seeds (``zero_shot``: seed 0); the files then carry a
+    ``train_seed`` column and seed k adds ``0.01 * k`` to every perturbed IoU drop. Empty: files without
+    the column (written before training seeds), one seed.
+    """
     paths, sidecars = [], []
     perts = ["clean", *SEG_PERTURBATIONS, *(["fgsm", "pgd"] if adversarial else [])]
     for m in models:
         for s in strategies:
-            for d in datasets:
-                for p in perts:
-                    path = root / "metrics" / "segmentation" / m / s / d / f"{p}.parquet"
-                    write_parquet_atomic(path, seg_frame(m, s, d, p))
-                    paths.append(str(path))
-                if s != "zero_shot":
-                    side = root / "checkpoints" / m / d / f"{s}.json"
+            seeds = (0,) if s == "zero_shot" or not train_seeds else train_seeds
+            for k in seeds:
+                for d in datasets:
+                    for p in perts:
+                        path = root / "metrics" / "segmentation" / m / s / f"seed{k}" / d / f"{p}.parquet"
+                        frame = seg_frame(m, s, d, p)
+                        if train_seeds:
+                            frame.insert(2, "train_seed", k)
+                            frame["iou"] -= 0.01 * k * (frame["perturbation"] != "clean")
+                        write_parquet_atomic(path, frame)
+                        paths.append(str(path))
+            for k in seeds if s != "zero_shot" else ():
+                for d in datasets:
+                    side = root / "checkpoints" / m / d / s / f"seed{k}.json"
                     write_json_atomic(
                         side,
                         {
                             "strategy": s,
+                            "train_seed": k,
                             "trainable_params": 1000 if s == "lora" else 50000,
                             "total_params": 100000,
                         },

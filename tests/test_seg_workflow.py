@@ -26,13 +26,21 @@ def test_embedded_default_targets(default_cfg: dict) -> None:
     targets = W.final_targets(cfg, lambda m, d: ["dec_only"] if m == "tiny_sam" else [])
     lite = [t for t in targets if "/lite_medsam/" in t]
     assert lite == [
-        f"results/metrics/segmentation/lite_medsam/zero_shot/demo_dermoscopy/{n}.parquet"
+        f"results/metrics/segmentation/lite_medsam/zero_shot/seed0/demo_dermoscopy/{n}.parquet"
         for n in ("clean", "gaussian_noise", "hair")
     ]  # lite_medsam: attacks off; the finetune stage trains nothing for it in this call
     ct = [t for t in targets if "/tiny_sam/" in t and "/demo_ct/" in t]
     n_ct = len(W.perturbations_for(cfg, "tiny_sam", "demo_ct")) + 3  # + clean, fgsm, pgd
-    assert len(ct) == 2 * n_ct and any("/dec_only/demo_ct/pgd.parquet" in t for t in ct)
+    assert len(ct) == 2 * n_ct and any("/dec_only/seed0/demo_ct/pgd.parquet" in t for t in ct)
     assert len(set(targets)) == len(targets)
+    # three training seeds: every trained strategy three times, zero_shot (not trained) once, as seed 0
+    cfg["finetune"]["seeds"] = 3
+    seeded = [t for t in W.final_targets(cfg, lambda m, d: ["dec_only"]) if "/tiny_sam/" in t and "/demo_ct/" in t]
+    assert len(seeded) == 4 * n_ct
+    assert {t.split("/")[5] for t in seeded if "/dec_only/" in t} == {"seed0", "seed1", "seed2"}
+    assert {t.split("/")[5] for t in seeded if "/zero_shot/" in t} == {"seed0"}
+    cfg["finetune"]["seeds"] = [4, 7]
+    assert W.seeds_for(cfg, "lora") == [4, 7] and W.seeds_for(cfg, "zero_shot") == [0]
 
 
 def test_params_carry_only_the_models_settings(default_cfg: dict) -> None:
@@ -41,9 +49,9 @@ def test_params_carry_only_the_models_settings(default_cfg: dict) -> None:
     assert p["cache_dir"] is None and p["threads"] == 1 and p["attack_max_images"] == 1
     assert W.job_params(default_cfg, "lite_medsam")["cache_dir"] == "results/cache/embeddings"
     assert W.base_checkpoint_input(default_cfg, "lite_medsam") == []
-    assert W.finetuned_input("tiny_sam", "demo_ct", "zero_shot") == []
-    assert W.finetuned_input("tiny_sam", "demo_ct", "lora") == [
-        "results/checkpoints/tiny_sam/demo_ct/lora.safetensors"
+    assert W.finetuned_input("tiny_sam", "demo_ct", "zero_shot", 0) == []
+    assert W.finetuned_input("tiny_sam", "demo_ct", "lora", 2) == [
+        "results/checkpoints/tiny_sam/demo_ct/lora/seed2.safetensors"
     ]
 
 

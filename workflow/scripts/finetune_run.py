@@ -1,4 +1,5 @@
-"""Snakemake adapter: fine-tune one strategy of one model on one or more datasets (rules finetune*)."""
+"""Snakemake adapter: fine-tune one strategy of one model with one training seed on one or more datasets
+(rules finetune*)."""
 
 from medfm_robust.seeding import pin_cpu_kernels
 
@@ -29,6 +30,7 @@ def main(smk) -> None:
         curve_pngs=_paths(smk.output.curve),
         settings={"train": s["train"], "strategy": s["strategy"]},
         global_seed=s["seed"],
+        train_seed=smk.params.train_seed,
         device=s["device"],
         keep_state=s["keep_state"],
     )

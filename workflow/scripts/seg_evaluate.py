@@ -1,4 +1,5 @@
-"""Snakemake adapter (rules segment_evaluate_* and segment_attack): metrics of one (model, strategy, dataset).
+"""Snakemake adapter (rules segment_evaluate_* and segment_attack): metrics of one (model, strategy,
+training seed, dataset).
 
 Without ``params.attack`` it writes clean + one Parquet per perturbation; with it, fgsm + pgd.
 """
@@ -16,6 +17,7 @@ def main(smk) -> None:
     run_evaluation_job(
         model=p.model,
         strategy=smk.wildcards.strategy,
+        train_seed=p.train_seed,
         dataset=p.dataset,
         settings=p.settings,
         test_shard=smk.input.test,

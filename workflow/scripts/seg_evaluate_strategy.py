@@ -1,5 +1,5 @@
 """Snakemake adapter (rules segment_evaluate_<model> of one_job_per: strategy models): every dataset of one
-(model, strategy), clean + perturbations + FGSM/PGD, in one job."""
+(model, strategy, training seed), clean + perturbations + FGSM/PGD, in one job."""
 
 from medfm_robust.seeding import pin_cpu_kernels
 
@@ -13,6 +13,7 @@ def main(smk) -> None:
     run_strategy_job(
         model=smk.params.model,
         strategy=smk.wildcards.strategy,
+        train_seed=smk.params.train_seed,
         layout=smk.params.layout,
         settings=smk.params.settings,
         attack=smk.params.attack,

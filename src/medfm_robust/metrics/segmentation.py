@@ -26,10 +26,12 @@ from medfm_robust.errors import DataError
 
 #: Columns of the per-image segmentation metric files (docs/ARCHITECTURE.md), in order. ``reachable`` is
 #: False for a perturbed output whose band no parameter in the type's bounded range reaches (shard ``reason``
-#: starting with ``unreachable``); True for clean and adversarial rows.
+#: starting with ``unreachable``); True for clean and adversarial rows. ``train_seed`` is the training seed of
+#: the fine-tuned checkpoint (``finetune.seeds``; 0 for ``zero_shot``).
 METRIC_COLUMNS = (
     "model",
     "strategy",
+    "train_seed",
     "dataset",
     "modality",
     "image_id",

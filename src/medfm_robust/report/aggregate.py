@@ -4,7 +4,9 @@ The paper's numbers are formed from the per-image (per-sample) Parquet files onl
 (written down in ``docs/workflow.md``)::
 
     image -> (perturbation, level) mean -> perturbation mean (over levels)
-          -> run mean (over perturbations; a run is one model x strategy x dataset, or model x task x dataset)
+          -> run mean (over perturbations; a run is one model x strategy x dataset [x training seed], or
+             model x task x dataset)
+          -> seed mean (over the training seeds of a run, when the run keys include ``train_seed``)
           -> cell mean (over the runs in the table cell, each run weighted equally)
 
 A dimension that a table keeps (for example ``level`` in the per-severity table) is simply not averaged
@@ -15,7 +17,11 @@ Confidence intervals come from a percentile bootstrap over images: within each p
 for segmentation, a task x dataset for VLMs) the images are resampled with replacement (multinomial
 counts drawn from :func:`medfm_robust.seeding.rng_for` keyed by the population), and the *whole* hierarchy
 is recomputed on every replicate. The same resampled image set is used for every model, strategy,
-perturbation and level of a population, so paired comparisons keep their correlation.
+training seed, perturbation and level of a population, so paired comparisons keep their correlation.
+
+Training seeds: the interval is image-level (the seeds are averaged inside every replicate); the spread
+between training seeds is reported beside it as ``seed_sd``, the standard deviation (ddof=1) over seeds of
+the cell computed from one seed's runs only.
 """
 
 from __future__ import annotations
@@ -30,9 +36,12 @@ from medfm_robust.errors import DataError
 from medfm_robust.metrics.segmentation import METRIC_COLUMNS
 from medfm_robust.seeding import rng_for
 
-#: Required columns of the metric files the report reads (``reachable`` is optional: files written before
-#: the reachability certificate lack it and count every excluded output as out of band).
-SEG_COLUMNS = tuple(c for c in METRIC_COLUMNS if c != "reachable")
+#: The training-seed column of segmentation metrics (a run key when present).
+SEED_KEY = "train_seed"
+#: Required columns of the metric files the report reads (``reachable`` and ``train_seed`` are optional:
+#: files written before the reachability certificate lack the former and count every excluded output as
+#: out of band; files written before training seeds lack the latter and are one seed).
+SEG_COLUMNS = tuple(c for c in METRIC_COLUMNS if c not in ("reachable", SEED_KEY))
 VLM_COLUMNS = (
     "sample_id",
     "model",
@@ -46,7 +55,12 @@ VLM_COLUMNS = (
     "in_band",
 )
 #: Order in which dimensions are averaged out (innermost first).
-HIERARCHY = ("image_id", "level", "perturbation", "run")
+HIERARCHY = ("image_id", "level", "perturbation", SEED_KEY, "run")
+
+
+def with_seed_key(frame: pd.DataFrame, unit_keys: Sequence[str]) -> tuple[str, ...]:
+    """Run keys of ``frame``: ``unit_keys`` plus ``train_seed`` when the frame carries training seeds."""
+    return (*unit_keys, SEED_KEY) if SEED_KEY in frame.columns else tuple(unit_keys)
 
 
 @dataclass(frozen=True)
@@ -184,7 +198,9 @@ def hierarchical_mean(
 
     Returns:
         One row per cell with ``by`` columns, ``mean``, ``ci_low``, ``ci_high`` (NaN when the bootstrap is
-        disabled), ``n`` (number of observations), ``n_images`` (distinct images), ``n_runs``, and
+        disabled), ``n`` (number of observations), ``n_images`` (distinct images), ``n_runs``, ``n_seeds``
+        and ``seed_sd`` (training seeds and the SD over them of the one-seed cell values, NaN for one seed;
+        seeds are averaged before the other run keys when ``train_seed`` is among ``unit_keys``), and
         ``n_out_of_band`` / ``n_unreachable``: observations left out of the cell because their SSIM
         missed the band although the type could reach it / because no parameter in the type's bounded
         range reaches it (the ``excluded`` column of :func:`paired_drops`; 0 without it).
@@ -193,7 +209,9 @@ def hierarchical_mean(
     n_excl = _excluded_counts(obs, by)
     obs = obs[obs[value].notna()]
     if obs.empty:
-        return pd.DataFrame(columns=[*by, "mean", "ci_low", "ci_high", "n", "n_images", "n_runs", *EXCLUDED])
+        return pd.DataFrame(
+            columns=[*by, "mean", "ci_low", "ci_high", "n", "n_images", "n_runs", *SEED_FIELDS, *EXCLUDED]
+        )
     has_pert = "perturbation" in obs.columns
     inner = [*dict.fromkeys([*unit_keys, *(["perturbation", "level"] if has_pert else []), *by])]
     samples = max(int(settings.samples), 0)
@@ -224,9 +242,11 @@ def hierarchical_mean(
     stats = pd.concat(blocks, ignore_index=True)
     rep_cols = [c for c in stats.columns if c.startswith("b")]
 
-    # Step 2: average out level, then perturbation, then the run, keeping the `by` columns.
+    # Step 2: average out level, then perturbation, then the training seed, then the run, keeping `by`.
     keep = list(inner)
-    for dim in ("level", "perturbation"):
+    for dim in ("level", "perturbation", SEED_KEY):
+        if dim == SEED_KEY:
+            seeds = _seed_spread(stats, by, unit_keys, "b0")
         if dim in keep and dim not in by:
             keep.remove(dim)
             stats = stats.groupby(keep, sort=True, dropna=False)[rep_cols].mean().reset_index()
@@ -259,17 +279,36 @@ def hierarchical_mean(
     stats = stats.rename(columns={"b0": "mean"})
     out = stats[[*by, "mean", "ci_low", "ci_high", "n", "n_images", "n_runs"]].copy()
     if by:
-        out = out.merge(n_excl, on=by, how="left")
+        out = out.merge(n_excl, on=by, how="left").merge(seeds, on=by, how="left")
     else:
         for c in EXCLUDED:
             out[c] = int(n_excl[c].iloc[0])
-    for c in ("n", "n_images", "n_runs", *EXCLUDED):
+        for c in SEED_FIELDS:
+            out[c] = seeds[c].iloc[0]
+    for c in ("n", "n_images", "n_runs", "n_seeds", *EXCLUDED):
         out[c] = out[c].fillna(0).astype("int64")
     return out.reset_index(drop=True)
 
 
 #: Per-cell counts of perturbed outputs left out of the means (see :func:`paired_drops`).
 EXCLUDED = ("n_out_of_band", "n_unreachable")
+#: Per-cell training-seed fields (see :func:`hierarchical_mean`).
+SEED_FIELDS = ("n_seeds", "seed_sd")
+
+
+def _seed_spread(stats: pd.DataFrame, by: Sequence[str], unit_keys: Sequence[str], col: str) -> pd.DataFrame:
+    """``by`` columns plus ``n_seeds`` and ``seed_sd``: the cell's value ``col`` from each training seed's
+    runs alone (runs averaged equally, as in the pooled cell), and its SD over seeds (ddof=1)."""
+    by = list(by)
+    if SEED_KEY not in unit_keys or SEED_KEY in by or SEED_KEY not in stats.columns:
+        frame = stats[by].drop_duplicates() if by else pd.DataFrame(index=[0])
+        return frame.assign(n_seeds=1, seed_sd=np.nan)
+    per_seed = stats.groupby([*by, SEED_KEY], sort=True, dropna=False)[col].mean().reset_index()
+    if not by:
+        return pd.DataFrame({"n_seeds": [len(per_seed)], "seed_sd": [per_seed[col].std(ddof=1)]})
+    grouped = per_seed.groupby(by, sort=True, dropna=False)[col]
+    spread = [grouped.size().rename("n_seeds"), grouped.std(ddof=1).rename("seed_sd")]
+    return pd.concat(spread, axis=1).reset_index()
 
 
 def _excluded_counts(obs: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:

@@ -22,6 +22,7 @@ from medfm_robust.errors import DataError
 from medfm_robust.io import write_parquet_atomic
 from medfm_robust.metrics.captions import BLEU_STATS, corpus_bleu
 from medfm_robust.report.aggregate import (
+    SEED_KEY,
     SEG_COLUMNS,
     VLM_COLUMNS,
     BootstrapSettings,
@@ -29,6 +30,7 @@ from medfm_robust.report.aggregate import (
     paired_drops,
     read_metric_files,
     spread_across_runs,
+    with_seed_key,
 )
 from medfm_robust.report.palette import strategy_sort_key
 from medfm_robust.report.scores import DEFAULTS as STATS_DEFAULTS
@@ -65,9 +67,10 @@ def _strategy_rows(frame: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
 
 
 def read_sidecars(paths: Sequence[str]) -> pd.DataFrame:
-    """Trainable / total parameter counts from checkpoint sidecars ``{model}/{dataset}/{strategy}.json``.
+    """Trainable / total parameter counts from checkpoint sidecars
+    ``{model}/{dataset}/{strategy}/seed{train_seed}.json``.
 
-    The sidecar's ``strategy`` (if present) must match the file name; the parameter counts are read from
+    The sidecar's ``strategy`` (if present) must match the folder name; the parameter counts are read from
     the first key present among :data:`TRAINABLE_KEYS` / :data:`TOTAL_KEYS` (``DataError`` naming the file
     when none is).
     """
@@ -78,17 +81,17 @@ def read_sidecars(paths: Sequence[str]) -> pd.DataFrame:
             meta = json.loads(p.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise DataError(f"{p}: cannot read checkpoint sidecar ({exc})") from exc
-        strategy = p.stem
+        strategy = p.parent.name
         if meta.get("strategy", strategy) != strategy:
-            raise DataError(f"{p}: field 'strategy' is {meta['strategy']!r}, file name says {strategy!r}")
+            raise DataError(f"{p}: field 'strategy' is {meta['strategy']!r}, folder name says {strategy!r}")
         trainable = next((meta[k] for k in TRAINABLE_KEYS if k in meta), None)
         total = next((meta[k] for k in TOTAL_KEYS if k in meta), None)
         if trainable is None:
             raise DataError(f"{p}: no trainable parameter count (one of {', '.join(TRAINABLE_KEYS)})")
         rows.append(
             {
-                "model": p.parent.parent.name,
-                "dataset": p.parent.name,
+                "model": p.parent.parent.parent.name,
+                "dataset": p.parent.parent.name,
                 "strategy": strategy,
                 "trainable": float(trainable),
                 "total": float(total) if total is not None else None,
@@ -129,16 +132,19 @@ def segmentation_tables(
     top_k: int = 15,
     in_band_only: bool = True,
 ) -> list[Table]:
-    """All segmentation tables (see :data:`SEG_TABLES`) from the per-image metric files."""
-    frame = read_metric_files(metric_paths, SEG_COLUMNS, "segmentation", extra_columns=("reachable",))
+    """All segmentation tables (see :data:`SEG_TABLES`) from the per-image metric files; with several
+    training seeds every cell is the mean over seeds and carries their SD (``seed_sd``)."""
+    extra = ("reachable", SEED_KEY)
+    frame = read_metric_files(metric_paths, SEG_COLUMNS, "segmentation", extra_columns=extra)
     if frame.empty:
         raise DataError("segmentation report: no metric rows (no segmentation metric files given)")
-    clean, drops = paired_drops(frame, metric, SEG_UNIT, in_band_only=in_band_only, source="segmentation")
+    unit = with_seed_key(frame, SEG_UNIT)
+    clean, drops = paired_drops(frame, metric, unit, in_band_only=in_band_only, source="segmentation")
     drops = drops.rename(columns={"drop": "value"})
     pert = drops[drops["category"].isin(PERTURBATION_CATEGORIES)]
     adv = drops[drops["category"] == "adversarial"]
     m = METRIC_LABELS.get(metric, metric)
-    hm = lambda obs, by: hierarchical_mean(obs, by, SEG_UNIT, ["dataset"], settings)  # noqa: E731
+    hm = lambda obs, by: hierarchical_mean(obs, by, unit, ["dataset"], settings)  # noqa: E731
     tables: list[Table] = []
     steps = tqdm(total=len(SEG_TABLES) - len(STATS_TABLES), desc="segmentation tables", unit="table")
 

@@ -34,6 +34,7 @@ from medfm_robust.report.aggregate import (
     hierarchical_mean,
     paired_drops,
     read_metric_files,
+    with_seed_key,
 )
 from medfm_robust.report.palette import strategy_sort_key
 from medfm_robust.report.tables import Table, cells_from
@@ -54,7 +55,7 @@ DEFAULTS = {
 
 def _unit(frame: pd.DataFrame) -> tuple[str, ...]:
     """Run identity; a training seed is part of it when the metrics carry one (averaged as runs)."""
-    return (*UNIT, paired.SEED_KEY) if paired.SEED_KEY in frame.columns else UNIT
+    return with_seed_key(frame, UNIT)
 
 
 def corruption_errors(

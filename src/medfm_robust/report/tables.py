@@ -10,6 +10,11 @@ outputs left out of it when there are any (``(-3 out of band, -5 unreachable)``;
 Honest cells: cells may carry ``n_images`` (distinct images, the bootstrap's resampling unit; CSV column
 ``<label>_n_images``); a cell with fewer than the table's ``min_images`` images keeps its mean and n but
 loses its interval everywhere (CSV, Markdown, LaTeX, figures) and shows ``[k images, no CI]`` instead.
+
+Training seeds: cells may carry ``seed_sd`` (the seed-to-seed SD of the cell, see
+:func:`~medfm_robust.report.aggregate.hierarchical_mean`; CSV column ``<label>_seed_sd``); the mean is the
+mean over seeds and, when there are several, the SD follows the image-level interval: ``0.034 [0.021,
+0.047] ±0.006 sd(seeds) n=120``.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from medfm_robust.report.palette import MODEL_LABELS, TASK_LABELS, label
 CELL_FIELDS = ("mean", "ci_low", "ci_high", "n")
 #: Optional cell field: distinct images behind the cell (see the module docstring).
 IMAGES_FIELD = "n_images"
+#: Optional cell field: seed-to-seed standard deviation (see the module docstring).
+SEED_SD_FIELD = "seed_sd"
 
 
 @dataclass
@@ -79,15 +86,16 @@ class Table:
             out = out.merge(self.extra, on=self.row_keys, how="left")
         imgs = [IMAGES_FIELD] if IMAGES_FIELD in self.cells.columns else []
         excl = [c for c in EXCLUDED if c in self.cells.columns]
+        sd = [SEED_SD_FIELD] if SEED_SD_FIELD in self.cells.columns else []
         for col in self.columns:
-            sub = self.cells[self.cells["column"] == col][[*self.row_keys, *CELL_FIELDS, *imgs, *excl]]
+            sub = self.cells[self.cells["column"] == col][[*self.row_keys, *CELL_FIELDS, *sd, *imgs, *excl]]
             sub = sub.rename(
                 columns={
                     "mean": col,
                     "ci_low": f"{col}_ci_low",
                     "ci_high": f"{col}_ci_high",
                     "n": f"{col}_n",
-                    **{c: f"{col}_{c}" for c in (*imgs, *excl)},
+                    **{c: f"{col}_{c}" for c in (*sd, *imgs, *excl)},
                 }
             )
             out = out.merge(sub, on=self.row_keys, how="left")
@@ -112,9 +120,12 @@ class Table:
             zeros = pd.Series(0, index=wide.index)
             oob = wide.get(f"{col}_n_out_of_band", zeros)
             unr = wide.get(f"{col}_n_unreachable", zeros)
+            sds = wide.get(f"{col}_{SEED_SD_FIELD}", pd.Series(float("nan"), index=wide.index))
             out[head] = [
-                format_cell(m, lo, hi, n, self.digits, too_few_images=k, out_of_band=o, unreachable=u)
-                for m, lo, hi, n, k, o, u in zip(
+                format_cell(
+                    m, lo, hi, n, self.digits, too_few_images=k, out_of_band=o, unreachable=u, seed_sd=sd
+                )
+                for m, lo, hi, n, k, o, u, sd in zip(
                     wide[col],
                     wide[f"{col}_ci_low"],
                     wide[f"{col}_ci_high"],
@@ -122,6 +133,7 @@ class Table:
                     few,
                     oob,
                     unr,
+                    sds,
                     strict=True,
                 )
             ]
@@ -146,8 +158,12 @@ def format_cell(
     too_few_images: object = None,
     out_of_band: object = 0,
     unreachable: object = 0,
+    seed_sd: object = None,
 ) -> str:
     """``0.034 [0.021, 0.047] n=120``; ``–`` for a missing cell; the CI is left out when not computed.
+
+    ``seed_sd`` (None/NaN for one training seed) follows the interval: ``0.034 [0.021, 0.047] ±0.006
+    sd(seeds) n=120``.
 
     ``too_few_images`` (an image count, or None/NA) marks a cell under the table's ``min_images``: no
     interval, ``0.034 [2 images, no CI] n=12``. Perturbed outputs left out of the cell are stated after
@@ -165,6 +181,8 @@ def format_cell(
         text += f" [{int(too_few_images)} images, no CI]"
     elif not (pd.isna(lo) or pd.isna(hi)):
         text += f" [{lo:.{digits}f}, {hi:.{digits}f}]"
+    if seed_sd is not None and not pd.isna(seed_sd):
+        text += f" ±{float(seed_sd):.{digits}f} sd(seeds)"
     if n is not None and not pd.isna(n):
         text += f" n={int(n)}"
     if excl:
@@ -259,6 +277,7 @@ def cells_from(
         cols = [column] if isinstance(column, str) else list(column)
         out["column"] = [fmt.format(*vals) for vals in out[cols].itertuples(index=False)]
     extra = [
+        *([SEED_SD_FIELD] if SEED_SD_FIELD in out.columns else []),
         *([IMAGES_FIELD] if IMAGES_FIELD in out.columns else []),
         *(c for c in EXCLUDED if c in out.columns),
     ]

@@ -15,9 +15,11 @@ from typing import Any
 from medfm_robust.report.build import SEG_TABLES, VLM_TABLES
 from medfm_robust.report.figures import SEG_PANELS, vlm_panel_names
 
-SEG_METRIC = re.compile(r"^results/metrics/segmentation/([^/]+)/([^/]+)/([^/]+)/([^/]+)\.parquet$")
+# groups: model, strategy, training seed, dataset, name
+SEG_METRIC = re.compile(r"^results/metrics/segmentation/([^/]+)/([^/]+)/seed(\d+)/([^/]+)/([^/]+)\.parquet$")
 VLM_METRIC = re.compile(r"^results/metrics/vlm/([^/]+)/([^/]+)/([^/]+)/([^/]+)\.parquet$")
-CHECKPOINT = re.compile(r"^results/checkpoints/([^/]+)/([^/]+)/([^/]+)\.(safetensors|json)$")
+# groups: model, dataset, strategy, training seed, extension
+CHECKPOINT = re.compile(r"^results/checkpoints/([^/]+)/([^/]+)/([^/]+)/seed(\d+)\.(safetensors|json)$")
 CONTACT_SHEET = re.compile(r"^results/figures/contact_sheets/([^/]+)\.png$")
 SEG_FIGURE_CATEGORY = "Segmentation figures"
 VLM_FIGURE_CATEGORY = "VLM figures"
@@ -53,17 +55,19 @@ class ReportTargets:
         """JSON sidecars of the fine-tuned checkpoints.
 
         Those the fine-tuning stage lists (a listed ``.safetensors`` implies its ``.json``); if it lists
-        none, one per evaluated (model, strategy, dataset) run whose strategy is not ``zero_shot``.
+        none, one per evaluated (model, strategy, seed, dataset) run whose strategy is not ``zero_shot``.
         """
         listed = {
-            CHECKPOINT.sub(r"results/checkpoints/\1/\2/\3.json", t)
+            CHECKPOINT.sub(r"results/checkpoints/\1/\2/\3/seed\4.json", t)
             for t in self.upstream()
             if CHECKPOINT.match(t)
         }
         if listed:
             return sorted(listed)
-        runs = {SEG_METRIC.match(t).groups()[:3] for t in self.seg_metric_files()}  # type: ignore[union-attr]
-        return sorted(f"results/checkpoints/{m}/{d}/{s}.json" for m, s, d in runs if s != "zero_shot")
+        runs = {SEG_METRIC.match(t).groups()[:4] for t in self.seg_metric_files()}  # type: ignore[union-attr]
+        return sorted(
+            f"results/checkpoints/{m}/{d}/{s}/seed{k}.json" for m, s, k, d in runs if s != "zero_shot"
+        )
 
     def contact_sheet_modalities(self) -> list[str]:
         """Modalities whose perturbation contact sheet the perturbation stage produces."""

@@ -1,9 +1,10 @@
 """Fine-tuned checkpoints: only the trained tensors in safetensors, plus a JSON sidecar.
 
-``results/checkpoints/{model}/{dataset}/{strategy}.safetensors`` holds exactly the tensors the strategy trains
-(LoRA as its low-rank factors ``...lora_A.weight`` / ``...lora_B.weight``); the sidecar ``{strategy}.json``
-records the base checkpoint's SHA-256, the strategy and its structural settings, trainable/total parameter
-counts, best epoch, validation Dice and the config hash. :func:`load_for_eval` rebuilds the evaluable model.
+``results/checkpoints/{model}/{dataset}/{strategy}/seed{s}.safetensors`` (``s``: the training seed) holds
+exactly the tensors the strategy trains (LoRA as its low-rank factors ``...lora_A.weight`` /
+``...lora_B.weight``); the sidecar ``seed{s}.json`` records the training seed, the base checkpoint's
+SHA-256, the strategy and its structural settings, trainable/total parameter counts, best epoch, validation
+Dice and the config hash. :func:`load_for_eval` rebuilds the evaluable model.
 
 Official base checkpoints are read by :func:`read_state_dict` without executing pickled code: a raw state dict
 (MedSAM, SAM, LiteMedSAM) or a dict with ``model`` and optimiser entries (SAM-Med2D's ``train.py`` pickles the
@@ -245,8 +246,8 @@ def load_for_eval(
     Args:
         model_name: registry name (``medfm_robust.seg.models``).
         base_checkpoint: as for ``build_model`` (a path, ``'bundled'`` for lite_medsam, or None = random).
-        finetuned_path: ``results/checkpoints/{model}/{dataset}/{strategy}.safetensors``; ``None`` for
-            ``zero_shot`` (then ``strategy`` must be ``zero_shot`` or None).
+        finetuned_path: ``results/checkpoints/{model}/{dataset}/{strategy}/seed{s}.safetensors``; ``None``
+            for ``zero_shot`` (then ``strategy`` must be ``zero_shot`` or None).
         strategy: expected strategy (checked against the sidecar).
         device: where to put the model.
 

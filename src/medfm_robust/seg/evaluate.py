@@ -63,12 +63,14 @@ class EvalSettings:
 
 @dataclass(frozen=True)
 class RunIdentity:
-    """What is evaluated: model, strategy and checkpoints (``finetuned`` None for ``zero_shot``)."""
+    """What is evaluated: model, strategy, checkpoints (``finetuned`` None for ``zero_shot``) and the training
+    seed of the fine-tuned checkpoint (0 for ``zero_shot``, which is not trained)."""
 
     model: str
     strategy: str
     base_checkpoint: str | None
     finetuned: str | None = None
+    train_seed: int = 0
 
 
 @dataclass
@@ -310,6 +312,7 @@ def _row(
     return {
         "model": run.model,
         "strategy": run.strategy,
+        "train_seed": run.train_seed,
         "dataset": dataset,
         "image_id": sample.image_id,
         **sample.meta,
@@ -321,6 +324,7 @@ def _row(
 def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
     frame["level"] = frame["level"].astype("int8")
+    frame["train_seed"] = frame["train_seed"].astype("int64")
     frame["in_band"] = frame["in_band"].astype(bool)
     frame["reachable"] = frame["reachable"].astype(bool)
     for col in ("ssim", "iou", "dice", "nsd", "hd95"):
@@ -526,9 +530,10 @@ def run_evaluation_job(
     perturbed: Mapping[str, str],
     outputs: Mapping[str, str],
     attack: Mapping[str, Any] | None = None,
+    train_seed: int = 0,
 ) -> dict[str, int]:
     """One workflow job: clean + perturbed metrics (``attack`` None) or FGSM + PGD (``attack`` settings)."""
-    run = RunIdentity(model, strategy, settings["checkpoint"], finetuned)
+    run = RunIdentity(model, strategy, settings["checkpoint"], finetuned, int(train_seed))
     cfg = eval_settings(settings)
     if attack is None:
         return evaluate_dataset(run, dataset, test_shard, perturbed, outputs, cfg)
@@ -547,8 +552,9 @@ def run_strategy_job(
     shards: Sequence[str],
     finetuned: Sequence[str],
     outputs: Sequence[str],
+    train_seed: int = 0,
 ) -> dict[str, dict[str, int]]:
-    """One workflow job evaluating every dataset of ``layout`` with one (model, strategy).
+    """One workflow job evaluating every dataset of ``layout`` with one (model, strategy, training seed).
 
     ``layout``: per dataset ``{"dataset", "perturbations": [...], "attacks": bool}`` in order; the flat path
     lists follow it: ``tests`` one per dataset, ``shards`` the perturbations of each dataset in turn,
@@ -570,7 +576,9 @@ def run_strategy_job(
         perturbed = {n: next(shard_iter) for n in names}
         outs = {n: next(out_iter) for n in ["clean", *names]}
         attack_outs = {n: next(out_iter) for n in ATTACKS} if item["attacks"] else {}
-        run = RunIdentity(model, strategy, settings["checkpoint"], finetuned[i] if finetuned else None)
+        run = RunIdentity(
+            model, strategy, settings["checkpoint"], finetuned[i] if finetuned else None, int(train_seed)
+        )
         if run.finetuned is None:
             base = base if base is not None else _prepare(run, cfg, None)[0]
             net = base

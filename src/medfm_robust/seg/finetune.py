@@ -95,6 +95,16 @@ def plot_history(
     plt.close(fig)
 
 
+def run_seed(global_seed: int, train_seed: int) -> int:
+    """The seed a training run draws from: the workflow's seed for training seed 0 (so a single-seed run
+    is unchanged), else a seed derived from both."""
+    if int(train_seed) < 0:
+        raise ConfigError(f"finetune: training seed must be >= 0, got {train_seed}")
+    if int(train_seed) == 0:
+        return int(global_seed)
+    return seed_for("finetune-train-seed", int(train_seed), global_seed=global_seed)
+
+
 def state_path_for(checkpoint: str | Path) -> Path:
     """Hidden resumable-state file beside a checkpoint (not a Snakemake output, so never deleted by it)."""
     p = Path(checkpoint)
@@ -114,6 +124,7 @@ def finetune_run(
     curve_png: str | Path,
     settings: Mapping[str, Any],
     global_seed: int = 0,
+    train_seed: int = 0,
     device: str = "auto",
     keep_state: bool = True,
     stop_after: int | None = None,
@@ -123,6 +134,9 @@ def finetune_run(
 
     Args:
         settings: :func:`run_settings` output for this (model, strategy).
+        global_seed, train_seed: the workflow's seed and the training seed (``finetune.seeds``); together
+            they seed the new parameters' initialisation, the batch order and the augmentation
+            (:func:`run_seed`).
         stop_after: stop after this many epochs (simulated kill; outputs are then not written).
 
     Returns:
@@ -139,7 +153,8 @@ def finetune_run(
     train_data = load_split(train_shard, size=size, max_images=settings["train"].get("max_train_images"))
     val_data = load_split(val_shard, size=size, max_images=settings["train"].get("max_val_images"))
     run_key = (model_name, dataset, strategy)
-    torch.manual_seed(seed_for("finetune-init", *run_key, global_seed=global_seed))
+    seed = run_seed(global_seed, train_seed)
+    torch.manual_seed(seed_for("finetune-init", *run_key, global_seed=seed))
     report = apply_strategy(model, spec)
     log.info(
         "%s: %s trains %d of %d parameters (%d tensors)",
@@ -150,14 +165,14 @@ def finetune_run(
         len(report.trainable_names),
     )
     state_path = state_path_for(checkpoint_out)
-    title = f"{model_name} / {dataset} / {strategy}"
+    title = f"{model_name} / {dataset} / {strategy} / seed {train_seed}"
     result = train(
         model,
         train_data,
         val_data,
         tcfg,
         run_key=run_key,
-        global_seed=global_seed,
+        global_seed=seed,
         state_path=state_path,
         device=dev,
         stop_after=stop_after,
@@ -170,6 +185,7 @@ def finetune_run(
         "model": model_name,
         "dataset": dataset,
         "strategy": strategy,
+        "train_seed": train_seed,
         "strategy_settings": spec.structure(),
         "base_checkpoint": str(base_checkpoint) if base_checkpoint is not None else None,
         "base_checkpoint_sha256": base_sha,
@@ -213,6 +229,7 @@ def finetune_datasets(
     curve_pngs: Sequence[str | Path],
     settings: Mapping[str, Any],
     global_seed: int = 0,
+    train_seed: int = 0,
     device: str = "auto",
     keep_state: bool = True,
     progress: bool = True,
@@ -241,10 +258,12 @@ def finetune_datasets(
                 curve_png=curve_pngs[i],
                 settings=settings,
                 global_seed=global_seed,
+                train_seed=train_seed,
                 device=device,
                 keep_state=keep_state,
                 progress=progress,
             )
         )
-    log.info("%s/%s: %d dataset(s) in %.1f s", model_name, strategy, n, time.perf_counter() - t0)
+    elapsed = time.perf_counter() - t0
+    log.info("%s/%s/seed%d: %d dataset(s) in %.1f s", model_name, strategy, train_seed, n, elapsed)
     return results

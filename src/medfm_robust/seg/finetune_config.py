@@ -203,9 +203,19 @@ def job_params(config: Mapping[str, Any], model: str, strategy: str) -> dict[str
     }
 
 
-def run_outputs(model: str, dataset: str, strategy: str) -> dict[str, str]:
-    """Checkpoint, sidecar, per-epoch CSV and loss/Dice curve of one run."""
-    stem = f"results/checkpoints/{model}/{dataset}/{strategy}"
+def train_seeds(config: Mapping[str, Any]) -> list[int]:
+    """Training seeds of every (model, dataset, strategy): ``finetune.seeds`` as a count n (seeds 0..n-1)
+    or an explicit list (sorted)."""
+    seeds = (config.get("finetune") or {}).get("seeds", 1)
+    if isinstance(seeds, bool) or not isinstance(seeds, int | list) or not seeds:
+        raise ConfigError(f"config key 'finetune.seeds': a count >= 1 or a list of seeds, got {seeds!r}")
+    return list(range(seeds)) if isinstance(seeds, int) else sorted(int(s) for s in seeds)
+
+
+def run_outputs(model: str, dataset: str, strategy: str, seed: int | str) -> dict[str, str]:
+    """Checkpoint, sidecar, per-epoch CSV and loss/Dice curve of one run (``seed``: the training seed, or
+    ``"{seed}"`` for a rule pattern)."""
+    stem = f"results/checkpoints/{model}/{dataset}/{strategy}/seed{seed}"
     return {kind: stem + suffix for kind, suffix in OUTPUT_KINDS.items()}
 
 
@@ -238,7 +248,8 @@ def final_targets(config: Mapping[str, Any], all_datasets: Sequence[str]) -> lis
     for model in sorted(config["finetune"]["models"]):
         for dataset in model_datasets(config, model, all_datasets):
             for strategy in trained_strategies(config, model, dataset, all_datasets):
-                targets += list(run_outputs(model, dataset, strategy).values())
+                for seed in train_seeds(config):
+                    targets += list(run_outputs(model, dataset, strategy, seed).values())
     seg_models = (config.get("segmentation") or {}).get("models") or {}
     if "tiny_sam" in config["finetune"]["models"] or "tiny_sam" in seg_models:
         targets.append(TINY_PRETRAINED)

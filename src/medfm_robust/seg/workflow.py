@@ -9,9 +9,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from medfm_robust.errors import ConfigError
+from medfm_robust.seg.finetune_config import run_outputs, train_seeds
 
 ATTACK_OUTPUTS = ("fgsm", "pgd")
-METRICS_PATTERN = "results/metrics/segmentation/{model}/{strategy}/{dataset}/{name}.parquet"
+#: ``seed``: the training seed (``finetune.seeds``); ``zero_shot`` is not trained and is evaluated once, as
+#: seed 0.
+METRICS_PATTERN = "results/metrics/segmentation/{model}/{strategy}/seed{seed}/{dataset}/{name}.parquet"
 TrainedFn = Callable[[str, str], Sequence[str]]
 
 
@@ -66,11 +69,16 @@ def base_checkpoint_input(config: Mapping[str, Any], model: str) -> list[str]:
     return [] if ckpt in (None, "bundled") else [str(ckpt)]
 
 
-def finetuned_input(model: str, dataset: str, strategy: str) -> list[str]:
-    """The fine-tuned checkpoint of a trained strategy (none for ``zero_shot``)."""
+def finetuned_input(model: str, dataset: str, strategy: str, seed: int | str) -> list[str]:
+    """The fine-tuned checkpoint of a trained strategy and training seed (none for ``zero_shot``)."""
     if strategy == "zero_shot":
         return []
-    return [f"results/checkpoints/{model}/{dataset}/{strategy}.safetensors"]
+    return [run_outputs(model, dataset, strategy, seed)["checkpoint"]]
+
+
+def seeds_for(config: Mapping[str, Any], strategy: str) -> list[int]:
+    """Training seeds evaluated for ``strategy``: ``finetune.seeds``, or ``[0]`` for ``zero_shot``."""
+    return [0] if strategy == "zero_shot" else train_seeds(config)
 
 
 def output_names(config: Mapping[str, Any], model: str, dataset: str) -> list[str]:
@@ -126,25 +134,29 @@ def strategy_job_shards(config: Mapping[str, Any], model: str) -> list[str]:
     ]
 
 
-def strategy_job_finetuned(config: Mapping[str, Any], model: str, strategy: str) -> list[str]:
+def strategy_job_finetuned(
+    config: Mapping[str, Any], model: str, strategy: str, seed: int | str
+) -> list[str]:
     """Fine-tuned checkpoints of the job's datasets, in layout order (none for ``zero_shot``)."""
-    return [p for d in datasets_for(config, model) for p in finetuned_input(model, d, strategy)]
+    return [p for d in datasets_for(config, model) for p in finetuned_input(model, d, strategy, seed)]
 
 
 def strategy_job_outputs(config: Mapping[str, Any], model: str) -> list[str]:
-    """Output patterns (with a ``{strategy}`` wildcard) of the job, in layout order."""
+    """Output patterns (with ``{strategy}`` and ``{seed}`` wildcards) of the job, in layout order."""
     out = []
     for item in strategy_job_layout(config, model):
         names = ["clean", *item["perturbations"], *(ATTACK_OUTPUTS if item["attacks"] else ())]
         out += [
-            METRICS_PATTERN.format(model=model, strategy="{strategy}", dataset=item["dataset"], name=n)
+            METRICS_PATTERN.format(
+                model=model, strategy="{strategy}", seed="{seed}", dataset=item["dataset"], name=n
+            )
             for n in names
         ]
     return out
 
 
 def final_targets(config: Mapping[str, Any], trained: TrainedFn | None) -> list[str]:
-    """Every metric Parquet of every configured (model, strategy, dataset)."""
+    """Every metric Parquet of every configured (model, strategy, training seed, dataset)."""
     targets = []
     for model in models(config):
         per_dataset = {d: strategies_for(config, model, d, trained) for d in datasets_for(config, model)}
@@ -159,7 +171,10 @@ def final_targets(config: Mapping[str, Any], trained: TrainedFn | None) -> list[
                 names += ATTACK_OUTPUTS
             for strategy in per_dataset[dataset]:
                 targets += [
-                    METRICS_PATTERN.format(model=model, strategy=strategy, dataset=dataset, name=name)
+                    METRICS_PATTERN.format(
+                        model=model, strategy=strategy, seed=seed, dataset=dataset, name=name
+                    )
+                    for seed in seeds_for(config, strategy)
                     for name in names
                 ]
     return targets
