@@ -468,3 +468,35 @@ def test_encoder_lr_scale_as_the_original_rule(shards: dict[str, Path], base_ckp
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if "encoder" in k)
     assert not all(torch.equal(before[k], after[k]) for k in before if k.startswith("mask_decoder."))
+
+
+def test_training_seeds_give_different_weights(
+    shards: dict[str, Path], base_ckpt: Path, tmp_path: Path
+) -> None:
+    """finetune.seeds: seed 0 is the single-seed run; seed 1 starts the new (LoRA) weights, the batch order
+    and the augmentation from other draws, so its trained weights differ; both sidecars record the seed."""
+    runs = {}
+    for seed in (0, 1):
+        out = tmp_path / "tiny_sam" / "synth" / "lora" / f"seed{seed}.safetensors"
+        finetune_run(
+            model_name="tiny_sam",
+            base_checkpoint=base_ckpt,
+            dataset="synth",
+            strategy="lora",
+            train_shard=shards["train"],
+            val_shard=shards["val"],
+            checkpoint_out=out,
+            log_csv=out.with_name(f"seed{seed}_history.csv"),
+            curve_png=out.with_name(f"seed{seed}_curve.png"),
+            settings=_settings("lora", epochs=1),
+            train_seed=seed,
+            device="cpu",
+            progress=False,
+        )
+        runs[seed] = read_finetuned(out)
+        assert runs[seed][1]["train_seed"] == seed and state_path_for(out).name == f".seed{seed}.state.pt"
+    single = read_finetuned(_run(tmp_path, shards, base_ckpt, "lora", epochs=1))[0]
+    (t0, _), (t1, _) = runs[0], runs[1]
+    assert t0.keys() == t1.keys() == single.keys()
+    assert all(torch.equal(t0[k], single[k]) for k in t0)  # seed 0 == a run without a training seed
+    assert all(not torch.equal(t0[k], t1[k]) for k in t0)

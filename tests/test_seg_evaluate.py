@@ -367,6 +367,27 @@ def test_strategy_job_walks_the_layout(shards: dict[str, Path], tmp_path: Path, 
     assert frames[2]["perturbation"].eq("shift").all() and len(frames[1]) == 6
     assert frames[3]["perturbation"].eq("fgsm").all() and len(frames[3]) == 2  # 1 image x 2 levels
     assert frames[4]["perturbation"].eq("pgd").all() and frames[5]["perturbation"].eq("clean").all()
+    assert all(f["train_seed"].eq(0).all() for f in frames)  # zero_shot is not trained: seed 0
+    # a trained strategy's checkpoint of training seed 2: every row says so
+    seeded = tmp_path / "seed2.parquet"
+    E.run_strategy_job(
+        "tiny_sam",
+        "lora",
+        layout[1:],
+        settings,
+        attack,
+        [shards["test"]],
+        [],
+        ["lora/seed2.safetensors"],
+        [str(seeded)],
+        train_seed=2,
+    )
+    assert loads[-1] == "lora/seed2.safetensors"
+    seeded_rows = pd.read_parquet(seeded)
+    assert seeded_rows["train_seed"].eq(2).all() and seeded_rows["train_seed"].dtype == "int64"
+    assert seeded_rows.drop(columns=["strategy", "train_seed"]).equals(
+        frames[5].drop(columns=["strategy", "train_seed"])
+    )
     with pytest.raises(DataError, match="more shards or outputs"):
         E.run_strategy_job(
             "tiny_sam",

@@ -35,7 +35,8 @@ def test_embedded_default_targets(default_cfg: dict) -> None:
     assert len(set(targets)) == len(targets)
     # three training seeds: every trained strategy three times, zero_shot (not trained) once, as seed 0
     cfg["finetune"]["seeds"] = 3
-    seeded = [t for t in W.final_targets(cfg, lambda m, d: ["dec_only"]) if "/tiny_sam/" in t and "/demo_ct/" in t]
+    seeded = W.final_targets(cfg, lambda m, d: ["dec_only"])
+    seeded = [t for t in seeded if "/tiny_sam/" in t and "/demo_ct/" in t]
     assert len(seeded) == 4 * n_ct
     assert {t.split("/")[5] for t in seeded if "/dec_only/" in t} == {"seed0", "seed1", "seed2"}
     assert {t.split("/")[5] for t in seeded if "/zero_shot/" in t} == {"seed0"}
@@ -80,12 +81,14 @@ def test_one_job_per_strategy_layout_is_consistent(default_cfg: dict) -> None:
     outputs = W.strategy_job_outputs(cfg, "tiny_sam")
     assert len(outputs) == sum(len(item["perturbations"]) + 3 for item in layout)
     assert len(W.strategy_job_shards(cfg, "tiny_sam")) == sum(len(item["perturbations"]) for item in layout)
-    assert W.strategy_job_finetuned(cfg, "tiny_sam", "zero_shot") == []
-    assert len(W.strategy_job_finetuned(cfg, "tiny_sam", "lora")) == len(layout)
-    # Every output of the job is a final target of that strategy, and vice versa.
+    assert W.strategy_job_finetuned(cfg, "tiny_sam", "zero_shot", 0) == []
+    assert len(W.strategy_job_finetuned(cfg, "tiny_sam", "lora", 1)) == len(layout)
+    # Every output of the job is a final target of that strategy and seed, and vice versa.
+    cfg["finetune"]["seeds"] = 2
     targets = W.final_targets(cfg, lambda m, d: ["lora"])
-    lora = {o.format(strategy="lora") for o in outputs}
-    assert lora == {t for t in targets if "/tiny_sam/lora/" in t}
+    for seed in (0, 1):
+        lora = {o.format(strategy="lora", seed=seed) for o in outputs}
+        assert lora == {t for t in targets if f"/tiny_sam/lora/seed{seed}/" in t}
     # A strategy trained on only some datasets cannot share one job.
     with pytest.raises(ConfigError, match="one_job_per"):
         W.final_targets(cfg, lambda m, d: ["lora"] if d == "demo_ct" else [])

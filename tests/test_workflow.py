@@ -209,6 +209,41 @@ def test_perturb_job_modes_plan_the_same_shards(tmp_path):
         assert outputs and all(o.endswith(f"/{name}.parquet") for o in outputs)
 
 
+def test_training_seeds_plan_one_run_per_seed(tmp_path):
+    """`finetune.seeds: 2`: every trained strategy is trained and evaluated once per seed (its own
+    checkpoints under seed{s}/), zero_shot (not trained) is evaluated once, as seed 0."""
+    work = copy_repo(tmp_path / "repo")
+    _edit_config(work, lambda c: c["finetune"].update({"seeds": 2}))
+    jobs = parse_dryrun(snakemake(work, "-n", "--forceall").stdout)
+    run = lambda j: (dict(j.wildcards)["strategy"], dict(j.wildcards)["seed"])  # noqa: E731
+    trained: dict[tuple, set] = {}
+    for j in jobs:
+        if j.rule.startswith("finetune_tiny_sam"):
+            trained.setdefault(run(j), set()).update(o for o in j.outputs if o.endswith(".safetensors"))
+    assert set(trained) == {(s, k) for s in ("dec_only", "lora") for k in ("0", "1")}
+    used: dict[tuple, set] = {}
+    for j in jobs:
+        if j.rule.startswith(("segment_evaluate_tiny_sam", "segment_attack")):
+            ckpts = {f for f in j.inputs if f.startswith("results/checkpoints/tiny_sam/demo_")}
+            used.setdefault(run(j), set()).update(ckpts)
+            assert all(f"/tiny_sam/{run(j)[0]}/seed{run(j)[1]}/" in o for o in j.outputs)
+    assert used == {**trained, ("zero_shot", "0"): set()}
+    assert all(f.endswith(f"/{s}/seed{k}.safetensors") for (s, k), fs in trained.items() for f in fs)
+    assert all(len(fs) == 2 for fs in trained.values())  # both CI datasets
+
+
+@pytest.mark.slow
+def test_adding_a_training_seed_adds_only_its_jobs(ci_run, tmp_path):
+    work = clone_run(ci_run.work, tmp_path / "run")
+    _edit_config(work, lambda c: c["finetune"].update({"seeds": 2}))
+    nodes, edges = dag_edges(work)
+    seeds = {
+        key for key in nodes.values() if key[0].startswith("finetune") and dict(key[1]).get("seed") == "1"
+    }
+    assert seeds, "no fine-tuning job for training seed 1"
+    assert planned_jobs(work) == with_descendants(seeds, nodes, edges)
+
+
 @pytest.mark.slow
 def test_adding_a_dataset_adds_only_its_jobs(ci_run, tmp_path):
     work = clone_run(ci_run.work, tmp_path / "run")
