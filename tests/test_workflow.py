@@ -299,4 +299,6 @@ def test_paper_dag_plans_quickly(tmp_path):
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     print(f"paper DAG planned in {wall:.1f} s wall, {cpu:.1f} s CPU")
     # CPU time, not wall time: the test machine is shared, and waiting for a core is not planning work.
-    assert cpu < 10, f"planning the paper DAG took {cpu:.1f} s of CPU ({wall:.1f} s wall)"
+    # Measured here: 263 jobs in 7.5 s CPU with one training seed, 593 jobs in 10.7 s with the paper's 3
+    # (finetune.seeds: every trained run and its evaluations x 3); snakemake's own DAG building dominates.
+    assert cpu < 15, f"planning the paper DAG took {cpu:.1f} s of CPU ({wall:.1f} s wall)"
