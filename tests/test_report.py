@@ -205,6 +205,9 @@ def test_cells_are_the_mean_over_training_seeds_with_their_sd(tmp_path):
     # zero_shot is not trained: one seed, no SD; clean scores do not depend on the synthetic seed
     assert np.isnan(pooled.loc[("tiny_sam", "zero_shot", "demo_derm dB"), "seed_sd"])
     assert pooled.loc[("tiny_sam", "full", "demo_derm clean"), "seed_sd"] == pytest.approx(0.0)
+    # a cell pooling a trained strategy with zero_shot (one seed, constant): half the spread
+    ds = next(t for t in segmentation_tables(metrics, sidecars, settings) if t.name == "dataset_sensitivity")
+    assert ds.cells.set_index("dataset").loc["demo_derm", "seed_sd"] == pytest.approx(0.005)
     row = table.display().set_index("strategy").loc["Full", "demo_derm dB"]
     lo, hi = pooled.loc[cell, ["ci_low", "ci_high"]]
     assert row.startswith(f"{values.mean():.3f} [{lo:.3f}, {hi:.3f}] ±0.010 sd(seeds) n=")

@@ -246,7 +246,7 @@ def hierarchical_mean(
     keep = list(inner)
     for dim in ("level", "perturbation", SEED_KEY):
         if dim == SEED_KEY:
-            seeds = _seed_spread(stats, by, unit_keys, "b0")
+            seeds = _seed_spread(stats, by, keep, "b0")
         if dim in keep and dim not in by:
             keep.remove(dim)
             stats = stats.groupby(keep, sort=True, dropna=False)[rep_cols].mean().reset_index()
@@ -296,19 +296,28 @@ EXCLUDED = ("n_out_of_band", "n_unreachable")
 SEED_FIELDS = ("n_seeds", "seed_sd")
 
 
-def _seed_spread(stats: pd.DataFrame, by: Sequence[str], unit_keys: Sequence[str], col: str) -> pd.DataFrame:
-    """``by`` columns plus ``n_seeds`` and ``seed_sd``: the cell's value ``col`` from each training seed's
-    runs alone (runs averaged equally, as in the pooled cell), and its SD over seeds (ddof=1)."""
+def _seed_spread(stats: pd.DataFrame, by: Sequence[str], keys: Sequence[str], col: str) -> pd.DataFrame:
+    """``by`` columns plus ``n_seeds`` and ``seed_sd``: the cell's value ``col`` from the k-th training seed
+    of every run (``keys``: the run's columns; runs averaged equally, as in the pooled cell; a run with
+    fewer seeds, e.g. the untrained ``zero_shot`` with one, contributes its seed mean to every k), and its
+    SD over k (ddof=1; NaN when no run of the cell has two seeds)."""
     by = list(by)
-    if SEED_KEY not in unit_keys or SEED_KEY in by or SEED_KEY not in stats.columns:
+    if SEED_KEY not in keys or SEED_KEY in by:
         frame = stats[by].drop_duplicates() if by else pd.DataFrame(index=[0])
         return frame.assign(n_seeds=1, seed_sd=np.nan)
-    per_seed = stats.groupby([*by, SEED_KEY], sort=True, dropna=False)[col].mean().reset_index()
+    runs = [c for c in keys if c != SEED_KEY]
+    k = stats.groupby(runs, sort=True, dropna=False)[SEED_KEY].rank(method="dense").astype("int64") - 1
+    wide = stats.assign(_k=k).groupby([*runs, "_k"], sort=True, dropna=False)[col].mean().unstack("_k")
+    n_seeds = wide.notna().sum(axis=1).rename("n_seeds")
+    filled = wide.apply(lambda row: row.fillna(row.mean()), axis=1)  # fewer seeds: the run's own mean
     if not by:
-        return pd.DataFrame({"n_seeds": [len(per_seed)], "seed_sd": [per_seed[col].std(ddof=1)]})
-    grouped = per_seed.groupby(by, sort=True, dropna=False)[col]
-    spread = [grouped.size().rename("n_seeds"), grouped.std(ddof=1).rename("seed_sd")]
-    return pd.concat(spread, axis=1).reset_index()
+        n = int(n_seeds.max())
+        sd = filled.mean(axis=0).std(ddof=1) if n > 1 else np.nan
+        return pd.DataFrame({"n_seeds": [n], "seed_sd": [sd]})
+    grouped = pd.concat([filled, n_seeds], axis=1).reset_index().groupby(by, sort=True, dropna=False)
+    n = grouped["n_seeds"].max()
+    sd = grouped[list(filled.columns)].mean().std(axis=1, ddof=1).where(n > 1)  # one seed: no SD
+    return pd.DataFrame({"n_seeds": n, "seed_sd": sd}).reset_index()
 
 
 def _excluded_counts(obs: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
