@@ -22,7 +22,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
 
 from medfm_robust.errors import ConfigError
 from medfm_robust.report import palette
@@ -52,6 +51,8 @@ def adjust_pvalues(p: Sequence[float], method: str = "holm") -> np.ndarray:
         return out
     q = p[ok]
     if method == "bh":
+        from scipy import stats as sps  # lazy: the workflow imports this module to plan its DAG
+
         out[ok] = sps.false_discovery_control(q, method="bh")
     elif method == "holm":
         order = np.argsort(q, kind="stable")
@@ -75,6 +76,8 @@ def wilcoxon_p(diffs: np.ndarray) -> tuple[float, float]:
         return float("nan"), float("nan")
     if not np.any(diffs != 0):
         return 0.0, 1.0
+    from scipy import stats as sps  # lazy: the workflow imports this module to plan its DAG
+
     res = sps.wilcoxon(diffs, zero_method="wilcox", alternative="two-sided")
     return float(res.statistic), float(res.pvalue)
 
