@@ -241,16 +241,30 @@ def to_rgb8(
     arr = np.asarray(image)
     if arr.dtype not in (np.uint8, np.uint16):
         raise DataError(f"{source}: dtype {arr.dtype}; expected uint8 or uint16")
-    if arr.dtype == np.uint8 and (value_range is None or tuple(map(float, value_range)) == UINT8_RANGE):
+    if is_plain_8bit(arr, value_range):
         out = arr
     else:
         lo, hi = resolve_range(arr, None if value_range is None else check_value_range(value_range, source))
         out = window_to_uint8(arr, lo, hi)
-    if out.ndim == 3 and out.shape[2] == 1:
-        out = out[:, :, 0]
+    shape_error = f"{source}: shape {arr.shape}; expected H x W or H x W x 3"
+    return np.ascontiguousarray(three_channels(out, shape_error))
+
+
+def is_plain_8bit(image: np.ndarray, value_range: Sequence[float] | None = None) -> bool:
+    """Whether ``image`` is uint8 whose stored values are its 0..255 intensities (no range, or ``[0, 255]``),
+    so 8-bit consumers can take it as it is."""
+    return np.asarray(image).dtype == np.uint8 and (
+        value_range is None or tuple(map(float, value_range)) == UINT8_RANGE
+    )
+
+
+def three_channels(image: np.ndarray, error: str) -> np.ndarray:
+    """``H x W`` / ``H x W x 1`` repeated to ``H x W x 3`` (``H x W x 3`` kept); any other shape raises
+    ``DataError(error)``."""
+    out = image[:, :, 0] if image.ndim == 3 and image.shape[2] == 1 else image
     if out.ndim == 2:
         out = np.repeat(out[:, :, None], 3, axis=2)
     if out.ndim != 3 or out.shape[2] != 3:
-        raise DataError(f"{source}: shape {arr.shape}; expected H x W or H x W x 3")
-    return np.ascontiguousarray(out)
+        raise DataError(error)
+    return out
 

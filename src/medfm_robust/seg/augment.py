@@ -82,15 +82,12 @@ def image_to_chw(
     uint8 with range [0, 255] (or none) stays uint8 (0..255); otherwise float32 in [0, 1] of the image's
     ``value_range`` (the shard column, :func:`medfm_robust.intensity.to_unit`; required for uint16).
     """
-    from medfm_robust.intensity import to_unit
+    from medfm_robust.intensity import is_plain_8bit, three_channels, to_unit
 
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise DataError(f"{source}: expected an H x W or H x W x 3 image, got shape {image.shape}")
+    image = three_channels(image, f"{source}: expected an H x W or H x W x 3 image, got shape {image.shape}")
     if image.dtype not in (np.uint8, np.uint16):
         raise DataError(f"{source}: unsupported image dtype {image.dtype}")
-    if image.dtype == np.uint8 and (value_range is None or tuple(map(float, value_range)) == (0.0, 255.0)):
+    if is_plain_8bit(image, value_range):
         return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
     if value_range is None:
         raise DataError(f"{source}: {image.dtype} image without a value_range column (re-run the ingestion)")

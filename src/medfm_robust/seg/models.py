@@ -70,19 +70,14 @@ def to_unit_range(image: np.ndarray, value_range: Sequence[float] | None = None)
     ``value_range``: the shard's ``[lo, hi]`` (:func:`medfm_robust.intensity.to_unit`); only uint8 may omit
     it (``x / 255``), a 16-bit image without it is a ``DataError``. Grayscale is repeated to 3 channels.
     """
-    from medfm_robust.intensity import to_unit
+    from medfm_robust.intensity import three_channels, to_unit
 
     arr = np.asarray(image)
     if arr.dtype not in (np.uint8, np.uint16):
         raise DataError(f"segmentation input must be uint8 or uint16, got {arr.dtype}")
-    out = to_unit(arr, value_range)
-    if out.ndim == 3 and out.shape[2] == 1:
-        out = out[:, :, 0]
-    if out.ndim == 2:
-        out = np.repeat(out[:, :, None], 3, axis=2)
-    if out.ndim != 3 or out.shape[2] != 3:
-        raise DataError(f"segmentation input must be H x W or H x W x 3, got shape {arr.shape}")
-    return out
+    return three_channels(
+        to_unit(arr, value_range), f"segmentation input must be H x W or H x W x 3, got shape {arr.shape}"
+    )
 
 
 def images_to_batch(
