@@ -14,8 +14,8 @@ uncached SSIM + one PNG encode per output.
 Levels are calibrated together (``calibrate_levels``: one random layout and one shared search per
 (image, type)). With ``--original DIR`` (a scratch checkout of vfdv52/MedFM-Robust-, never committed)
 the original SEG generator runs on the same images of the modalities it has (``--adaptive`` behaviour,
-levels 1..5, its own per-output work), our engine is restricted to those modalities, and the ratio of
-in-band outputs per second is printed.
+levels 1..5, its own per-output work), our engine is restricted to those modalities (the two take turns,
+modality by modality), and the ratio of in-band outputs per second is printed.
 
     .venv/bin/python benchmarks/perturb_throughput.py [--n-images 3] [--json out.json]
     .venv/bin/python benchmarks/perturb_throughput.py --original /tmp/orig_medfm   # beside the original
@@ -45,15 +45,14 @@ from medfm_robust.data.demo import synthetic_sample  # noqa: E402
 from medfm_robust.io import encode_png  # noqa: E402
 from medfm_robust.perturb import REGISTRY, applicable_types, calibrate_levels  # noqa: E402
 from medfm_robust.perturb._common import Context  # noqa: E402
-from medfm_robust.perturb.calibrate import DEFAULT_BANDS, in_band  # noqa: E402
 from medfm_robust.perturb.registry import MODALITIES  # noqa: E402
+from medfm_robust.perturb.search import DEFAULT_BANDS, in_band  # noqa: E402
 from medfm_robust.perturb.ssim import ssim  # noqa: E402
 from medfm_robust.seeding import rng_for as seed_rng  # noqa: E402
 from medfm_robust.seeding import seed_for  # noqa: E402
 
 PRIORS = Path(__file__).resolve().parents[1] / "src" / "medfm_robust" / "perturb" / "priors.json"
 BENCH_MODALITIES = [m for m in MODALITIES if m != "oct"]  # oct shares fundus' family and generator
-
 
 RGB_MODALITIES = ("dermoscopy", "endoscopy", "fundus", "pathology")
 IMAGE_SET = "textured"  # set by --set
@@ -176,18 +175,11 @@ ORIGINAL_MODALITY = {
 ORIGINAL_FILE = "Segmentation/segmentation_generate_perb_all_V10_adpative_efficient.py"
 
 
-def run_original(root: Path, n: int, size: int) -> dict:
-    """The original SEG generator (``--adaptive``: search on a dataset's first image, then its cached
-    parameters) on the same images, levels 1..5, doing its per-output work: perturb + SSIM (its own, in
-    ``apply_perturbation_adaptive``) + MSE + ``save_image`` (PNG into a temporary folder). One generator
-    object per modality (its per-dataset cache). In band = its recorded SSIM in our band (generous: its
-    SSIM min-max normalises, and its saved file differs from what it scored). Its module imports
-    SimpleITK only to read volumes; a stub stands in when SimpleITK is absent. Its code is run from
-    ``root`` (a scratch checkout of vfdv52/MedFM-Robust-), never copied.
-    """
+def load_original(root: Path):  # type: ignore[no-untyped-def]
+    """The original SEG generator module, run from ``root`` (a scratch checkout of vfdv52/MedFM-Robust-,
+    never copied). It imports SimpleITK only to read volumes; a stub stands in when SimpleITK is absent."""
     import importlib.util
     import sys
-    import tempfile
     import types as pytypes
 
     if "SimpleITK" not in sys.modules:
@@ -198,27 +190,55 @@ def run_original(root: Path, n: int, size: int) -> dict:
     spec = importlib.util.spec_from_file_location("orig_seg_generator", root / ORIGINAL_FILE)
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def run_original(module, mod: str, n: int, size: int, tmp: str) -> dict:  # type: ignore[no-untyped-def]
+    """The original SEG generator (``--adaptive``: search on a dataset's first image, then its cached
+    parameters) on the same ``n`` images of modality ``mod``, levels 1..5, doing its per-output work:
+    perturb + SSIM (its own, in ``apply_perturbation_adaptive``) + MSE + ``save_image`` (PNG into the
+    folder ``tmp``). One generator object per modality (its per-dataset cache). In band = its recorded
+    SSIM in our band (generous: its SSIM min-max normalises, and its saved file differs from what it
+    scored).
+    """
+    orig_mod = ORIGINAL_MODALITY[mod]
     records = []
     total = 0.0
-    with tempfile.TemporaryDirectory() as tmp:
-        for mod, orig_mod in ORIGINAL_MODALITY.items():
-            gen = module.Medical2DPerturbationGenerator(seed=42)
-            names = gen._get_base_perturbations() + gen._get_modality_perturbations(orig_mod)
-            for idx in range(n):
-                img = bench_image(mod, idx, size).astype(np.float32)
-                for name in names:
-                    for level in range(1, 6):
-                        t0 = time.process_time()
-                        out, s, _ = gen.apply_perturbation_adaptive(img, orig_mod, name, level)
-                        gen.compute_mse(img, out)
-                        gen.save_image(out, f"{tmp}/{mod}_{idx}_{name}_{level}.png")
-                        dt = time.process_time() - t0
-                        total += dt
-                        records.append(
-                            {"modality": mod, "type": name, "level": level, "seconds": dt,
-                             "in_band": in_band(float(s), level, DEFAULT_BANDS)}
-                        )  # fmt: skip
+    gen = module.Medical2DPerturbationGenerator(seed=42)
+    names = gen._get_base_perturbations() + gen._get_modality_perturbations(orig_mod)
+    for idx in range(n):
+        img = bench_image(mod, idx, size).astype(np.float32)
+        for name in names:
+            for level in range(1, 6):
+                t0 = time.process_time()
+                out, s, _ = gen.apply_perturbation_adaptive(img, orig_mod, name, level)
+                gen.compute_mse(img, out)
+                gen.save_image(out, f"{tmp}/{mod}_{idx}_{name}_{level}.png")
+                dt = time.process_time() - t0
+                total += dt
+                records.append(
+                    {"modality": mod, "type": name, "level": level, "seconds": dt,
+                     "in_band": in_band(float(s), level, DEFAULT_BANDS)}
+                )  # fmt: skip
     return {"records": records, "seconds": total}
+
+
+def run_beside_original(root: Path, n: int, size: int, types: list[str] | None) -> tuple[dict, dict]:
+    """Ours and the original on the same images, modality by modality in turn (each modality's images
+    first through our engine, then through the original), so that a change of machine load during the
+    run weighs on both alike. Returns (our run, the original's run) as :func:`run` does."""
+    import tempfile
+
+    module = load_original(root)
+    ours: dict = {"records": [], "seconds": 0.0}
+    orig: dict = {"records": [], "seconds": 0.0}
+    with tempfile.TemporaryDirectory() as tmp:
+        for mod in ORIGINAL_MODALITY:
+            for acc, part in ((ours, run(n, size, types=types, modalities=[mod])),
+                              (orig, run_original(module, mod, n, size, tmp))):  # fmt: skip
+                acc["records"] += part["records"]
+                acc["seconds"] += part["seconds"]
+    return ours, orig
 
 
 def baseline(records: list[dict], size: int) -> float:
@@ -320,10 +340,21 @@ def main() -> None:
         print(f"wrote {len(priors)} priors to {PRIORS}")
         return
     types = args.types.split(",") if args.types else None
-    modalities = list(ORIGINAL_MODALITY) if args.original else None
-    res = run(args.n_images, args.size, types=types, modalities=modalities)
-    base = baseline(res["records"], args.size)
-    summary = summarise(res, base)
+    orig = None
+    if args.original:
+        res, orig = run_beside_original(Path(args.original), args.n_images, args.size, types)
+    else:
+        res = run(args.n_images, args.size, types=types)
+    summary = summarise(res, baseline(res["records"], args.size))
+    report(summary)
+    if orig is not None:
+        compare(summary, orig)
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def report(summary: dict) -> None:
+    """Print a :func:`summarise` summary."""
     print(f"outputs                      {summary['outputs']}")
     print(f"in-band rate                 {summary['in_band_rate']:.4f}")
     print(
@@ -346,25 +377,23 @@ def main() -> None:
     print(f"worst types                  {summary['worst_types']}")
     for m in summary["misses"][:30]:
         print("  miss:", m)
-    if args.original:
-        orig = run_original(Path(args.original), args.n_images, args.size)
-        o_n = len(orig["records"])
-        o_in = sum(r["in_band"] for r in orig["records"])
-        o_rate = o_in / orig["seconds"]
-        summary["original"] = {
-            "outputs": o_n,
-            "in_band_rate": o_in / o_n,
-            "ms_per_output": 1000 * orig["seconds"] / o_n,
-            "in_band_per_second": o_rate,
-        }
-        summary["ratio_in_band_per_second"] = summary["in_band_per_second"] / o_rate
-        print(f"original: outputs {o_n}, in-band rate {o_in / o_n:.4f}, ms per output "
-              f"{1000 * orig['seconds'] / o_n:.2f}, in-band outputs per second {o_rate:.1f}")  # fmt: skip
-        print(
-            f"ratio (in-band outputs per second, ours / original)  {summary['ratio_in_band_per_second']:.2f}"
-        )
-    if args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def compare(summary: dict, orig: dict) -> None:
+    """Add the original's numbers and the in-band throughput ratio to ``summary``; print them."""
+    o_n = len(orig["records"])
+    o_in = sum(r["in_band"] for r in orig["records"])
+    o_rate = o_in / orig["seconds"]
+    summary["original"] = {
+        "outputs": o_n,
+        "in_band_rate": o_in / o_n,
+        "ms_per_output": 1000 * orig["seconds"] / o_n,
+        "in_band_per_second": o_rate,
+    }
+    summary["ratio_in_band_per_second"] = summary["in_band_per_second"] / o_rate
+    print(f"original: outputs {o_n}, in-band rate {o_in / o_n:.4f}, ms per output "
+          f"{1000 * orig['seconds'] / o_n:.2f}, in-band outputs per second {o_rate:.1f}")  # fmt: skip
+    print(f"ratio (in-band outputs per second, ours / original)  {summary['ratio_in_band_per_second']:.2f}")
 
 
 if __name__ == "__main__":

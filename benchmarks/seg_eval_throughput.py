@@ -28,12 +28,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from medfm_robust.boxes import require_box
 from medfm_robust.io import encode_png, write_parquet_atomic
 from medfm_robust.metrics.segmentation import segmentation_scores
 from medfm_robust.seeding import rng_for
 from medfm_robust.seg.evaluate import EvalSettings, RunIdentity, evaluate_dataset
 from medfm_robust.seg.models import build_model, images_to_batch
-from medfm_robust.seg.prompts import box_from_mask
 
 
 def ellipse(i: int, size: int = 256) -> tuple[np.ndarray, np.ndarray]:
@@ -51,7 +51,7 @@ def throughput(name: str, checkpoint: str | None, device: str, n_images: int, ba
     """Images per second through encode + decode + metrics."""
     model = build_model(name, checkpoint, device=device)
     data = [ellipse(i) for i in range(n_images)]
-    boxes = torch.from_numpy(np.stack([box_from_mask(m) for _, m in data]).astype(np.float32))
+    boxes = torch.from_numpy(np.stack([require_box(m) for _, m in data]).astype(np.float32))
 
     def run(items: range) -> float:
         encoded = 0.0
@@ -101,7 +101,7 @@ def encoder_passes(n_images: int, n_types: int, levels: int) -> dict[str, Any]:
                     "split": "test",
                     "image_png": encode_png(img),
                     "mask_png": encode_png(mask.astype(np.uint8) * 255),
-                    "box": [int(v) for v in box_from_mask(mask)],
+                    "box": [int(v) for v in require_box(mask)],
                 }
             )
         write_parquet_atomic(root / "test.parquet", pd.DataFrame(rows))
@@ -120,7 +120,7 @@ def encoder_passes(n_images: int, n_types: int, levels: int) -> dict[str, Any]:
                             "level": level,
                             "image_png": encode_png(noisy),
                             "mask_png": None,
-                            "box": [int(v) for v in box_from_mask(mask)],
+                            "box": [int(v) for v in require_box(mask)],
                             "ssim": 0.9,
                             "in_band": True,
                         }

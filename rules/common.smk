@@ -4,6 +4,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
+from medfm_robust import paths
 from medfm_robust.config import check_config_files, missing_credentials, validate_config
 from medfm_robust.errors import MedFMError
 
@@ -67,6 +68,7 @@ onstart:
     ):
         raise WorkflowError(_credentials_message() + " Stopping before any job (no --keep-going).")
 
+
 # Data stage: every real dataset's folder must exist before any job runs (one message naming key and path).
 from medfm_robust.data.ingest import check_dataset_paths
 
@@ -76,6 +78,7 @@ except MedFMError as exc:
     raise WorkflowError(str(exc)) from None
 SEED = config["seed"]
 DATASETS = sorted(config["datasets"])
+
 
 wildcard_constraints:
     dataset="|".join(DATASETS) if DATASETS else "NO_DATASET",
@@ -92,11 +95,6 @@ def get_final_output():
     for stage in STAGE_TARGETS:
         targets.extend(stage())
     return targets
-
-
-def log_path(rule_name, pattern):
-    """`logs/<rule>/<pattern>.log`: log paths mirror the output wildcards."""
-    return f"logs/{rule_name}/{pattern}.log"
 
 
 # Rules reading dataset, model or checkpoint folders carry `params: sources=source_params(<their inputs>)`:

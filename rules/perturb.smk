@@ -1,5 +1,5 @@
 # Perturb stage: each dataset's canonical test shard -> one SSIM-calibrated shard per applicable
-# perturbation type (results/perturbed/{dataset}/{perturbation}.parquet), a per-dataset calibration report,
+# perturbation type (paths.perturbed_shard), a per-dataset calibration report,
 # and one contact sheet per modality. `perturb.one_job_per: dataset` gives one job per (dataset, type) (rule
 # perturb_generate), so a cluster spreads the work; `type` gives one job per type writing the same files for
 # every dataset the type applies to (rules perturb_generate_<type>), which saves job start-ups on small runs.
@@ -17,18 +17,18 @@ wildcard_constraints:
 
 rule perturb_generate:
     input:
-        "results/data/{dataset}/test.parquet",
+        paths.data_shard(split="test"),
     output:
-        "results/perturbed/{dataset}/{perturbation}.parquet",
+        paths.perturbed_shard(),
     log:
         "logs/perturb_generate/{dataset}/{perturbation}.log",
-    params:
-        perturbation=lambda wildcards: wildcards.perturbation,
-        settings=lambda wildcards: perturb_wf.settings_for(config, wildcards.perturbation),
     wildcard_constraints:
         perturbation="NO_TYPE" if PERTURB_PER_TYPE else "|".join(REGISTRY),
     conda:
         "../envs/perturb.yaml"
+    params:
+        perturbation=lambda wildcards: wildcards.perturbation,
+        settings=lambda wildcards: perturb_wf.settings_for(config, wildcards.perturbation),
     script:
         "../workflow/scripts/perturb_generate.py"
 
@@ -41,16 +41,16 @@ for _name in perturb_wf.types_of(config, DATASETS) if PERTURB_PER_TYPE else []:
         name:
             f"perturb_generate_{_name}"
         input:
-            [f"results/data/{d}/test.parquet" for d in _datasets],
+            [paths.data_shard(d, "test") for d in _datasets],
         output:
-            [f"results/perturbed/{d}/{_name}.parquet" for d in _datasets],
+            [paths.perturbed_shard(d, _name) for d in _datasets],
         log:
             f"logs/perturb_generate/{_name}.log",
+        conda:
+            "../envs/perturb.yaml"
         params:
             perturbation=_name,
             settings=perturb_wf.settings_for(config, _name),
-        conda:
-            "../envs/perturb.yaml"
         script:
             "../workflow/scripts/perturb_generate.py"
 
@@ -59,8 +59,8 @@ rule perturb_report:
     input:
         lambda wildcards: perturb_wf.shards_of(config, wildcards.dataset),
     output:
-        csv="results/perturbed/{dataset}/calibration_report.csv",
-        json="results/perturbed/{dataset}/calibration_report.json",
+        csv=paths.calibration_report(ext="csv"),
+        json=paths.calibration_report(ext="json"),
     log:
         "logs/perturb_report/{dataset}.log",
     conda:
@@ -73,13 +73,13 @@ rule perturb_contact_sheet:
     input:
         unpack(lambda wildcards: perturb_wf.sheet_inputs(config, DATASETS, wildcards.modality)),
     output:
-        "results/figures/contact_sheets/{modality}.png",
+        paths.contact_sheet(),
     log:
         "logs/perturb_contact_sheet/{modality}.log",
-    params:
-        tile=config["perturb"]["contact_sheet_tile"],
     conda:
         "../envs/perturb.yaml"
+    params:
+        tile=config["perturb"]["contact_sheet_tile"],
     script:
         "../workflow/scripts/perturb_contact_sheet.py"
 

@@ -1,9 +1,9 @@
 # Segmentation stage: each configured model x strategy x training seed x dataset -> per-image metric Parquet
-# files results/metrics/segmentation/{model}/{strategy}/seed{seed}/{dataset}/{clean,<perturbation>...,fgsm,
-# pgd}.parquet (zero_shot: seed0 only). One evaluation job per (model, strategy, seed, dataset) writes clean +
+# files paths.seg_metrics(model, strategy, seed, dataset, name), name in clean, <perturbation>..., fgsm,
+# pgd (zero_shot: seed0 only). One evaluation job per (model, strategy, seed, dataset) writes clean +
 # every perturbation of the dataset (so each image is encoded once); one attack job writes fgsm + pgd. The
-# strategy and seed are wildcards; the strategies evaluated come from the finetune stage
-# (finetune_strategies), the seeds from finetune.seeds. Helpers: medfm_robust.seg.workflow.
+# strategy and seed are wildcards; the strategies evaluated come from the finetune stage's
+# settings (seg_wf.finetune_strategies), the seeds from finetune.seeds. Helpers: medfm_robust.seg.workflow.
 from medfm_robust.config import SCHEMA_PATH, load_yaml
 from medfm_robust.errors import MedFMError
 from medfm_robust.seg import workflow as seg_wf
@@ -14,138 +14,127 @@ SEG_STRATEGIES = load_yaml(SCHEMA_PATH)["properties"]["segmentation"]["$defs"]["
 
 try:
     SEG_JOBS = [
-        (m, d, seg_wf.output_names(config, m, d))
-        for m in seg_wf.models_by_job(config, "dataset")
-        for d in seg_wf.datasets_for(config, m)
+        (m, d) for m in seg_wf.models_by_job(config, "dataset") for d in seg_wf.datasets_for(config, m)
     ]
     SEG_STRATEGY_JOBS = [
-        (m, seg_wf.strategy_job_layout(config, m), seg_wf.strategy_job_outputs(config, m))
-        for m in seg_wf.models_by_job(config, "strategy")
+        (m, seg_wf.datasets_for(config, m)) for m in seg_wf.models_by_job(config, "strategy")
     ]
+    for _model, _datasets in [*((m, [d]) for m, d in SEG_JOBS), *SEG_STRATEGY_JOBS]:
+        seg_wf.job_plan(config, _model, _datasets)  # a bad model setting stops here, with its key
 except MedFMError as exc:
     raise WorkflowError(str(exc)) from None
 
 
 # one_job_per: dataset -- one evaluation rule per (model, dataset): its outputs are that dataset's clean +
 # perturbation files (the strategy is a wildcard); FGSM/PGD come from rule segment_attack.
-for _model, _dataset, _names in SEG_JOBS:
+for _model, _dataset in SEG_JOBS:
 
     rule:
         name:
             f"segment_evaluate_{_model}_{_dataset}"
         input:
-            test=f"results/data/{_dataset}/test.parquet",
-            shards=[f"results/perturbed/{_dataset}/{n}.parquet" for n in _names[1:]],
+            unpack(seg_wf.inputs_for_wildcards(config, _model, [_dataset], "evaluate")),
             base=seg_wf.base_checkpoint_input(config, _model),
-            finetuned=lambda wildcards, m=_model, d=_dataset: seg_wf.finetuned_input(
-                m, d, wildcards.strategy, wildcards.seed
-            ),
         output:
-            **{
-                n: seg_wf.METRICS_PATTERN.format(
-                    model=_model, strategy="{strategy}", seed="{seed}", dataset=_dataset, name=n
-                )
-                for n in _names
-            },
+            **seg_wf.job_plan(config, _model, [_dataset], part="evaluate")[0]["outputs"],
         log:
-            f"logs/segment_evaluate/{_model}/{{strategy}}/seed{{seed}}/{_dataset}.log",
-        params:
-            model=_model,
-            dataset=_dataset,
-            perturbations=_names[1:],
-            settings=seg_wf.job_params(config, _model),
-            sources=lambda wildcards, m=_model: source_params(seg_wf.base_checkpoint_input(config, m)),
-            train_seed=lambda wildcards: int(wildcards.seed),
-        threads: config["segmentation"]["models"][_model]["threads"]
-        resources:
-            gpu=1,
-            mem_mb=config["segmentation"]["models"][_model]["mem_mb"],
-            runtime=config["segmentation"]["models"][_model]["runtime"],
+            paths.log("segment_evaluate", f"{_model}/{{strategy}}/seed{{seed}}/{_dataset}"),
         wildcard_constraints:
             strategy="|".join(SEG_STRATEGIES),
             seed=r"\d+",
         conda:
             "../envs/seg.yaml"
+        threads: config["segmentation"]["models"][_model]["threads"]
+        resources:
+            gpu=1,
+            mem_mb=config["segmentation"]["models"][_model]["mem_mb"],
+            runtime=config["segmentation"]["models"][_model]["runtime"],
+        params:
+            model=_model,
+            plan=seg_wf.plan_for_wildcards(config, _model, [_dataset], "evaluate"),
+            settings=seg_wf.job_params(config, _model),
+            sources=lambda wildcards, m=_model: source_params(seg_wf.base_checkpoint_input(config, m)),
+            train_seed=lambda wildcards: int(wildcards.seed),
         script:
             "../workflow/scripts/seg_evaluate.py"
 
 
 # one_job_per: strategy -- one rule per model; a job per (strategy, seed) evaluates every dataset, attacks
 # included.
-for _model, _layout, _outputs in SEG_STRATEGY_JOBS:
+for _model, _datasets in SEG_STRATEGY_JOBS:
 
     rule:
         name:
             f"segment_evaluate_{_model}"
         input:
-            tests=seg_wf.strategy_job_tests(config, _model),
-            shards=seg_wf.strategy_job_shards(config, _model),
+            unpack(seg_wf.inputs_for_wildcards(config, _model, _datasets, "all")),
             base=seg_wf.base_checkpoint_input(config, _model),
-            finetuned=lambda wildcards, m=_model: seg_wf.strategy_job_finetuned(
-                config, m, wildcards.strategy, wildcards.seed
-            ),
         output:
-            _outputs,
+            seg_wf.plan_outputs(seg_wf.job_plan(config, _model, _datasets)),
         log:
-            f"logs/segment_evaluate/{_model}/{{strategy}}/seed{{seed}}.log",
-        params:
-            model=_model,
-            layout=_layout,
-            settings=seg_wf.job_params(config, _model),
-            attack=config["segmentation"]["attacks"],
-            sources=lambda wildcards, m=_model: source_params(seg_wf.base_checkpoint_input(config, m)),
-            train_seed=lambda wildcards: int(wildcards.seed),
-        threads: config["segmentation"]["models"][_model]["threads"]
-        resources:
-            gpu=1,
-            mem_mb=config["segmentation"]["models"][_model]["mem_mb"],
-            runtime=config["segmentation"]["models"][_model]["runtime"],
+            paths.log("segment_evaluate", f"{_model}/{{strategy}}/seed{{seed}}"),
         wildcard_constraints:
             strategy="|".join(SEG_STRATEGIES),
             seed=r"\d+",
         conda:
             "../envs/seg.yaml"
+        threads: config["segmentation"]["models"][_model]["threads"]
+        resources:
+            gpu=1,
+            mem_mb=config["segmentation"]["models"][_model]["mem_mb"],
+            runtime=config["segmentation"]["models"][_model]["runtime"],
+        params:
+            model=_model,
+            plan=seg_wf.plan_for_wildcards(config, _model, _datasets, "all"),
+            settings=seg_wf.job_params(config, _model),
+            attack=config["segmentation"]["attacks"],
+            sources=lambda wildcards, m=_model: source_params(seg_wf.base_checkpoint_input(config, m)),
+            train_seed=lambda wildcards: int(wildcards.seed),
         script:
             "../workflow/scripts/seg_evaluate_strategy.py"
 
 
 rule segment_attack:
     input:
-        test="results/data/{dataset}/test.parquet",
-        shards=lambda wildcards: [
-            f"results/perturbed/{wildcards.dataset}/{n}.parquet"
-            for n in seg_wf.perturbations_for(config, wildcards.model, wildcards.dataset)
-        ],
-        base=lambda wildcards: seg_wf.base_checkpoint_input(config, wildcards.model),
-        finetuned=lambda wildcards: seg_wf.finetuned_input(
-            wildcards.model, wildcards.dataset, wildcards.strategy, wildcards.seed
+        unpack(
+            lambda wildcards: seg_wf.plan_inputs(
+                seg_wf.job_plan(
+                    config,
+                    wildcards.model,
+                    [wildcards.dataset],
+                    wildcards.strategy,
+                    wildcards.seed,
+                    "attack",
+                )
+            )
         ),
+        base=lambda wildcards: seg_wf.base_checkpoint_input(config, wildcards.model),
     output:
-        fgsm="results/metrics/segmentation/{model}/{strategy}/seed{seed}/{dataset}/fgsm.parquet",
-        pgd="results/metrics/segmentation/{model}/{strategy}/seed{seed}/{dataset}/pgd.parquet",
+        **{n: paths.seg_metrics(name=n) for n in seg_wf.ATTACK_OUTPUTS},
     log:
-        "logs/segment_attack/{model}/{strategy}/seed{seed}/{dataset}.log",
-    params:
-        model=lambda wildcards: wildcards.model,
-        dataset=lambda wildcards: wildcards.dataset,
-        perturbations=lambda wildcards: seg_wf.perturbations_for(config, wildcards.model, wildcards.dataset),
-        settings=lambda wildcards: seg_wf.job_params(config, wildcards.model),
-        attack=config["segmentation"]["attacks"],
-        sources=lambda wildcards: source_params(seg_wf.base_checkpoint_input(config, wildcards.model)),
-        train_seed=lambda wildcards: int(wildcards.seed),
-    threads: lambda wildcards: config["segmentation"]["models"][wildcards.model]["threads"]
-    resources:
-        gpu=1,
-        mem_mb=lambda wildcards: config["segmentation"]["models"][wildcards.model]["mem_mb"],
-        runtime=lambda wildcards: config["segmentation"]["models"][wildcards.model]["runtime"],
+        paths.log("segment_attack", "{model}/{strategy}/seed{seed}/{dataset}"),
     wildcard_constraints:
         model="|".join(seg_wf.models_by_job(config, "dataset")) or "NO_MODEL",
         strategy="|".join(SEG_STRATEGIES),
         seed=r"\d+",
     conda:
         "../envs/seg.yaml"
+    threads: lambda wildcards: config["segmentation"]["models"][wildcards.model]["threads"]
+    resources:
+        gpu=1,
+        mem_mb=lambda wildcards: config["segmentation"]["models"][wildcards.model]["mem_mb"],
+        runtime=lambda wildcards: config["segmentation"]["models"][wildcards.model]["runtime"],
+    params:
+        model=lambda wildcards: wildcards.model,
+        plan=lambda wildcards: seg_wf.job_plan(
+            config, wildcards.model, [wildcards.dataset], wildcards.strategy, wildcards.seed, "attack"
+        ),
+        settings=lambda wildcards: seg_wf.job_params(config, wildcards.model),
+        attack=config["segmentation"]["attacks"],
+        sources=lambda wildcards: source_params(seg_wf.base_checkpoint_input(config, wildcards.model)),
+        train_seed=lambda wildcards: int(wildcards.seed),
     script:
         "../workflow/scripts/seg_evaluate.py"
 
 
-STAGE_TARGETS.append(lambda: seg_wf.final_targets(config, globals().get("finetune_strategies")))
+STAGE_TARGETS.append(lambda: seg_wf.final_targets(config, seg_wf.finetune_strategies(config)))

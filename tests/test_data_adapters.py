@@ -9,13 +9,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from medfm_robust.config import default_config
 from medfm_robust.data.adapters import read_brain_tumor_mat
 from medfm_robust.data.fixtures import build_fixture_resources, fixture_sample, save, write_matlab_v73
 from medfm_robust.data.ingest import ingest_dataset
 from medfm_robust.data.registry import dataset_modality, get_adapter
 from medfm_robust.errors import DataError
 
-DATA = {"image_size": 64, "splits": {"train": 0.6, "val": 0.2, "test": 0.2}, "on_error": "fail"}
+DATA = {
+    **default_config()["data"],
+    "image_size": 64, "splits": {"train": 0.6, "val": 0.2, "test": 0.2},
+    "on_error": "fail",
+}
 
 
 @pytest.fixture(scope="module")

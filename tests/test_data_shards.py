@@ -12,6 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from medfm_robust.boxes import box_from_mask
+from medfm_robust.config import default_config
 from medfm_robust.data import shards
 from medfm_robust.data.fixtures import fixture_sample, save
 from medfm_robust.data.ingest import check_dataset_paths, ingest_dataset
@@ -20,7 +22,10 @@ from medfm_robust.errors import ConfigError, DataError
 from medfm_robust.io import decode_png, encode_png
 
 FRACTIONS = {"train": 0.6, "val": 0.2, "test": 0.2}
-DATA = {"image_size": 64, "splits": FRACTIONS, "on_error": "fail"}
+DATA = {
+    **default_config()["data"],
+    "image_size": 64, "splits": FRACTIONS, "on_error": "fail",
+}
 
 
 def _folder_dataset(root: Path, n: int = 10, empty: tuple[int, ...] = (), size=(40, 52)) -> Path:
@@ -116,8 +121,8 @@ def test_resize_keeps_dtype_and_mask_stays_binary() -> None:
 def test_box_is_inclusive() -> None:
     m = np.zeros((10, 12), bool)
     m[2:5, 3:9] = True
-    assert shards.mask_box(m) == (3, 2, 8, 4)
-    assert shards.mask_box(np.zeros((4, 4), bool)) is None
+    assert box_from_mask(m) == [3, 2, 8, 4]
+    assert box_from_mask(np.zeros((4, 4), bool)) is None
 
 
 def test_shard_schema_and_round_trip(tmp_path: Path) -> None:
@@ -136,7 +141,7 @@ def test_shard_schema_and_round_trip(tmp_path: Path) -> None:
             assert image.shape == (64, 64, 3) and r["channels"] == 3 and (r["height"], r["width"]) == (64, 64)
             assert r["split"] == split and r["modality"] == "dermoscopy"
             assert set(np.unique(decode_png(r["mask_png"]))) <= {0, 255}
-            assert list(r["box"]) == list(shards.mask_box(mask))
+            assert list(r["box"]) == box_from_mask(mask)
             assert r["source"].startswith("images/img")
     assert seen == 8
 

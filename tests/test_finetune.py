@@ -12,12 +12,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from medfm_robust.boxes import require_box_tensor
 from medfm_robust.config import load_config
 from medfm_robust.errors import CheckpointError, ConfigError, DataError
 from medfm_robust.io import encode_png
 from medfm_robust.seeding import rng_for
 from medfm_robust.seg import models
-from medfm_robust.seg.augment import AugmentConfig, augment_pair, box_from_mask, load_split, make_batch
+from medfm_robust.seg.augment import AugmentConfig, augment_pair, load_split, make_batch
 from medfm_robust.seg.checkpoint import load_for_eval, read_finetuned
 from medfm_robust.seg.finetune import finetune_run, run_settings, state_path_for
 from medfm_robust.seg.losses import hard_dice, seg_loss
@@ -145,7 +146,7 @@ def test_load_split_and_batches(shards: dict[str, Path]) -> None:
     assert data.images.shape == (8, 3, SIZE, SIZE) and data.images.dtype == torch.uint8
     x, m, b = make_batch(data, [0, 1], augment=None, epoch=0, global_seed=0)
     assert x.shape == (2, 3, SIZE, SIZE) and float(x.min()) >= 0 and float(x.max()) <= 1
-    assert torch.equal(b[0], box_from_mask(m[0] > 0))
+    assert torch.equal(b[0], require_box_tensor(m[0] > 0))
     x2, _, b2 = make_batch(data, [0, 1], augment=AugmentConfig(), epoch=1, global_seed=0)
     x3, _, b3 = make_batch(data, [1, 0], augment=AugmentConfig(), epoch=1, global_seed=0)
     assert torch.equal(x2[0], x3[1]) and torch.equal(b2[1], b3[0])  # per-image draws, not call order

@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from medfm_robust.config import default_config
 from medfm_robust.data.adapters import safe_id
 from medfm_robust.data.fixtures import fixture_sample, save
 from medfm_robust.data.ingest import ingest_dataset
@@ -17,7 +18,11 @@ from medfm_robust.data.shards import SPLITS
 from medfm_robust.errors import DataError
 from medfm_robust.io import DEFAULT_MAX_PIXELS, set_max_pixels
 
-DATA = {"image_size": 32, "splits": {"train": 0.6, "val": 0.2, "test": 0.2}, "on_error": "fail"}
+DATA = {
+    **default_config()["data"],
+    "image_size": 32, "splits": {"train": 0.6, "val": 0.2, "test": 0.2},
+    "on_error": "fail",
+}
 
 
 @pytest.fixture(autouse=True)

@@ -14,6 +14,7 @@ import torch
 from test_seg_support import SMALL, ellipse_sample
 
 from medfm_robust import intensity as I
+from medfm_robust.config import default_config
 from medfm_robust.data.fixtures import save
 from medfm_robust.data.ingest import ingest_dataset
 from medfm_robust.errors import ConfigError, DataError
@@ -29,7 +30,11 @@ from medfm_robust.seg.evaluate import (
 from medfm_robust.seg.models import build_tiny_sam, images_to_batch, to_unit_range
 from medfm_robust.seg.prompts import BoxJitter
 
-ALL_TEST = {"image_size": None, "splits": {"train": 0.0, "val": 0.0, "test": 1.0}, "on_error": "fail"}
+ALL_TEST = {
+    **default_config()["data"],
+    "image_size": None, "splits": {"train": 0.0, "val": 0.0, "test": 1.0},
+    "on_error": "fail",
+}
 
 
 @pytest.fixture(autouse=True)

@@ -38,7 +38,8 @@ SHARD_SCRIPT = """
 import sys, zlib
 import numpy as np, pandas as pd
 from medfm_robust.io import encode_png
-from medfm_robust.perturb.table import box_from_mask, perturb_table, write_perturbed_shard
+from medfm_robust.boxes import box_from_mask
+from medfm_robust.perturb.table import perturb_table, write_perturbed_shard
 zlib.compress(np.random.default_rng().integers(0, 256, int(sys.argv[2]), dtype=np.uint8).tobytes(), 1)
 encode_png(np.random.default_rng().integers(0, 256, (97, 131, 3), dtype=np.uint8))
 rows = []

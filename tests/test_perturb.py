@@ -12,8 +12,8 @@ from skimage.metrics import structural_similarity
 from medfm_robust.errors import ConfigError, DataError
 from medfm_robust.perturb import REGISTRY, applicable_types, calibrate, calibrate_levels, ssim
 from medfm_robust.perturb._common import Context
-from medfm_robust.perturb.calibrate import DEFAULT_BANDS, in_band
 from medfm_robust.perturb.registry import FAMILIES, MODALITIES
+from medfm_robust.perturb.search import DEFAULT_BANDS, in_band
 
 BASE = {
     "gaussian_noise",
@@ -243,8 +243,9 @@ def test_calibration_lands_in_band_on_varied_images() -> None:
             r = calibrate(ctx, str(name), level, seed=i)
             assert r.image.shape == img.shape and r.image.dtype == img.dtype
             assert abs(ssim(img, r.image) - r.ssim) < 1e-9  # verified on the saved image
-            hits.append(r.in_band)
-    assert np.mean(hits) >= 0.9
+            if not r.reason.startswith("unreachable"):  # a band the bounded range reaches on this image
+                hits.append(r.in_band)
+    assert len(hits) >= 40 and np.mean(hits) >= 0.95
 
 
 def test_unreachable_band_is_flagged_with_the_closest_output() -> None:
@@ -299,7 +300,7 @@ def shape_image(size: int = 80) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.parametrize("name", sorted(LABEL_MOVING))
 def test_label_moving_types_move_the_mask_and_box(name: str) -> None:
-    from medfm_robust.perturb.table import box_from_mask
+    from medfm_robust.boxes import box_from_mask
 
     img, mask = shape_image()
     for level in (2, 5):

@@ -12,8 +12,8 @@ from test_perturb import textured
 from medfm_robust.errors import ConfigError
 from medfm_robust.perturb import REGISTRY, applicable_types, apply, calibrate, calibrate_levels, in_band
 from medfm_robust.perturb._common import Context
-from medfm_robust.perturb.calibrate import DEFAULT_BANDS
 from medfm_robust.perturb.contact import contact_sheet
+from medfm_robust.perturb.search import DEFAULT_BANDS, Curve, LevelSearch, State
 
 
 def raw_mri(size: int = 96, seed: int = 0) -> np.ndarray:
@@ -168,3 +168,35 @@ def test_contact_sheet_crosses_out_unreachable_tiles() -> None:
     crossed = contact_sheet(img, [("t", [(1, img, 0.95, False, False)])], tile=48, levels=(1,))
     red = lambda a: int(((a[..., 0] > 150) & (a[..., 1] < 60) & (a[..., 2] < 60)).sum())  # noqa: E731
     assert red(crossed) > red(plain) + 48  # the two diagonals
+
+
+def _noise_curve(amplitude: float) -> Curve:
+    """A shared curve of additive noise ``amplitude * sigma`` (sigma in gaussian_noise's bounded range)."""
+    ctx = Context(textured(64, seed=6))
+    noise = np.random.default_rng(0).standard_normal(ctx.x.shape).astype(np.float32)
+    dither = np.full(ctx.x.shape, 0.5, np.float32)
+    curve = Curve(
+        ctx, REGISTRY["gaussian_noise"].param, lambda p: ctx.x + np.float32(amplitude * p) * noise, dither
+    )
+    curve.evaluate(0.0)
+    curve.evaluate(1.0)
+    return curve
+
+
+def test_level_search_moves_through_named_states() -> None:
+    curve = _noise_curve(1.0)
+    search = LevelSearch(curve, 3, DEFAULT_BANDS, 14, prior=0.5)
+    assert search.step() and search.state is State.BISECTING  # the two ends straddle L3's band
+    search.run()
+    assert search.state is State.DONE and search.reason == ""
+    assert in_band(curve.memo[search.param][0], 3, DEFAULT_BANDS)
+    narrow = list(DEFAULT_BANDS)
+    narrow[2] = (0.75, 0.75001)
+    spent = LevelSearch(curve, 3, narrow, 1, prior=0.5).run()
+    assert spent.state is State.EXHAUSTED and spent.reason == "no parameter in band after 1 evaluations"
+    mild = _noise_curve(0.01)  # the whole range stays above SSIM 0.9
+    search = LevelSearch(mild, 3, DEFAULT_BANDS, 14, prior=0.5)
+    assert search.step() and search.state is State.BRACKETING  # every point too mild: the grid
+    search.run()
+    assert search.state is State.UNREACHABLE and search.reason.startswith("unreachable: too mild")
+    assert sorted(mild.pos.values()) == [0.0, 0.25, 0.5, 0.75, 1.0]

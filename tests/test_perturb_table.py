@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 from test_perturb import shape_image, textured
 
+from medfm_robust.boxes import box_from_mask
 from medfm_robust.cli import main
 from medfm_robust.errors import ConfigError
 from medfm_robust.io import decode_png, encode_png, read_image
@@ -18,7 +19,6 @@ from medfm_robust.perturb import DEFAULT_BANDS, apply, calibrate
 from medfm_robust.perturb.contact import write_contact_sheet
 from medfm_robust.perturb.table import (
     PERTURBED_SCHEMA,
-    box_from_mask,
     calibration_report,
     perturb_table,
     reachable,

@@ -7,8 +7,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_report_synth import seg_frame, write_seg_tree, write_vlm_tree
+from test_report_synth import SEG_PERTURBATIONS, seg_frame, write_seg_tree, write_vlm_tree
 
+from medfm_robust import paths
+from medfm_robust.config import default_config
 from medfm_robust.errors import DataError
 from medfm_robust.io import write_json_atomic, write_parquet_atomic
 from medfm_robust.report import palette
@@ -20,6 +22,7 @@ from medfm_robust.report.targets import ReportTargets
 
 UNIT = ("model", "strategy", "dataset")
 PARAMS = {
+    **default_config()["report"],  # the schema's defaults, as the workflow passes them
     "bootstrap_samples": 200,
     "ci": 0.95,
     "seed": 0,
@@ -138,12 +141,12 @@ def test_bad_metric_file_names_the_file(tmp_path):
         run_tables("segmentation", [str(junk)], tmp_path / "t", tmp_path / "t/c.parquet", PARAMS)
 
 
-def test_sidecar_strategy_must_match_its_file(tmp_path):
+def test_sidecar_names_its_run(tmp_path):
     side = tmp_path / "tiny_sam" / "d1" / "lora" / "seed0.json"
-    write_json_atomic(side, {"strategy": "full", "trainable_params": 5})
-    with pytest.raises(DataError, match=r"lora/seed0\.json.*strategy"):
+    write_json_atomic(side, {"model": "tiny_sam", "strategy": "lora", "trainable_params": 5})
+    with pytest.raises(DataError, match=r"lora/seed0\.json.*dataset"):
         read_sidecars([str(side)])
-    write_json_atomic(side, {"strategy": "lora"})
+    write_json_atomic(side, {"model": "tiny_sam", "dataset": "d1", "strategy": "lora"})
     with pytest.raises(DataError, match="trainable"):
         read_sidecars([str(side)])
 
@@ -295,29 +298,37 @@ def test_palette_is_stable_and_distinct():
 
 
 def test_report_targets_follow_the_upstream_stages():
-    seg = [
-        f"results/metrics/segmentation/tiny_sam/{s}/seed{k}/demo_ct/{p}.parquet"
-        for s, k in (("zero_shot", 0), ("lora", 0), ("lora", 1))
-        for p in ("clean", "hair")
-    ]
-    vlm = ["results/metrics/vlm/tiny_llava/vqa/demo/clean.parquet"]
-    other = ["results/data/demo_ct/test.parquet", "results/figures/contact_sheets/ct.png"]
-    rt = ReportTargets([lambda: seg + other, lambda: [Path(v) for v in vlm]])
-    assert rt.seg_metric_files() == sorted(seg)
-    assert rt.checkpoint_sidecars() == [
-        "results/checkpoints/tiny_sam/demo_ct/lora/seed0.json",
-        "results/checkpoints/tiny_sam/demo_ct/lora/seed1.json",
-    ]
-    assert rt.vlm_tasks() == ["vqa"] and rt.contact_sheet_modalities() == ["ct"]
+    """The report's inputs are the other stages' runs at the paths module's paths (no path parsing)."""
+    import copy
+
+    from medfm_robust.config import load_config
+    from medfm_robust.perturb import workflow as perturb_wf
+    from medfm_robust.seg import finetune_config as ft_cfg
+    from medfm_robust.seg import workflow as seg_wf
+    from medfm_robust.vlm import workflow as vlm_wf
+
+    cfg = load_config(Path(__file__).parent / "config" / "ci.yaml")
+    datasets = sorted(cfg["datasets"])
+    rt = ReportTargets.from_config(cfg)
+    assert rt.seg_metric_files() == sorted(seg_wf.final_targets(cfg, seg_wf.finetune_strategies(cfg)))
+    assert rt.vlm_metric_files() == sorted(vlm_wf.final_targets(cfg))
+    sidecars = [t for t in ft_cfg.final_targets(cfg, datasets) if t.endswith(".json")]
+    assert rt.checkpoint_sidecars() == sorted(s for s in sidecars if "/pretrained" not in s) and sidecars
+    sheets = [t for t in perturb_wf.final_targets(cfg, datasets) if t.endswith(".png")]
+    assert [paths.contact_sheet(m) for m in rt.contact_sheet_modalities()] == sheets
     tg = rt.targets()
-    assert (
-        "results/tables/table1_segmentation.tex" in tg and "results/figures/fig3j_vqa_perturbations.pdf" in tg
-    )
-    assert "results/figures/fig3k_grounding_perturbations.png" not in tg
-    assert "results/report/contact_sheets/ct.png" in tg
-    listed = ReportTargets([lambda: [*seg, "results/checkpoints/tiny_sam/demo_ct/lora/seed1.safetensors"]])
-    assert listed.checkpoint_sidecars() == ["results/checkpoints/tiny_sam/demo_ct/lora/seed1.json"]
-    assert ReportTargets([lambda: other]).targets() == ["results/report/contact_sheets/ct.png"]
+    assert paths.table("table1_segmentation", "tex") in tg
+    assert {paths.report_contact_sheet(m) for m in rt.contact_sheet_modalities()} <= set(tg)
+    # Without fine-tuning runs, the sidecars of the evaluated trained runs (none for zero_shot).
+    bare = copy.deepcopy(cfg)
+    bare["finetune"]["models"] = {}
+    for mcfg in bare["segmentation"]["models"].values():
+        mcfg["strategies"] = ["zero_shot", "lora"]
+    runs = ReportTargets.from_config(bare).seg_metrics
+    expected = sorted({paths.checkpoint_sidecar(m, d, s, k) for m, s, k, d in runs if s == "lora"})
+    assert ReportTargets.from_config(bare).checkpoint_sidecars() == expected and expected
+    bare["vlm"]["models"] = {}
+    assert not any("fig3j" in t for t in ReportTargets.from_config(bare).targets())
 
 
 @pytest.mark.slow
@@ -333,9 +344,19 @@ def test_report_rules_and_html_report(tmp_path):
     metrics, _ = write_seg_tree(tmp_path / "results", strategies=("zero_shot",))
     vlm = write_vlm_tree(tmp_path / "results", tasks=("vqa",))
     files = sorted(str(Path(p).relative_to(tmp_path)) for p in metrics + vlm)
-    (tmp_path / "Snakefile").write_text(
+    names = ["clean", *SEG_PERTURBATIONS, "fgsm", "pgd"]
+    seg_runs = {("tiny_sam", "zero_shot", 0, d): names for d in ("demo_derm", "demo_mri")}
+    vlm_runs = {
+        (m, "vqa", "demo_xray"): ["clean", "gaussian_noise", "contrast"]
+        for m in ("tiny_llava", "tiny_gemma3")
+    }
+    synthetic = ReportTargets(seg_runs, vlm_runs, [], [])
+    assert sorted(synthetic.seg_metric_files() + synthetic.vlm_metric_files()) == files
+    runs = f"ReportTargets({seg_runs!r}, {vlm_runs!r}, [], [])"
+    (tmp_path / "Snakefile").write_text(  # the report rules on the synthetic runs instead of the config's
         f'configfile: "config.yaml"\ninclude: "{repo}/rules/common.smk"\n'
-        f"STAGE_TARGETS.append(lambda: {files!r})\n"
+        "from medfm_robust.report.targets import ReportTargets\n"
+        f"ReportTargets.from_config = classmethod(lambda cls, config: {runs})\n"
         f'include: "{repo}/rules/report.smk"\n'
         "rule all:\n    input: get_final_output()\n    default_target: True\n"
     )

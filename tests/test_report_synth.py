@@ -94,6 +94,8 @@ def write_seg_tree(
                     write_json_atomic(
                         side,
                         {
+                            "model": m,
+                            "dataset": d,
                             "strategy": s,
                             "train_seed": k,
                             "trainable_params": 1000 if s == "lora" else 50000,

@@ -12,9 +12,10 @@ from pycocoevalcap.bleu.bleu import Bleu
 
 from medfm_robust.io import write_parquet_atomic
 from medfm_robust.metrics.captions import BLEU_STATS, caption_scores, corpus_bleu, simple_tokenize
-from medfm_robust.metrics.vlm import conditions_from, score_outputs
+from medfm_robust.metrics.vlm import conditions_from
 from medfm_robust.report.aggregate import BootstrapSettings
 from medfm_robust.report.build import vlm_tables
+from medfm_robust.vlm.scoring import score_outputs
 
 REFS = ["axial ct of the chest showing a small nodule in the right lung",
         "mri of the brain with a large lesion in the left hemisphere",

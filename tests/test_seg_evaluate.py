@@ -10,6 +10,7 @@ import pytest
 import torch
 from test_seg_support import SMALL, ellipse_sample, trained_small_sam, write_perturbed_shard, write_test_shard
 
+from medfm_robust.boxes import require_box
 from medfm_robust.errors import ConfigError, DataError
 from medfm_robust.metrics import segmentation as S
 from medfm_robust.seg.attacks import AttackSettings, quantize, run_attack
@@ -25,7 +26,7 @@ from medfm_robust.seg.evaluate import (
     select_image_ids,
 )
 from medfm_robust.seg.models import build_tiny_sam, images_to_batch
-from medfm_robust.seg.prompts import BoxJitter, box_from_mask, jitter_box, prompt_box
+from medfm_robust.seg.prompts import BoxJitter, jitter_box, prompt_box
 
 RUN = RunIdentity("tiny_sam", "zero_shot", None)
 
@@ -91,9 +92,9 @@ def test_box_from_mask_is_tight_and_inclusive() -> None:
     m = np.zeros((10, 12), np.uint8)
     m[2:5, 3:9] = 1
     m[7, 10] = 1  # a second component shares the box
-    assert box_from_mask(m).tolist() == [3, 2, 10, 7]
+    assert require_box(m).tolist() == [3, 2, 10, 7]
     with pytest.raises(DataError, match="empty mask"):
-        box_from_mask(np.zeros((3, 3)))
+        require_box(np.zeros((3, 3)))
 
 
 def test_box_jitter_is_seeded_by_identity_and_clamped() -> None:
@@ -241,7 +242,7 @@ def test_attacks_stay_in_budget_quantised_and_seeded() -> None:
     data = [ellipse_sample(i) for i in range(4)]
     x = images_to_batch([d[0] for d in data])
     gt = torch.from_numpy(np.stack([d[1] for d in data])[:, None])
-    boxes = torch.from_numpy(np.stack([box_from_mask(d[1]) for d in data]).astype(np.float32))
+    boxes = torch.from_numpy(np.stack([require_box(d[1]) for d in data]).astype(np.float32))
     keys = [("demo", f"img{i}") for i in range(4)]
     settings = AttackSettings()
     for attack in ("fgsm", "pgd"):
@@ -313,7 +314,7 @@ def test_settings_from_params() -> None:
         AttackSettings(epsilons=(1.0,), pgd_steps=(1, 2))
 
 
-def test_strategy_job_walks_the_layout(shards: dict[str, Path], tmp_path: Path, monkeypatch) -> None:
+def test_strategy_job_walks_the_plan(shards: dict[str, Path], tmp_path: Path, monkeypatch) -> None:
     import medfm_robust.seg.evaluate as E
 
     model = trained_small_sam()
@@ -324,12 +325,24 @@ def test_strategy_job_walks_the_layout(shards: dict[str, Path], tmp_path: Path, 
             loads.append(run.finetuned)
         return model, torch.device("cpu")
 
-    monkeypatch.setattr(E, "_prepare", fake_prepare)
-    layout = [
-        {"dataset": "demo", "perturbations": ["noise", "shift"], "attacks": True},
-        {"dataset": "demo", "perturbations": [], "attacks": False},
-    ]
+    monkeypatch.setattr(E, "prepare_model", fake_prepare)
     outs = [tmp_path / f"{i}.parquet" for i in range(6)]
+    plan = [
+        {
+            "dataset": "demo",
+            "test": shards["test"],
+            "shards": {"noise": shards["noise"], "shift": shards["shift"]},
+            "finetuned": None,
+            "outputs": dict(zip(["clean", "noise", "shift", "fgsm", "pgd"], map(str, outs), strict=False)),
+        },
+        {
+            "dataset": "demo",
+            "test": shards["test"],
+            "shards": {},
+            "finetuned": None,
+            "outputs": {"clean": str(outs[5])},
+        },
+    ]
     settings = {
         "checkpoint": None,
         "batch_size": 8,
@@ -349,17 +362,7 @@ def test_strategy_job_walks_the_layout(shards: dict[str, Path], tmp_path: Path, 
         "random_start": True,
         "quantize_bits": 8,
     }
-    counts = E.run_strategy_job(
-        "tiny_sam",
-        "zero_shot",
-        layout,
-        settings,
-        attack,
-        [shards["test"]] * 2,
-        [shards["noise"], shards["shift"]],
-        [],
-        [str(p) for p in outs],
-    )
+    counts = E.run_strategy_job("tiny_sam", "zero_shot", plan, settings, attack)
     assert loads == [None]  # zero_shot: the base model is loaded once for every dataset
     assert counts["demo"]["clean"] == 2
     frames = [pd.read_parquet(p) for p in outs]
@@ -370,40 +373,20 @@ def test_strategy_job_walks_the_layout(shards: dict[str, Path], tmp_path: Path, 
     assert all(f["train_seed"].eq(0).all() for f in frames)  # zero_shot is not trained: seed 0
     # a trained strategy's checkpoint of training seed 2: every row says so
     seeded = tmp_path / "seed2.parquet"
-    E.run_strategy_job(
-        "tiny_sam",
-        "lora",
-        layout[1:],
-        settings,
-        attack,
-        [shards["test"]],
-        [],
-        ["lora/seed2.safetensors"],
-        [str(seeded)],
-        train_seed=2,
-    )
+    trained = [{**plan[1], "finetuned": "lora/seed2.safetensors", "outputs": {"clean": str(seeded)}}]
+    E.run_strategy_job("tiny_sam", "lora", trained, settings, attack, train_seed=2)
     assert loads[-1] == "lora/seed2.safetensors"
     seeded_rows = pd.read_parquet(seeded)
     assert seeded_rows["train_seed"].eq(2).all() and seeded_rows["train_seed"].dtype == "int64"
     assert seeded_rows.drop(columns=["strategy", "train_seed"]).equals(
         frames[5].drop(columns=["strategy", "train_seed"])
     )
-    with pytest.raises(DataError, match="more shards or outputs"):
+    with pytest.raises(DataError, match="must be exactly"):  # an output without its shard
         E.run_strategy_job(
-            "tiny_sam",
-            "zero_shot",
-            layout[1:],
-            settings,
-            attack,
-            [shards["test"]],
-            [shards["noise"]],
-            [],
-            [str(outs[5])],
+            "tiny_sam", "zero_shot", [{**plan[1], "shards": {"noise": shards["noise"]}}], settings, attack
         )
-    with pytest.raises(DataError, match="needs one fine-tuned checkpoint"):
-        E.run_strategy_job(
-            "tiny_sam", "lora", layout[1:], settings, attack, [shards["test"]], [], [], [str(outs[5])]
-        )
+    with pytest.raises(DataError, match="needs a fine-tuned checkpoint"):
+        E.run_strategy_job("tiny_sam", "lora", plan[1:], settings, attack)
 
 
 def test_label_moved_out_of_the_image_is_not_scored(shards: dict[str, Path], tmp_path: Path) -> None:

@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from medfm_robust.boxes import require_box
 from medfm_robust.io import encode_png, write_parquet_atomic
 from medfm_robust.seeding import rng_for
 from medfm_robust.seg.models import SamLongestSide, TinySamConfig, build_tiny_sam
-from medfm_robust.seg.prompts import box_from_mask
 
 SMALL = TinySamConfig(
     img_size=64, patch_size=8, embed_dim=32, depth=1, num_heads=2, prompt_dim=32, decoder_mlp=64
@@ -47,7 +47,7 @@ def write_test_shard(path: Path, dataset: str, n: int, size: int = 64, modality:
                 "split": "test",
                 "image_png": encode_png(img),
                 "mask_png": encode_png(mask.astype(np.uint8) * 255),
-                "box": [int(v) for v in box_from_mask(mask)],
+                "box": [int(v) for v in require_box(mask)],
                 "height": size,
                 "width": size,
                 "channels": 3,
@@ -97,7 +97,7 @@ def write_perturbed_shard(
                     "level": np.int8(level),
                     "image_png": encode_png(out),
                     "mask_png": mask_png,
-                    "box": [int(v) for v in box_from_mask(m)],
+                    "box": [int(v) for v in require_box(m)],
                     "ssim": 1.0 - 0.1 * level,
                     "param": float(level),
                     "in_band": level not in (2, 3),
@@ -127,7 +127,7 @@ def _train_small_sam() -> SamLongestSide:
     data = [ellipse_sample(1000 + i) for i in range(64)]
     x = torch.from_numpy(np.stack([d[0] for d in data])).permute(0, 3, 1, 2).float() / 255.0
     gt = torch.from_numpy(np.stack([d[1] for d in data]))[:, None].float()
-    boxes = torch.from_numpy(np.stack([box_from_mask(d[1]) for d in data]).astype(np.float32))
+    boxes = torch.from_numpy(np.stack([require_box(d[1]) for d in data]).astype(np.float32))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
     for step in range(120):
@@ -157,7 +157,7 @@ def test_trained_small_sam_segments_held_out_ellipses() -> None:
     model = trained_small_sam()
     data = [ellipse_sample(i) for i in range(8)]
     x = torch.from_numpy(np.stack([d[0] for d in data])).permute(0, 3, 1, 2).float() / 255.0
-    boxes = torch.from_numpy(np.stack([box_from_mask(d[1]) for d in data]).astype(np.float32))
+    boxes = torch.from_numpy(np.stack([require_box(d[1]) for d in data]).astype(np.float32))
     with torch.no_grad():
         pred = (model(x, boxes)[:, 0] > 0).numpy()
     assert np.mean([dice(p, d[1]) for p, d in zip(pred, data, strict=True)]) > 0.8

@@ -19,8 +19,10 @@ def default_cfg(repo: Path) -> dict:
 
 def test_embedded_default_targets(default_cfg: dict) -> None:
     cfg = copy.deepcopy(default_cfg)
+    cfg["finetune"]["seeds"] = 1  # one training seed first (the default's three: below)
     assert W.models(cfg) == ["lite_medsam", "tiny_sam"]
-    assert W.datasets_for(cfg, "tiny_sam") == sorted(cfg["datasets"])
+    # tiny SAM: evaluated on the datasets held out of its pretraining, where it is fine-tuned
+    assert W.datasets_for(cfg, "tiny_sam") == cfg["finetune"]["models"]["tiny_sam"]["datasets"]
     assert W.datasets_for(cfg, "lite_medsam") == ["demo_dermoscopy"]
     assert W.perturbations_for(cfg, "lite_medsam", "demo_dermoscopy") == ["gaussian_noise", "hair"]
     targets = W.final_targets(cfg, lambda m, d: ["dec_only"] if m == "tiny_sam" else [])
@@ -29,15 +31,15 @@ def test_embedded_default_targets(default_cfg: dict) -> None:
         f"results/metrics/segmentation/lite_medsam/zero_shot/seed0/demo_dermoscopy/{n}.parquet"
         for n in ("clean", "gaussian_noise", "hair")
     ]  # lite_medsam: attacks off; the finetune stage trains nothing for it in this call
-    ct = [t for t in targets if "/tiny_sam/" in t and "/demo_ct/" in t]
-    n_ct = len(W.perturbations_for(cfg, "tiny_sam", "demo_ct")) + 3  # + clean, fgsm, pgd
-    assert len(ct) == 2 * n_ct and any("/dec_only/seed0/demo_ct/pgd.parquet" in t for t in ct)
+    fundus = [t for t in targets if "/tiny_sam/" in t and "/demo_fundus/" in t]
+    n_fundus = len(W.perturbations_for(cfg, "tiny_sam", "demo_fundus")) + 3  # + clean, fgsm, pgd
+    assert len(fundus) == 2 * n_fundus and any("/dec_only/seed0/demo_fundus/pgd.parquet" in t for t in fundus)
     assert len(set(targets)) == len(targets)
     # three training seeds: every trained strategy three times, zero_shot (not trained) once, as seed 0
     cfg["finetune"]["seeds"] = 3
     seeded = W.final_targets(cfg, lambda m, d: ["dec_only"])
-    seeded = [t for t in seeded if "/tiny_sam/" in t and "/demo_ct/" in t]
-    assert len(seeded) == 4 * n_ct
+    seeded = [t for t in seeded if "/tiny_sam/" in t and "/demo_fundus/" in t]
+    assert len(seeded) == 4 * n_fundus
     assert {t.split("/")[5] for t in seeded if "/dec_only/" in t} == {"seed0", "seed1", "seed2"}
     assert {t.split("/")[5] for t in seeded if "/zero_shot/" in t} == {"seed0"}
     cfg["finetune"]["seeds"] = [4, 7]
@@ -76,13 +78,15 @@ def test_one_job_per_strategy_layout_is_consistent(default_cfg: dict) -> None:
     cfg = copy.deepcopy(default_cfg)
     assert W.models_by_job(cfg, "strategy") == ["tiny_sam"]
     assert W.models_by_job(cfg, "dataset") == ["lite_medsam"]
-    layout = W.strategy_job_layout(cfg, "tiny_sam")
-    assert [item["dataset"] for item in layout] == sorted(cfg["datasets"])
-    outputs = W.strategy_job_outputs(cfg, "tiny_sam")
-    assert len(outputs) == sum(len(item["perturbations"]) + 3 for item in layout)
-    assert len(W.strategy_job_shards(cfg, "tiny_sam")) == sum(len(item["perturbations"]) for item in layout)
-    assert W.strategy_job_finetuned(cfg, "tiny_sam", "zero_shot", 0) == []
-    assert len(W.strategy_job_finetuned(cfg, "tiny_sam", "lora", 1)) == len(layout)
+    datasets = W.datasets_for(cfg, "tiny_sam")
+    layout = W.job_plan(cfg, "tiny_sam", datasets)
+    assert [item["dataset"] for item in layout] == cfg["finetune"]["models"]["tiny_sam"]["datasets"]
+    outputs = W.plan_outputs(layout)
+    assert len(outputs) == sum(len(item["shards"]) + 3 for item in layout)
+    inputs = W.plan_inputs(layout)
+    assert len(inputs["shards"]) == sum(len(item["shards"]) for item in layout)
+    assert W.plan_inputs(W.job_plan(cfg, "tiny_sam", datasets, "zero_shot", 0))["finetuned"] == []
+    assert len(W.plan_inputs(W.job_plan(cfg, "tiny_sam", datasets, "lora", 1))["finetuned"]) == len(layout)
     # Every output of the job is a final target of that strategy and seed, and vice versa.
     cfg["finetune"]["seeds"] = 2
     targets = W.final_targets(cfg, lambda m, d: ["lora"])
@@ -91,4 +95,4 @@ def test_one_job_per_strategy_layout_is_consistent(default_cfg: dict) -> None:
         assert lora == {t for t in targets if f"/tiny_sam/lora/seed{seed}/" in t}
     # A strategy trained on only some datasets cannot share one job.
     with pytest.raises(ConfigError, match="one_job_per"):
-        W.final_targets(cfg, lambda m, d: ["lora"] if d == "demo_ct" else [])
+        W.final_targets(cfg, lambda m, d: ["lora"] if d == "demo_fundus" else [])

@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from medfm_robust.config import default_config
 from medfm_robust.data import shards
 from medfm_robust.data.adapters import read_brain_tumor_pid
 from medfm_robust.data.fixtures import fixture_sample, save, write_matlab_v73
@@ -18,7 +19,10 @@ from medfm_robust.data.registry import ADAPTERS
 from medfm_robust.errors import ConfigError, DataError
 
 FRACTIONS = {"train": 0.6, "val": 0.2, "test": 0.2}
-DATA = {"image_size": None, "splits": FRACTIONS, "on_error": "fail"}
+DATA = {
+    **default_config()["data"],
+    "image_size": None, "splits": FRACTIONS, "on_error": "fail",
+}
 
 
 def _patients(n_patients: int, seed: int = 0) -> dict[str, str]:

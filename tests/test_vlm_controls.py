@@ -90,7 +90,8 @@ def test_tiny_models_answer_without_an_image(family, tmp_path) -> None:
 
 
 def test_summary_counts_unparsed_and_abstained_answers() -> None:
-    from medfm_robust.metrics.vlm import conditions_from, score_outputs, summarise
+    from medfm_robust.metrics.vlm import conditions_from, summarise
+    from medfm_robust.vlm.scoring import score_outputs
 
     raw = ["B", "I cannot determine this without the image.", "A or B"]
     table = score_outputs("vqa", conditions_from(SAMPLES), raw, model="m", model_revision="r")

@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from medfm_robust.boxes import box_from_mask
 from medfm_robust.errors import DataError
 from medfm_robust.io import decode_png, encode_png, write_parquet_atomic
-from medfm_robust.perturb.table import box_from_mask, perturb_table, write_perturbed_shard
+from medfm_robust.perturb.table import perturb_table, write_perturbed_shard
 from medfm_robust.vlm.datasets import build_demo, to_frame, write_samples
 from medfm_robust.vlm.perturb import conditions_for, perturb_vlm_dataset, perturbation_key, vlm_perturbations
 
@@ -174,8 +175,9 @@ def test_write_conditions_one_file_per_type(tmp_path: Path) -> None:
 
 def test_oracle_answers_score_perfectly_through_the_whole_data_path(tmp_path: Path) -> None:
     """samples -> perturbed shards -> conditions -> prompts/targets -> parsing -> metrics."""
-    from medfm_robust.metrics.vlm import conditions_from, score_outputs, summarise
+    from medfm_robust.metrics.vlm import conditions_from, summarise
     from medfm_robust.vlm.prompts import build_prompt, target_text
+    from medfm_robust.vlm.scoring import score_outputs
 
     shard = _canonical(tmp_path)
     vdir = tmp_path / "vlm" / "demo"

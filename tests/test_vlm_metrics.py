@@ -17,10 +17,10 @@ from medfm_robust.metrics.vlm import (
     box_iou,
     conditions_from,
     grounding_summary,
-    score_outputs,
     summarise,
     vqa_accuracy,
 )
+from medfm_robust.vlm.scoring import score_outputs
 
 REFS = [
     "Axial CT of the chest showing a small nodule in the right lung.",

@@ -132,6 +132,19 @@ def validate_config(config: dict[str, Any], schema_path: str | Path = SCHEMA_PAT
     return config
 
 
+def default_config(schema_path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
+    """An empty configuration with every schema default filled in: what each omitted key means (library
+    callers and tests take their defaults from here, never from literals of their own)."""
+    return validate_config({}, schema_path)
+
+
+def dataset_defaults(schema_path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
+    """The schema's defaults of one ``datasets.<name>`` entry (validation fills them into a config; the data
+    library fills them into specs handed to it directly, e.g. by tests)."""
+    props = load_yaml(schema_path)["properties"]["datasets"]["additionalProperties"]["properties"]
+    return {key: value["default"] for key, value in props.items() if "default" in value}
+
+
 def _band_problems(key: str, bands: Any) -> list[str]:
     """Each SSIM band ``[lo, hi]`` must have lo < hi, and level k+1 must lie below level k (more severe)."""
     out = []
@@ -158,13 +171,33 @@ def _api_endpoint_missing(name: str, spec: Mapping[str, Any], endpoints: Mapping
     return [k for k, v in have.items() if not v]
 
 
+def _held_out_problems(config: Mapping[str, Any]) -> list[str]:
+    """``finetune.pretrain_tiny_sam.held_out``: tiny SAM's pretraining and fine-tuning datasets are given
+    and disjoint."""
+    finetune = config.get("finetune") or {}
+    pretrain = finetune.get("pretrain_tiny_sam") or {}
+    if not pretrain.get("held_out"):
+        return []
+    tuned = ((finetune.get("models") or {}).get("tiny_sam") or {}).get("datasets")
+    seen = pretrain.get("datasets")
+    if seen is None or tuned is None:
+        return ["config key 'finetune.pretrain_tiny_sam.held_out': needs both finetune.pretrain_tiny_sam."
+                "datasets and finetune.models.tiny_sam.datasets as lists"]
+    both = sorted(set(seen) & set(tuned))
+    if both:
+        return [f"config key 'finetune.pretrain_tiny_sam.datasets': {both} also in finetune.models.tiny_sam."
+                "datasets (held_out: the fine-tuning datasets must be left out of pretraining)"]
+    return []
+
+
 def cross_field_problems(config: Mapping[str, Any], *, judge_endpoint_set: bool = True) -> list[str]:
     """Problems between keys that the schema cannot see, one line each naming the key path.
 
     SSIM bands inverted or out of severity order; a type both included and excluded; a local VLM without
     a path; an API model without a complete endpoint; an unknown
     judge endpoint (checked when judging is enabled or the endpoint was set); demo VLM sources and organs
-    that are not datasets; tiny-training / grounding data sets that are not VLM datasets (when used).
+    that are not datasets; tiny-training / grounding data sets that are not VLM datasets (when used); tiny
+    SAM's pretraining and fine-tuning datasets overlapping under ``finetune.pretrain_tiny_sam.held_out``.
     """
     out: list[str] = []
     perturb = config.get("perturb") or {}
@@ -180,7 +213,7 @@ def cross_field_problems(config: Mapping[str, Any], *, judge_endpoint_set: bool 
     endpoints = (vlm.get("api") or {}).get("endpoints") or {}
     models = vlm.get("models") or {}
     for name, spec in sorted(models.items()):
-        if spec.get("kind") == "local" and spec.get("enabled", True) and not spec.get("path"):
+        if spec.get("kind") == "local" and spec["enabled"] and not spec.get("path"):
             out.append(f"config key 'vlm.models.{name}.path': required for a local model (its checkpoint "
                        "folder, relative to resources_dir)")
         if spec.get("kind") == "api":
@@ -211,6 +244,7 @@ def cross_field_problems(config: Mapping[str, Any], *, judge_endpoint_set: bool 
         if value is not None and value not in vlm_datasets:
             out.append(f"config key '{key}': '{value}' is not a VLM dataset (known: "
                        f"{', '.join(sorted(vlm_datasets)) or 'none'})")
+    out += _held_out_problems(config)
     return out
 
 
@@ -229,7 +263,7 @@ def missing_credentials(
     endpoints = (vlm.get("api") or {}).get("endpoints") or {}
     needs: dict[str, list[str]] = {}
     for name, spec in sorted((vlm.get("models") or {}).items()):
-        if spec.get("kind") == "api" and spec.get("enabled", True):
+        if spec.get("kind") == "api" and spec["enabled"]:
             var = spec.get("api_key_env") or (endpoints.get(name) or {}).get("api_key_env")
             if var:
                 needs.setdefault(var, []).append(f"vlm.models.{name}")

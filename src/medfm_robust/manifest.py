@@ -15,6 +15,8 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from medfm_robust.paths import RESULTS
+
 MISSING = "missing"
 
 
@@ -80,11 +82,11 @@ def source_manifest(paths: str | Path | Iterable[str | Path | None] | None) -> s
     return h.hexdigest()[:16]
 
 
-PRODUCED_PREFIX = "results"  # every rule writes under results/ (logs/ is never an input)
+PRODUCED_PREFIX = RESULTS  # every rule writes under paths.RESULTS (logs/ is never an input)
 
 
 def source_paths(*inputs: object) -> list[str]:
-    """The source paths among a job's inputs: every path not under ``results/`` (sorted, unique).
+    """The source paths among a job's inputs: every path not under ``paths.RESULTS`` (sorted, unique).
 
     ``inputs``: paths, lists of paths or input dicts (as the rules' input functions return them).
     Workflow outputs are left out: their changes reach downstream jobs through the usual mtime check,

@@ -17,14 +17,10 @@ def main(smk) -> None:
     run_evaluation_job(
         model=p.model,
         strategy=smk.wildcards.strategy,
-        train_seed=p.train_seed,
-        dataset=p.dataset,
+        item=p.plan[0],
         settings=p.settings,
-        test_shard=smk.input.test,
-        finetuned=smk.input.finetuned[0] if smk.input.finetuned else None,
-        perturbed=dict(zip(p.perturbations, smk.input.shards, strict=True)),
-        outputs=dict(smk.output.items()),
         attack=p.get("attack"),
+        train_seed=p.train_seed,
     )
 
 

@@ -13,14 +13,10 @@ def main(smk) -> None:
     run_strategy_job(
         model=smk.params.model,
         strategy=smk.wildcards.strategy,
-        train_seed=smk.params.train_seed,
-        layout=smk.params.layout,
+        plan=smk.params.plan,
         settings=smk.params.settings,
         attack=smk.params.attack,
-        tests=list(smk.input.tests),
-        shards=list(smk.input.shards),
-        finetuned=list(smk.input.finetuned),
-        outputs=list(smk.output),
+        train_seed=smk.params.train_seed,
     )
 
 

@@ -6,6 +6,7 @@ Public entry points: :func:`ingest_dataset` (one dataset -> ``{split}.parquet`` 
 :func:`build_fixture_resources`.
 """
 
+from medfm_robust.data import adapters  # noqa: F401  (registers the publishers' readers)
 from medfm_robust.data.demo import (
     FINDING_BY_MODALITY,
     ORGAN_BY_MODALITY,

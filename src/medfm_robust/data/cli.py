@@ -6,20 +6,22 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from medfm_robust import paths
+
 
 def register(subparsers: Any) -> None:
     """Add this stage's sub-commands to ``subparsers``."""
     p = subparsers.add_parser("ingest", help="ingest datasets of a config into canonical shards")
     p.add_argument("--config", default="config/config.yaml", help="workflow config (default: %(default)s)")
     p.add_argument("--dataset", action="append", help="dataset name (repeatable; default: all)")
-    p.add_argument("--out", default="results/data", help="output root (default: %(default)s)")
+    p.add_argument("--out", default=paths.data_dir(), help="output root (default: %(default)s)")
     p.set_defaults(func=_ingest)
 
     p = subparsers.add_parser("demo-data", help="write demo images and masks as PNG files for viewing")
     p.add_argument("--modality", action="append", help="modality (repeatable; default: all nine)")
     p.add_argument("-n", type=int, default=4, help="images per modality (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="results/demo_png", help="output folder (default: %(default)s)")
+    p.add_argument("--out", default=paths.demo_png_dir(), help="output folder (default: %(default)s)")
     p.set_defaults(func=_demo_data)
 
     p = subparsers.add_parser(

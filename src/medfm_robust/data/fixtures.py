@@ -16,6 +16,7 @@ from PIL import Image
 from medfm_robust.data.synth import GENERATORS
 from medfm_robust.seeding import rng_for
 
+# the official checkpoints of the segmentation model registry (tests/test_seg_registry.py checks it)
 CHECKPOINTS = ("medsam_vit_b.pth", "sam-med2d_b.pth", "sam_vit_b_01ec64.pth", "lite_medsam.pth")
 VLM_MODELS = ("medgemma-4b-it", "medgemma-1.5-4b-it", "llava-med-v1.5-mistral-7b")
 VLM_DATA = ("OmniMedVQA", "ROCOv2", "MeCoVQA")

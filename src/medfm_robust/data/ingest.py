@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from medfm_robust.data.registry import Item, dataset_modality, get_adapter
+from medfm_robust.data.registry import Item, dataset_modality, get_adapter, with_dataset_defaults
 from medfm_robust.data.shards import (
     SPLITS,
     assign_splits,
@@ -22,7 +23,7 @@ from medfm_robust.data.shards import (
 )
 from medfm_robust.errors import ConfigError, DataError
 from medfm_robust.intensity import apply_policy, parse_policy, policy_json
-from medfm_robust.io import DEFAULT_MAX_PIXELS, set_max_pixels, write_json_atomic
+from medfm_robust.io import set_max_pixels, write_json_atomic
 from medfm_robust.seeding import unit_hash
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def check_dataset_paths(config: MutableMapping[str, Any]) -> None:
     for name, spec in sorted(config.get("datasets", {}).items()):
         try:
             spec["modality"] = dataset_modality(name, spec)
-            parse_policy(spec.get("intensity", "none"), f"datasets.{name}.intensity")
+            parse_policy(with_dataset_defaults(spec)["intensity"], f"datasets.{name}.intensity")
             if spec.get("group_by") is not None and spec["adapter"] != "folder":
                 raise ConfigError(
                     f"config key 'datasets.{name}.group_by': only the folder adapter reads it "
@@ -89,6 +90,124 @@ def _ordered(dataset: str, items: list[Item], generated: bool) -> list[Item]:
     return sorted(items, key=lambda it: (unit_hash("subset", dataset, it.image_id), it.image_id))
 
 
+@dataclass
+class _ImageReader:
+    """Loads one listed item through the intensity policy into an encoded shard row (None: empty mask;
+    a ``DataError`` is returned, not raised, so the caller applies ``on_error``); records patient groups."""
+
+    dataset: str
+    modality: str
+    policy: Any
+    policy_key: str
+    size: int | None
+    generated: bool
+    intensity: str = ""
+    groups: dict[str, str] = field(default_factory=dict)
+
+    def __call__(self, it: Item) -> dict[str, Any] | DataError | None:
+        try:
+            image, mask = it.load()
+            # generated 16-bit data are drawn over the whole dtype range, which is their value range
+            image, value_range = apply_policy(
+                image, self.policy, it.source, full_dtype_range=self.generated, key=self.policy_key
+            )
+            sample = prepare_sample(it.image_id, image, mask, it.source, self.size, value_range)
+            group = it.group() if it.group is not None else None
+        except DataError as exc:
+            return exc
+        if sample is None:
+            return None
+        row = sample_row(sample, self.dataset, self.modality, self.intensity)
+        if group is not None:
+            self.groups[it.image_id] = group
+        return row
+
+
+@dataclass
+class _Outcome:
+    """The items' fate: encoded rows kept, empty masks and skipped (corrupt) files."""
+
+    kept: list[dict[str, Any]] = field(default_factory=list)  # encoded rows (PNG bytes), to bound memory
+    empty: list[dict[str, str]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """The report's counts and lists (sorted by image id)."""
+        return {
+            "n_kept": len(self.kept),
+            "n_excluded_empty_mask": len(self.empty),
+            "excluded_empty_mask": sorted(self.empty, key=lambda r: r["image_id"]),
+            "n_skipped": len(self.skipped),
+            "skipped": sorted(self.skipped, key=lambda r: r["image_id"]),
+        }
+
+
+def _read_items(
+    items: list[Item], reader: _ImageReader, cap: int | None, on_error: str, workers: int, progress: bool
+) -> _Outcome:
+    """Read ``items`` in order with ``workers`` threads until ``cap`` rows are kept (none: ``DataError``)."""
+    out = _Outcome()
+    bar = tqdm(total=len(items), desc=f"ingest {reader.dataset}", unit="img", disable=not progress,
+               mininterval=2)
+    with ThreadPoolExecutor(max_workers=max(int(workers), 1)) as pool:
+        batch = max(int(workers), 1) * 4
+        for start in range(0, len(items), batch):  # batches in order, so an n_images cap stays exact
+            if cap is not None and len(out.kept) >= cap:
+                break
+            chunk = items[start : start + batch]
+            for it, result in zip(chunk, pool.map(reader, chunk), strict=True):
+                bar.update()
+                if cap is not None and len(out.kept) >= cap:
+                    break
+                if isinstance(result, DataError):
+                    if on_error != "skip":
+                        raise result
+                    log.warning("skipping %s: %s", it.source, result)
+                    out.skipped.append({"image_id": it.image_id, "source": it.source, "error": str(result)})
+                elif result is None:
+                    out.empty.append({"image_id": it.image_id, "source": it.source})
+                else:
+                    out.kept.append(result)
+    bar.close()
+    if not out.kept:
+        raise DataError(
+            f"{reader.dataset}: no usable image (listed {len(items)}, empty masks {len(out.empty)}, "
+            f"skipped {len(out.skipped)})"
+        )
+    return out
+
+
+def _write_splits(
+    dataset: str,
+    kept: list[dict[str, Any]],
+    groups: Mapping[str, str],
+    fractions: Mapping[str, float],
+    out: Path,
+) -> tuple[dict[str, int], dict[str, str], list[str]]:
+    """Assign splits (by patient group when every kept image has one) and write ``out/{split}.parquet``.
+    Returns the per-split counts, each image's split and the grouped image ids (empty: no groups)."""
+    kept_ids = [r["image_id"] for r in kept]
+    grouped = [i for i in kept_ids if i in groups]
+    if grouped and len(grouped) != len(kept_ids):
+        raise DataError(f"{dataset}: {len(kept_ids) - len(grouped)} image(s) have no patient group")
+    splits = assign_splits(dataset, kept_ids, fractions, groups if grouped else None)
+    counts = {}
+    for split in SPLITS:
+        rows = [r for r in kept if splits[r["image_id"]] == split]
+        counts[split] = len(rows)
+        write_shard(out / f"{split}.parquet", shard_table(rows, split))
+    return counts, splits, grouped
+
+
+def _groups_per_split(
+    groups: Mapping[str, str], grouped: list[str], splits: Mapping[str, str]
+) -> dict[str, int] | None:
+    """Distinct patient groups per split (None without groups)."""
+    if not grouped:
+        return None
+    return {sp: len({groups[i] for i in grouped if splits[i] == sp}) for sp in SPLITS}
+
+
 def ingest_dataset(
     dataset: str,
     spec: Mapping[str, Any],
@@ -107,104 +226,44 @@ def ingest_dataset(
     columns), then is resized once to ``data_cfg['image_size']`` (null keeps them); images with empty
     masks are excluded and counted, and a corrupt file raises ``DataError`` naming it, unless
     ``data_cfg['on_error'] == 'skip'``, which lists it in the report instead. ``workers`` threads read
-    and encode images (file decoding releases the GIL); the output does not depend on it.
+    and encode images (file decoding releases the GIL); the output does not depend on it. ``data_cfg``: the
+    validated ``data`` config (:func:`medfm_robust.config.default_config` holds the schema's defaults).
     """
     adapter = get_adapter(spec["adapter"])
     modality = dataset_modality(dataset, spec)
     root = dataset_root(dataset, spec)
     if root is not None and not root.is_dir():
         raise ConfigError(f"config key 'datasets.{dataset}.path': dataset folder not found: {root}")
-    on_error = data_cfg.get("on_error", "fail")
-    size = data_cfg.get("image_size")
-    set_max_pixels(data_cfg.get("max_pixels", DEFAULT_MAX_PIXELS))  # size guard of every image read (io)
+    on_error = data_cfg["on_error"]
+    size = data_cfg["image_size"]
+    set_max_pixels(data_cfg["max_pixels"])  # size guard of every image read (io)
     cap = None if adapter.generated else spec.get("n_images")
     policy_key = f"datasets.{dataset}.intensity"
-    policy = parse_policy(spec.get("intensity", "none"), policy_key)
-    intensity = policy_json(policy)
+    policy = parse_policy(with_dataset_defaults(spec)["intensity"], policy_key)
     items = _ordered(dataset, adapter.list_items(dataset, spec, root, seed), adapter.generated)
-    kept: list[dict[str, Any]] = []  # encoded rows (PNG bytes), not arrays, to bound memory
-    empty: list[dict[str, str]] = []
-    skipped: list[dict[str, str]] = []
-    groups: dict[str, str] = {}
-
-    def process(it: Item) -> dict[str, Any] | DataError | None:
-        try:
-            image, mask = it.load()
-            # generated 16-bit data are drawn over the whole dtype range, which is their value range
-            image, value_range = apply_policy(
-                image, policy, it.source, full_dtype_range=adapter.generated, key=policy_key
-            )
-            sample = prepare_sample(it.image_id, image, mask, it.source, size, value_range)
-            group = it.group() if it.group is not None else None
-        except DataError as exc:
-            return exc
-        if sample is None:
-            return None
-        row = sample_row(sample, dataset, modality, intensity)
-        if group is not None:
-            groups[it.image_id] = group
-        return row
-
-    bar = tqdm(total=len(items), desc=f"ingest {dataset}", unit="img", disable=not progress, mininterval=2)
-    with ThreadPoolExecutor(max_workers=max(int(workers), 1)) as pool:
-        batch = max(int(workers), 1) * 4
-        for start in range(0, len(items), batch):  # batches in order, so an n_images cap stays exact
-            if cap is not None and len(kept) >= cap:
-                break
-            chunk = items[start : start + batch]
-            for it, result in zip(chunk, pool.map(process, chunk), strict=True):
-                bar.update()
-                if cap is not None and len(kept) >= cap:
-                    break
-                if isinstance(result, DataError):
-                    if on_error != "skip":
-                        raise result
-                    log.warning("skipping %s: %s", it.source, result)
-                    skipped.append({"image_id": it.image_id, "source": it.source, "error": str(result)})
-                elif result is None:
-                    empty.append({"image_id": it.image_id, "source": it.source})
-                else:
-                    kept.append(result)
-    bar.close()
-    if not kept:
-        raise DataError(
-            f"{dataset}: no usable image (listed {len(items)}, empty masks {len(empty)}, "
-            f"skipped {len(skipped)})"
-        )
-    kept_ids = [r["image_id"] for r in kept]
-    grouped = [i for i in kept_ids if i in groups]
-    if grouped and len(grouped) != len(kept_ids):
-        raise DataError(f"{dataset}: {len(kept_ids) - len(grouped)} image(s) have no patient group")
-    splits = assign_splits(dataset, kept_ids, data_cfg.get("splits", {}), groups if grouped else None)
+    reader = _ImageReader(dataset, modality, policy, policy_key, size, adapter.generated, policy_json(policy))
+    got = _read_items(items, reader, cap, on_error, workers, progress)
+    groups = reader.groups
     out = Path(out_dir)
-    counts = {}
-    for split in SPLITS:
-        rows = [r for r in kept if splits[r["image_id"]] == split]
-        counts[split] = len(rows)
-        write_shard(out / f"{split}.parquet", shard_table(rows, split))
+    counts, splits, grouped = _write_splits(dataset, got.kept, groups, data_cfg["splits"], out)
     report = {
         "dataset": dataset,
         "adapter": adapter.name,
         "modality": modality,
         "image_size": size,
-        "splits": dict(data_cfg.get("splits", {})),
+        "splits": dict(data_cfg["splits"]),
         "counts": counts,
         "n_listed": len(items),
-        "n_kept": len(kept),
-        "n_excluded_empty_mask": len(empty),
-        "excluded_empty_mask": sorted(empty, key=lambda r: r["image_id"]),
-        "n_skipped": len(skipped),
-        "skipped": sorted(skipped, key=lambda r: r["image_id"]),
+        **got.summary(),
         "n_images_cap": cap,
         "on_error": on_error,
         "intensity": policy,
         "n_groups": len(set(groups.values())) if grouped else None,
-        "groups_per_split": (
-            {sp: len({groups[i] for i in grouped if splits[i] == sp}) for sp in SPLITS} if grouped else None
-        ),
+        "groups_per_split": _groups_per_split(groups, grouped, splits),
     }
     write_json_atomic(out / "ingest_report.json", report)
     log.info(
-        "%s: %s kept (%s), %d empty masks, %d skipped", dataset, len(kept), counts, len(empty), len(skipped)
+        "%s: %s kept (%s), %d empty masks, %d skipped",
+        dataset, len(got.kept), counts, len(got.empty), len(got.skipped),
     )
     return report

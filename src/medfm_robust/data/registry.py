@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from medfm_robust.config import dataset_defaults
 from medfm_robust.errors import ConfigError
 
 # (image, mask): image H x W or H x W x 3 uint8/uint16; mask H x W bool (already binarised).
@@ -50,6 +51,7 @@ class Adapter:
 
 
 ADAPTERS: dict[str, Adapter] = {}
+_DATASET_DEFAULTS = dataset_defaults()
 
 
 def register(
@@ -58,16 +60,24 @@ def register(
     """Decorator registering ``list_items`` under ``name``."""
 
     def deco(func: ListItems) -> ListItems:
-        ADAPTERS[name] = Adapter(name, modality, needs_path, generated, func, layout)
+        def with_defaults(dataset: str, spec: Mapping[str, Any], root: Path | None, seed: int) -> list[Item]:
+            return func(dataset, with_dataset_defaults(spec), root, seed)
+
+        ADAPTERS[name] = Adapter(name, modality, needs_path, generated, with_defaults, layout)
         return func
 
     return deco
 
 
-def get_adapter(name: str) -> Adapter:
-    """The adapter called ``name`` (importing the built-in adapters on first use)."""
-    from medfm_robust.data import adapters, demo  # noqa: F401  (registers the built-ins)
+def with_dataset_defaults(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """``spec`` with the schema's defaults of a ``datasets.<name>`` entry filled in (config validation fills
+    the same ones)."""
+    return {**_DATASET_DEFAULTS, **spec}
 
+
+def get_adapter(name: str) -> Adapter:
+    """The adapter called ``name`` (the built-ins are registered by importing :mod:`medfm_robust.data`, whose
+    ``__init__`` imports the adapter modules; this module imports none of them)."""
     if name not in ADAPTERS:
         raise ConfigError(f"unknown dataset adapter '{name}' (known: {', '.join(sorted(ADAPTERS))})")
     return ADAPTERS[name]

@@ -1,6 +1,6 @@
 """Canonical shard contract: image/mask preparation, hash splits and Parquet I/O.
 
-A canonical shard ``results/data/{dataset}/{split}.parquet`` holds one row per image, sorted by
+A canonical shard (``paths.data_shard(dataset, split)``) holds one row per image, sorted by
 ``image_id``, with the columns of :data:`SHARD_SCHEMA` (see docs/ARCHITECTURE.md).
 """
 
@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
+from medfm_robust.boxes import box_from_mask
 from medfm_robust.errors import ConfigError, DataError
 from medfm_robust.io import decode_png, encode_png, write_parquet_atomic
 from medfm_robust.seeding import unit_hash
@@ -121,14 +122,6 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(pil.resize((size, size), Image.Resampling.NEAREST)) > 0
 
 
-def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    """Tight inclusive box ``(x_min, y_min, x_max, y_max)`` over all foreground pixels; None if empty."""
-    ys, xs = np.nonzero(mask)
-    if ys.size == 0:
-        return None
-    return int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
-
-
 def prepare_sample(
     image_id: str,
     image: np.ndarray,
@@ -148,7 +141,7 @@ def prepare_sample(
     if image_size is not None:
         image = resize_image(image, image_size)
         mask = resize_mask(mask, image_size)
-    box = mask_box(mask)
+    box = box_from_mask(mask)
     if box is None:
         return None
     return PreparedSample(image_id, image, mask.astype(bool), box, source, value_range)

@@ -201,3 +201,15 @@ def point_inside(rng: np.random.Generator, region: np.ndarray, margin: float = 0
         return (region.shape[0] / 2, region.shape[1] / 2)
     k = int(rng.integers(ys.size))
     return float(ys[k]), float(xs[k])
+
+
+PI = float(np.pi)
+
+
+def edge_start(rng: np.random.Generator, size: int) -> tuple[tuple[float, float], float]:
+    """A point on the image border and a heading pointing inwards (roughly at the centre)."""
+    t = rng.uniform(0, size - 1)
+    side = int(rng.integers(4))
+    y, x = [(0.0, t), (size - 1.0, t), (t, 0.0), (t, size - 1.0)][side]
+    heading = float(np.arctan2(size / 2 - y, size / 2 - x) + rng.normal(0, 0.35))
+    return (y, x), heading

@@ -10,11 +10,11 @@ from medfm_robust.metrics.segmentation import (
 from medfm_robust.metrics.vlm import (
     box_iou,
     grounding_summary,
-    score_outputs,
+    metrics_table,
     score_samples,
     summarise,
     vqa_accuracy,
 )
 
 __all__ = ["dice", "hd95", "iou", "normalized_surface_dice", "segmentation_scores"]
-__all__ += ["box_iou", "grounding_summary", "score_outputs", "score_samples", "summarise", "vqa_accuracy"]
+__all__ += ["box_iou", "grounding_summary", "metrics_table", "score_samples", "summarise", "vqa_accuracy"]

@@ -1,6 +1,6 @@
 """VLM metrics: VQA accuracy, caption scores, grounding IoU / Acc@IoU>=0.5, and the per-sample table.
 
-Per-sample metrics table (``results/metrics/vlm/{model}/{task}/{dataset}/{perturbation}.parquet``), one row
+Per-sample metrics table (``paths.vlm_metrics(model, task, dataset, perturbation)``), one row
 per (sample, level), sorted by (``sample_id``, ``level``):
 ``sample_id``, ``model``, ``task``, ``dataset``, ``modality``, ``perturbation``, ``category``
 (``clean``/``base``/``medical``/``control``), ``level`` (0 for clean and controls), ``ssim``, ``in_band``,
@@ -17,22 +17,36 @@ clean questions asked with a mid-grey image / without an image: a model near its
 
 Failures are never dropped: an unparseable VQA answer is ``correct=False``; an unparseable box has
 ``iou=0``, ``hit=False``; an empty caption scores 0. ``parse_ok`` lets the report count them.
+
+This module is a leaf: it scores *parsed* values and imports nothing from :mod:`medfm_robust.vlm`.
+Parsing raw model output is the VLM side's job (:func:`medfm_robust.vlm.scoring.score_outputs` parses,
+then calls :func:`metrics_table`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
 from medfm_robust.metrics.captions import BLEU_STATS, CAPTION_METRICS, caption_scores
-from medfm_robust.vlm.parsing import Parsed, abstained, parse_answer
-from medfm_robust.vlm.prompts import format_box
 
 IOU_THRESHOLD = 0.5
 CONDITION_COLUMNS = ("perturbation", "category", "level", "ssim", "in_band")
+CLEAN_CONDITION: dict[str, Any] = {"perturbation": "clean", "category": "clean", "level": 0, "ssim": 1.0,
+                                   "in_band": True}
+
+
+class Parsed(Protocol):
+    """A parsed model output (:class:`medfm_robust.vlm.parsing.Parsed`): ``ok``, ``value`` (letter,
+    caption, or inclusive pixel box floats), ``text`` (the ``parsed`` column), ``method``."""
+
+    ok: bool
+    value: Any
+    text: str
+    method: str
 
 
 def box_iou(a: Sequence[float] | None, b: Sequence[float] | None) -> float:
@@ -107,52 +121,46 @@ def score_samples(
     raise ValueError(f"unknown VLM task '{task}'")
 
 
-def score_outputs(
+def with_clean_defaults(conditions: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``conditions`` (index reset) with missing condition columns set to the clean condition."""
+    cond = conditions.reset_index(drop=True).copy()
+    for col, val in CLEAN_CONDITION.items():
+        if col not in cond.columns:
+            cond[col] = val
+    return cond
+
+
+def metrics_table(
     task: str,
-    conditions: pd.DataFrame,
-    raw_outputs: Sequence[str],
+    cond: pd.DataFrame,
+    raw: Sequence[str],
+    parsed: Sequence[Parsed],
     *,
+    abstained: Sequence[bool],
+    reference: Sequence[str],
     model: str,
     model_revision: str,
-    convention: str = "pixel",
     caption_tokenizer: str = "simple",
     meteor: bool = False,
     judge_scores: Sequence[float | None] | None = None,
 ) -> pd.DataFrame:
-    """The per-sample metrics table for ``raw_outputs`` (one per row of ``conditions``, same order).
+    """The per-sample metrics table of parsed outputs (see the module docstring), sorted by
+    (``sample_id``, ``level``).
 
-    ``conditions`` has the sample-table columns (``sample_id``, ``dataset``, ``modality``, ``options``,
-    ``answer``, ``reference``, ``box``, ``height``, ``width``) plus ``perturbation``, ``category``, ``level``,
-    ``ssim``, ``in_band`` (missing condition columns mean clean: ``clean``/``clean``/0/1.0/True).
-    Caption scores are computed per (perturbation, level) group, each group scored as one corpus.
+    ``cond``: the conditions table with every condition column (:func:`with_clean_defaults`); ``raw``,
+    ``parsed``, ``abstained`` and ``reference`` have one entry per row of ``cond``, same order.
     """
-    if len(conditions) != len(raw_outputs):
-        raise ValueError(f"{len(raw_outputs)} outputs for {len(conditions)} samples")
-    cond = conditions.reset_index(drop=True).copy()
-    defaults = {"perturbation": "clean", "category": "clean", "level": 0, "ssim": 1.0, "in_band": True}
-    for col, val in defaults.items():
-        if col not in cond.columns:
-            cond[col] = val
-    raw = ["" if r is None else str(r) for r in raw_outputs]
     records = cond.to_dict("records")
-    parsed = [parse_answer(task, r, rec, convention) for r, rec in zip(raw, records, strict=True)]
     out = pd.DataFrame({
         "sample_id": cond["sample_id"].astype(str), "model": model, "task": task,
         "dataset": cond["dataset"].astype(str), "modality": cond["modality"].astype(str),
         "perturbation": cond["perturbation"].astype(str), "category": cond["category"].astype(str),
         "level": cond["level"].astype("int8"), "ssim": cond["ssim"].astype("float64"),
-        "in_band": cond["in_band"].astype(bool), "raw_output": raw, "parsed": [p.text for p in parsed],
+        "in_band": cond["in_band"].astype(bool), "raw_output": list(raw), "parsed": [p.text for p in parsed],
         "parse_ok": [p.ok for p in parsed], "parse_method": [p.method for p in parsed],
-        "abstained": [abstained(r, p, task) for r, p in zip(raw, parsed, strict=True)],
+        "abstained": list(abstained),
     })
-    if task == "vqa":
-        out["reference"] = cond["answer"].astype(str).to_numpy()
-    elif task == "caption":
-        out["reference"] = cond["reference"].astype(str).to_numpy()
-    elif task == "grounding":
-        out["reference"] = [format_box(b) if b is not None else "" for b in cond["box"]]
-    else:
-        raise ValueError(f"unknown VLM task '{task}'")
+    out["reference"] = list(reference)
     for col, values in score_samples(task, records, parsed, caption_tokenizer=caption_tokenizer,
                                      meteor=meteor).items():
         out[col] = values
@@ -192,8 +200,7 @@ def conditions_from(samples: pd.DataFrame, condition: Mapping[str, Any] | None =
     """A clean conditions table (the samples plus ``perturbation='clean'``, level 0, SSIM 1) or, with
     ``condition``, the samples with those condition values set."""
     cond = samples.copy()
-    values = {"perturbation": "clean", "category": "clean", "level": 0, "ssim": 1.0, "in_band": True}
-    values.update(condition or {})
+    values = {**CLEAN_CONDITION, **(condition or {})}
     for col, val in values.items():
         cond[col] = val
     return cond

@@ -1,7 +1,8 @@
 """SSIM-calibrated perturbation engine: 40 registered effects, per-image calibration, label-consistent.
 
 ``from medfm_robust.perturb import calibrate_levels, apply, REGISTRY``; see ``registry`` (metadata),
-``ssim`` (the one SSIM definition), ``calibrate`` (per-image search) and ``table`` (Parquet shards).
+``ssim`` (the one SSIM definition), ``calibrate`` (per-image calibration), ``search`` (its search) and
+``table`` (Parquet shards).
 """
 
 # Importing the family modules registers their types (base first, then the medical families).
@@ -21,15 +22,9 @@ from medfm_robust.perturb import (  # noqa: F401
 
 # isort: on
 from medfm_robust.perturb._common import Context
-from medfm_robust.perturb.calibrate import (
-    DEFAULT_BANDS,
-    CalibrationResult,
-    apply,
-    calibrate,
-    calibrate_levels,
-    in_band,
-)
+from medfm_robust.perturb.calibrate import CalibrationResult, apply, calibrate, calibrate_levels
 from medfm_robust.perturb.registry import MODALITIES, REGISTRY, ParamSpec, PerturbationSpec, applicable_types
+from medfm_robust.perturb.search import DEFAULT_BANDS, in_band
 from medfm_robust.perturb.ssim import SSIMReference, ssim
 
 __all__ = [

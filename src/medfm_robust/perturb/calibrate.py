@@ -9,18 +9,12 @@ position ``t`` in [0, 1] (0 = mild end of the type's *bounded* parameter range; 
 :class:`~medfm_robust.perturb.registry.ParamSpec`).
 
 **One shared search** (:func:`calibrate_levels`): every evaluated point of ``s(t)`` is kept and serves all
-levels. Both range ends are evaluated first: they certify the reachable SSIM (``ssim_min_reachable``,
+levels (:mod:`medfm_robust.perturb.search`: the search, a small state machine per level). Both range
+ends are evaluated first: they certify the reachable SSIM (``ssim_min_reachable``,
 ``ssim_max_reachable``: the lowest and highest SSIM of any evaluated parameter, ends included), so a
-band outside that interval is reported as unreachable, never forced. Then, level by level:
-
-1. an already evaluated in-band point is taken (closest to the band centre);
-2. else, between the two adjacent evaluated points that straddle the band (one too mild, one too
-   strong), regula falsi on ``g = log(1 - s)`` (nearly linear in ``t``), the first step from the type's
-   prior position (``priors.json``) when it lies inside that bracket, bisection after two steps on the
-   same side; a bracket between adjacent integers, or narrower than 2e-3 in ``t`` (a jump over the band,
-   e.g. JPEG quantisation steps), is dropped;
-3. with every point on one side of the band, the grid 1/2, 1/4, 3/4 is tried (a non-monotone ``s(t)``
-   may dip into the band between the ends); if it stays on one side the band is reported unreachable.
+band outside that interval is reported as unreachable, never forced. Then, level by level, an already
+evaluated in-band point is taken, else the band is bracketed and narrowed by regula falsi, or, with
+every point on one side of the band, a coarse grid is scanned before the band is reported unreachable.
 
 The search path depends only on the image, type, seed, settings and the requested levels, never on
 other images, so results are byte-identical in any order, sharding or worker count.
@@ -30,13 +24,9 @@ quantisation and moved mask), so a shard row is regenerated, and a type swept, w
 
 from __future__ import annotations
 
-import itertools
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
-from importlib import resources
 from typing import Any
 
 import numpy as np
@@ -44,16 +34,7 @@ import numpy as np
 from medfm_robust.errors import ConfigError, DataError
 from medfm_robust.perturb._common import Context
 from medfm_robust.perturb.registry import ParamSpec, PerturbationSpec, get_spec
-
-DEFAULT_BANDS: tuple[tuple[float, float], ...] = (
-    (0.90, 0.98),
-    (0.80, 0.90),
-    (0.70, 0.80),
-    (0.60, 0.70),
-    (0.50, 0.60),
-)
-DEFAULT_MAX_EVALS = 14
-_DEFAULT_PRIOR = (0.25, 0.4, 0.5, 0.6, 0.7)
+from medfm_robust.perturb.search import DEFAULT_MAX_EVALS, Curve, check_bands, in_band, search_levels
 
 
 @dataclass
@@ -102,48 +83,6 @@ class CalibrationResult:
         }
 
 
-def check_bands(bands: Sequence[Sequence[float]] | None) -> tuple[tuple[float, float], ...]:
-    """Validate 5 bands ``[lo, hi]`` (lo < hi, within [-1, 1]); None gives the defaults."""
-    if bands is None:
-        return DEFAULT_BANDS
-    out = []
-    for i, b in enumerate(bands):
-        if len(b) != 2 or not (-1 <= float(b[0]) < float(b[1]) <= 1):
-            raise ConfigError(
-                f"SSIM band for level {i + 1} must be [lo, hi] with -1 <= lo < hi <= 1, got {b}"
-            )
-        out.append((float(b[0]), float(b[1])))
-    if len(out) != 5:
-        raise ConfigError(f"expected 5 SSIM bands (levels 1..5), got {len(out)}")
-    return tuple(out)
-
-
-def in_band(s: float, level: int, bands: Sequence[tuple[float, float]]) -> bool:
-    """``lo <= s < hi``; the upper end is inclusive when no other band starts there (L1's 0.98)."""
-    lo, hi = bands[level - 1]
-    closed = not any(abs(b[0] - hi) < 1e-12 for b in bands)
-    return lo <= s < hi or (closed and s == hi)
-
-
-@lru_cache(maxsize=1)
-def _priors() -> dict[str, list[float]]:
-    try:
-        text = resources.files("medfm_robust.perturb").joinpath("priors.json").read_text()
-    except FileNotFoundError:
-        return {}
-    return json.loads(text)
-
-
-def prior_positions(name: str) -> tuple[float, ...]:
-    """Prior search positions ``t`` for levels 1..5 (median over the generated fitting images)."""
-    p = _priors().get(name)
-    return tuple(float(v) for v in p) if p else _DEFAULT_PRIOR
-
-
-def _g(s: float) -> float:
-    return math.log(max(1.0 - s, 1e-4))
-
-
 def _check_level(level: int) -> int:
     if isinstance(level, bool) or int(level) != level or not 1 <= int(level) <= 5:
         raise ConfigError(f"level must be an integer in 1..5, got {level!r}")
@@ -162,31 +101,6 @@ def check_mask(mask: np.ndarray | None, image: np.ndarray, source: str = "mask")
             f"{source}: mask is {m.shape[1]}x{m.shape[0]} but the image is {image.shape[1]}x{image.shape[0]}"
         )
     return np.where(m > 0, 255, 0).astype(np.uint8)
-
-
-@dataclass
-class _Curve:
-    """The shared state of one (image, type, seed): the prepared op, dither and every evaluated point."""
-
-    ctx: Context
-    pspec: ParamSpec
-    op: Any
-    dither: np.ndarray
-    memo: dict[float, tuple[float, np.ndarray]] = field(default_factory=dict)  # param -> (ssim, output)
-    pos: dict[float, float] = field(default_factory=dict)  # param -> first search position t
-
-    def evaluate(self, t: float) -> tuple[float, float]:
-        """(param, SSIM) at search position ``t``; cached per (rounded) parameter value."""
-        p = self.pspec.value(t)
-        if p not in self.memo:
-            out = self.ctx.quantise(self.op(p), self.dither)
-            self.memo[p] = (self.ctx.ref.score(out.reshape(self.ctx.image.shape)), out)
-            self.pos[p] = float(t)
-        return p, self.memo[p][0]
-
-    def points(self) -> list[tuple[float, float, float]]:
-        """Evaluated ``(t, param, ssim)`` sorted by ``t``."""
-        return sorted((self.pos[p], p, s) for p, (s, _) in self.memo.items())
 
 
 def _prepare(
@@ -281,15 +195,9 @@ def calibrate_levels(
     ctx = _context(image, data_range)
     mask_u8 = check_mask(mask, ctx.image)
     spec, pspec, op, dither = _prepare(ctx, name, seed, param_range, options)
-    curve = _Curve(ctx, pspec, op, dither)
-    curve.evaluate(0.0)
-    curve.evaluate(1.0)
-    found: dict[int, tuple[float, str, int]] = {}
-    for level in sorted(set(levels_t)):
-        before = len(curve.memo)
-        p, reason = _search_level(curve, name, level, bands_t, max_evals)
-        found[level] = (p, reason, len(curve.memo) - before + (2 if not found else 0))
-    scores = [s for s, _ in curve.memo.values()]
+    curve = Curve(ctx, pspec, op, dither)
+    found = search_levels(curve, name, levels_t, bands_t, max_evals)
+    scores = curve.scores()
     s_min, s_max = float(min(scores)), float(max(scores))
     results = []
     for level in levels_t:
@@ -318,95 +226,11 @@ def calibrate_levels(
 
 
 def calibrate(
-    image: np.ndarray | Context,
-    name: str,
-    level: int,
-    *,
-    seed: int,
-    mask: np.ndarray | None = None,
-    bands: Sequence[Sequence[float]] | None = None,
-    param_range: Sequence[float] | None = None,
-    max_evals: int = DEFAULT_MAX_EVALS,
-    data_range: float | None = None,
-    options: Mapping[str, str] | None = None,
+    image: np.ndarray | Context, name: str, level: int, *, seed: int, **settings: Any
 ) -> CalibrationResult:
-    """Calibrate one level: :func:`calibrate_levels` with ``levels=(level,)`` (same arguments)."""
-    return calibrate_levels(
-        image,
-        name,
-        (level,),
-        seed=seed,
-        mask=mask,
-        bands=bands,
-        param_range=param_range,
-        max_evals=max_evals,
-        data_range=data_range,
-        options=options,
-    )[0]
-
-
-_GRID = (0.5, 0.25, 0.75)  # scanned when every point lies on one side of the band (non-monotone s(t))
-
-
-def _search_level(
-    curve: _Curve, name: str, level: int, bands: Sequence[tuple[float, float]], max_evals: int
-) -> tuple[float, str]:
-    """(chosen parameter, reason if not in band) for one level, adding points to the shared curve."""
-    lo, hi = bands[level - 1]
-    centre = (lo + hi) / 2
-    target = _g(centre)
-    pspec = curve.pspec
-    dead: set[tuple[float, float]] = set()
-    prior = prior_positions(name)[level - 1]
-    history: list[bool] = []  # side of each new point of this level (True = too mild)
-    new = 0
-    while True:
-        pts = curve.points()
-        hits = [(abs(s - centre), t, p) for t, p, s in pts if in_band(s, level, bands)]
-        if hits:
-            return min(hits)[2], ""
-        if new >= max_evals:
-            return _closest(curve, lo, hi), f"no parameter in band after {max_evals} evaluations"
-        nxt = None
-        straddles = False
-        for (ta, pa, sa), (tb, pb, sb) in itertools.pairwise(pts):
-            if (sa >= hi) == (sb >= hi):
-                continue
-            straddles = True
-            if (ta, tb) in dead:
-                continue
-            if abs(pa - pb) <= (1.0 if pspec.integer else 0.0) or tb - ta < 2e-3:
-                dead.add((ta, tb))
-                continue
-            ga, gb = _g(sa), _g(sb)
-            if not history and ta < prior < tb:
-                frac = (prior - ta) / (tb - ta)
-            elif len(history) >= 2 and history[-1] == history[-2]:
-                frac = 0.5
-            else:
-                frac = (target - ga) / (gb - ga) if gb != ga else 0.5
-            frac = min(max(frac, 0.1), 0.9)
-            nt = ta + frac * (tb - ta)
-            if pspec.value(nt) in curve.memo:
-                nt = ta + 0.5 * (tb - ta)
-                if pspec.value(nt) in curve.memo:
-                    dead.add((ta, tb))
-                    continue
-            nxt = nt
-            break
-        if nxt is None and not straddles:
-            nxt = next((t for t in _GRID if pspec.value(t) not in curve.memo), None)
-        if nxt is None:
-            return _closest(curve, lo, hi), _unreachable_reason(curve, lo, hi, dead)
-        _, s = curve.evaluate(nxt)
-        history.append(s >= hi)
-        new += 1
-
-
-def _closest(curve: _Curve, lo: float, hi: float) -> float:
-    """The evaluated parameter whose SSIM is closest to the band (then to its centre)."""
-    m = curve.memo
-    return min(m, key=lambda q: (_band_distance(m[q][0], lo, hi), abs(m[q][0] - (lo + hi) / 2), q))
+    """Calibrate one level: :func:`calibrate_levels` with ``levels=(level,)``; ``settings`` are its
+    keyword arguments (``mask``, ``bands``, ``param_range``, ``max_evals``, ``data_range``, ``options``)."""
+    return calibrate_levels(image, name, (level,), seed=seed, **settings)[0]
 
 
 def _dither(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -414,26 +238,3 @@ def _dither(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     than float draws, and rounding probabilities need no finer resolution)."""
     b = np.frombuffer(rng.bytes(math.prod(shape)), np.uint8).reshape(shape)
     return (b.astype(np.float32) + np.float32(0.5)) * np.float32(1 / 256)
-
-
-def _band_distance(s: float, lo: float, hi: float) -> float:
-    return 0.0 if lo <= s <= hi else min(abs(s - lo), abs(s - hi))
-
-
-def _unreachable_reason(curve: _Curve, lo: float, hi: float, dead: set[tuple[float, float]]) -> str:
-    """Why the band was missed, naming the parameter values and SSIMs concerned."""
-    pspec = curve.pspec
-    scores = [s for s, _ in curve.memo.values()]
-    a, b = pspec.range
-    whole = f"the whole bounded {pspec.name} range [{a:g}, {b:g}]"
-    if min(scores) >= hi:
-        return f"unreachable: too mild over {whole} (lowest SSIM {min(scores):.3f})"
-    if max(scores) < lo:
-        return f"unreachable: too strong over {whole} (highest SSIM {max(scores):.3f})"
-    if dead:
-        ta, tb = min(dead)
-        pa, pb = sorted((pspec.value(ta), pspec.value(tb)))
-        if pspec.integer:
-            return f"band lies between adjacent {pspec.name} values {pa:g} and {pb:g}"
-        return f"SSIM jumps over the band between {pspec.name} {pa:.4g} and {pb:.4g} (discontinuous)"
-    return "band not reached on the search grid"

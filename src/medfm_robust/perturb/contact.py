@@ -126,7 +126,7 @@ def write_contact_sheet(
 
 
 def medical_sheets(
-    out_dir: str | Path, *, levels: Sequence[int] = (1, 3, 5), size: int = 192, tile: int = 128, seed: int = 0
+    out_dir: str | Path, *, levels: Sequence[int] = (1, 3, 5), size: int = 192, tile: int = 104, seed: int = 0
 ) -> list[Path]:
     """One sheet per modality family of its medical types at ``levels`` on the project's synthetic image
     of that modality (``medfm_robust.data.demo``), written as ``<out_dir>/perturb_<modality>.png``.

@@ -150,18 +150,26 @@ def photon_starvation(ctx: Context, rng: np.random.Generator):  # type: ignore[n
         0.005,
         1.0,
         "window error (0 = correct)",
-        bound="centre off by <= half the width and width narrowed to 10 %: a wrong preset, still a window",
+        bound="width narrowed to 10 % about the tissue level, off by <= half of it: a wrong preset, a window",
     ),
 )
 def window_level(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
-    """Wrong display window: centre moved and width narrowed in proportion to s, then clipped (saturation)."""
+    """Wrong display window: narrowed in proportion to s (to 10 % of the range at s = 1) about the body's
+    median intensity (pixels above 20 % of the range: air excluded), off-centre by up to half of that
+    narrowed width, then clipped (saturation). At s = 1 this is a narrow soft-tissue window set on the
+    wrong level: tissue contrast and noise are stretched and part of the tissue saturates, but the
+    anatomy inside the window stays visible (a window centred between air and tissue would turn the
+    body into a binary silhouette)."""
     lo, hi = _intensity_range(ctx)
     direction = np.float32(rng.uniform(0.3, 1.0) * (1 if rng.random() < 0.5 else -1))
     centre, width = (lo + hi) / 2, hi - lo
+    g = ctx.gray
+    body = g[g > lo + 0.2 * width]
+    tissue = float(np.median(body)) if body.size else centre
 
     def op(p: float) -> np.ndarray:
-        c = centre + direction * np.float32(p) * width / 2
         w = width * (1 - np.float32(0.9) * np.float32(p))
+        c = centre + np.float32(p) * (tissue - centre) + direction * np.float32(p) * w / 2
         return (ctx.x - (c - w / 2)) / w * np.float32(width) + np.float32(lo)
 
     return op

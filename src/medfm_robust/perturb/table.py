@@ -20,12 +20,14 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from medfm_robust.boxes import box_from_mask
 from medfm_robust.errors import DataError
 from medfm_robust.intensity import check_value_range
 from medfm_robust.io import decode_png, encode_png, write_json_atomic, write_parquet_atomic, write_text_atomic
 from medfm_robust.perturb._common import Context
-from medfm_robust.perturb.calibrate import DEFAULT_MAX_EVALS, calibrate_levels, check_bands
-from medfm_robust.perturb.registry import get_spec
+from medfm_robust.perturb.calibrate import calibrate_levels
+from medfm_robust.perturb.registry import PerturbationSpec, get_spec
+from medfm_robust.perturb.search import DEFAULT_MAX_EVALS, check_bands
 from medfm_robust.seeding import seed_for, unit_hash
 
 log = logging.getLogger(__name__)
@@ -51,14 +53,6 @@ PERTURBED_SCHEMA = pa.schema(
     ]
 )
 REQUIRED = ("image_id", "dataset", "modality", "image_png")
-
-
-def box_from_mask(mask: np.ndarray) -> list[int] | None:
-    """``[x_min, y_min, x_max, y_max]`` (inclusive) of the foreground of an ``H x W`` mask; None if empty."""
-    ys, xs = np.nonzero(mask)
-    if ys.size == 0:
-        return None
-    return [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())]
 
 
 def box_mask(box: Sequence[int], shape: tuple[int, int]) -> np.ndarray:
@@ -150,7 +144,7 @@ def perturb_table(
     from tqdm import tqdm
 
     spec = get_spec(name)
-    bands_t = check_bands(bands)
+    settings = {"bands": check_bands(bands), "param_range": param_range, "max_evals": max_evals}
     levels = sorted({int(v) for v in levels})
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
@@ -158,50 +152,55 @@ def perturb_table(
     rows: list[dict[str, Any]] = []
     records = df.sort_values("image_id", kind="mergesort").to_dict("records")
     for row in tqdm(records, desc=name, unit="img", disable=not progress, mininterval=2):
-        source = f"{row['dataset']}/{row['image_id']}"
-        image = decode_png(bytes(row["image_png"]), source=f"{source} image_png")
-        ctx = Context(image, value_range=row_value_range(row, source))
-        mask, real_mask, box = _labels(row, image.shape[:2], source)
-        seed = perturbation_seed(row["dataset"], row["image_id"], name, global_seed)
-        results = calibrate_levels(
-            ctx,
-            name,
-            levels,
-            seed=seed,
-            mask=mask,
-            bands=bands_t,
-            param_range=param_range,
-            max_evals=max_evals,
-            options=options,
-        )
-        for res in results:
-            out_box, out_mask = box, None
-            if spec.moves_labels and mask is not None:
-                out_box = box_from_mask(res.mask)
-                if real_mask:
-                    out_mask = encode_png(res.mask)
-            rows.append(
-                {
-                    "image_id": str(row["image_id"]),
-                    "dataset": str(row["dataset"]),
-                    "modality": str(row["modality"]),
-                    "perturbation": name,
-                    "category": spec.category,
-                    "level": res.level,
-                    "image_png": encode_png(res.image),
-                    "mask_png": out_mask,
-                    "box": out_box,
-                    "ssim": res.ssim,
-                    "param": res.param,
-                    "in_band": res.in_band,
-                    "reason": res.reason,
-                    "seed": seed,
-                    "ssim_min_reachable": res.ssim_min_reachable,
-                    "ssim_max_reachable": res.ssim_max_reachable,
-                }
-            )
+        rows.extend(_perturb_row(row, spec, levels, global_seed, settings, options))
     table = pa.Table.from_pylist(rows, schema=PERTURBED_SCHEMA)
     return table.to_pandas()
+
+
+def _perturb_row(
+    row: dict[str, Any],
+    spec: PerturbationSpec,
+    levels: list[int],
+    global_seed: int,
+    settings: dict[str, Any],
+    options: Mapping[str, str] | None,
+) -> list[dict[str, Any]]:
+    """The perturbed-shard rows of one canonical row (one per level); ``settings``: the search's
+    ``bands``, ``param_range`` and ``max_evals`` (see :func:`calibrate_levels`)."""
+    source = f"{row['dataset']}/{row['image_id']}"
+    image = decode_png(bytes(row["image_png"]), source=f"{source} image_png")
+    ctx = Context(image, value_range=row_value_range(row, source))
+    mask, real_mask, box = _labels(row, image.shape[:2], source)
+    seed = perturbation_seed(row["dataset"], row["image_id"], spec.name, global_seed)
+    results = calibrate_levels(ctx, spec.name, levels, seed=seed, mask=mask, options=options, **settings)
+    out = []
+    for res in results:
+        out_box, out_mask = box, None
+        if spec.moves_labels and mask is not None:
+            out_box = box_from_mask(res.mask)
+            if real_mask:
+                out_mask = encode_png(res.mask)
+        out.append(
+            {
+                "image_id": str(row["image_id"]),
+                "dataset": str(row["dataset"]),
+                "modality": str(row["modality"]),
+                "perturbation": spec.name,
+                "category": spec.category,
+                "level": res.level,
+                "image_png": encode_png(res.image),
+                "mask_png": out_mask,
+                "box": out_box,
+                "ssim": res.ssim,
+                "param": res.param,
+                "in_band": res.in_band,
+                "reason": res.reason,
+                "seed": seed,
+                "ssim_min_reachable": res.ssim_min_reachable,
+                "ssim_max_reachable": res.ssim_max_reachable,
+            }
+        )
+    return out
 
 
 def write_perturbed_shard(path: str | Path, df: pd.DataFrame) -> None:

@@ -62,13 +62,16 @@ def acoustic_shadowing(ctx: Context, rng: np.random.Generator):  # type: ignore[
     ),
 )
 def reverberation(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped-def]
-    """Reverberation: equally spaced, decaying bright echo bands below a strong interface (lateral region)."""
+    """Reverberation: equally spaced, decaying thin bright echo lines below a strong interface (lateral
+    region). The pulse bounces between the probe and the interface at depth ``d``, so the echoes appear at
+    ``2 d, 3 d, ...`` (spacing ``d``), each as thin as the interface echo (sigma 1 % of the height, at
+    least 1 px) with dark gaps between them, weaker by a factor 0.85 per round trip."""
     _, xx = ctx.grid()
     yi = rng.uniform(0.08, 0.3) * ctx.h
-    spacing = max(6.0, rng.uniform(0.5, 0.9) * yi)
+    spacing = max(6.0, yi)
     c0 = rng.uniform(0.05, 0.35) * ctx.w
     c1 = c0 + rng.uniform(0.45, 0.9) * ctx.w
-    sig = spacing / 3.5
+    sig = max(1.0, 0.01 * ctx.h)
     prof = np.zeros((ctx.h,), np.float32)
     rows = np.arange(ctx.h, dtype=np.float32)
     j = 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from medfm_robust import paths
 from medfm_robust.errors import ConfigError
 from medfm_robust.perturb.registry import REGISTRY, applicable_types, get_spec
 
@@ -76,7 +77,7 @@ def settings_for(config: Mapping[str, Any], name: str) -> dict[str, Any]:
 
 def shards_of(config: Mapping[str, Any], dataset: str) -> list[str]:
     """Every perturbed shard path of ``dataset``."""
-    return [f"results/perturbed/{dataset}/{name}.parquet" for name in types_for(config, dataset)]
+    return [paths.perturbed_shard(dataset, name) for name in types_for(config, dataset)]
 
 
 def sheet_dataset(config: Mapping[str, Any], datasets: Sequence[str], modality: str) -> str | None:
@@ -90,18 +91,21 @@ def sheet_inputs(config: Mapping[str, Any], datasets: Sequence[str], modality: s
     dataset = sheet_dataset(config, datasets, modality)
     if dataset is None:
         return {"test": [], "shards": []}
-    return {"test": f"results/data/{dataset}/test.parquet", "shards": shards_of(config, dataset)}
+    return {"test": paths.data_shard(dataset, "test"), "shards": shards_of(config, dataset)}
+
+
+def sheet_modalities(config: Mapping[str, Any], datasets: Sequence[str]) -> list[str]:
+    """Modalities (sorted) with a contact sheet: those of the datasets that get perturbed shards."""
+    return sorted({config["datasets"][d]["modality"] for d in datasets if types_for(config, d)})
 
 
 def final_targets(config: Mapping[str, Any], datasets: Sequence[str]) -> list[str]:
     """Every perturbed shard, calibration report (CSV + JSON) and per-modality contact sheet."""
     targets: list[str] = []
-    modalities = set()
     for dataset in datasets:
         if not types_for(config, dataset):
             continue
-        modalities.add(config["datasets"][dataset]["modality"])
         targets += shards_of(config, dataset)
-        targets += [f"results/perturbed/{dataset}/calibration_report.{ext}" for ext in ("csv", "json")]
-    targets += [f"results/figures/contact_sheets/{m}.png" for m in sorted(modalities)]
+        targets += [paths.calibration_report(dataset, ext) for ext in ("csv", "json")]
+    targets += [paths.contact_sheet(m) for m in sheet_modalities(config, datasets)]
     return targets

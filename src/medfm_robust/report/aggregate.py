@@ -141,15 +141,7 @@ def paired_drops(
         first = clean.loc[dup, keys].iloc[0].to_dict()
         raise DataError(f"{source}: duplicate clean rows for {first}")
     clean = clean.rename(columns={value: "value"}).reset_index(drop=True)
-    pert = data.loc[~is_clean]
-    excluded = pd.Series("", index=pert.index, dtype=object)
-    if in_band_only and "in_band" in pert.columns:
-        out = ~pert["in_band"].fillna(False).astype(bool)
-        unreach = (
-            out & ~pert["reachable"].fillna(True).astype(bool) if "reachable" in pert.columns else out & False
-        )
-        excluded = excluded.mask(out, "out_of_band").mask(unreach, "unreachable")
-        pert = pert.assign(**{value: pert[value].mask(out)})
+    pert, excluded = _band_exclusions(data.loc[~is_clean], value, in_band_only)
     cols = [*keys, "perturbation", "category", "level", value]
     pert = pert[cols].rename(columns={value: "perturbed"}).assign(excluded=excluded)
     merged = pert.merge(
@@ -163,6 +155,20 @@ def paired_drops(
     merged["drop"] = merged["clean"] - merged["perturbed"]
     merged["level"] = merged["level"].astype("int64")
     return clean, merged.reset_index(drop=True)
+
+
+def _band_exclusions(pert: pd.DataFrame, value: str, in_band_only: bool) -> tuple[pd.DataFrame, pd.Series]:
+    """With ``in_band_only``: ``pert`` with ``value`` masked (NaN) where the SSIM missed the band, and per
+    row why (``out_of_band``, ``unreachable``, else ``""``; see :func:`paired_drops`)."""
+    excluded = pd.Series("", index=pert.index, dtype=object)
+    if in_band_only and "in_band" in pert.columns:
+        out = ~pert["in_band"].fillna(False).astype(bool)
+        unreach = (
+            out & ~pert["reachable"].fillna(True).astype(bool) if "reachable" in pert.columns else out & False
+        )
+        excluded = excluded.mask(out, "out_of_band").mask(unreach, "unreachable")
+        pert = pert.assign(**{value: pert[value].mask(out)})
+    return pert, excluded
 
 
 def _bootstrap_weights(images: Sequence[str], population: tuple, settings: BootstrapSettings) -> np.ndarray:
@@ -214,35 +220,76 @@ def hierarchical_mean(
         )
     has_pert = "perturbation" in obs.columns
     inner = [*dict.fromkeys([*unit_keys, *(["perturbation", "level"] if has_pert else []), *by])]
-    samples = max(int(settings.samples), 0)
 
     # Step 1: mean over images per inner group, for the point estimate and every bootstrap replicate.
-    blocks = []
-    for pop, pop_rows in obs.groupby(list(population_keys), sort=True):
-        pop = pop if isinstance(pop, tuple) else (pop,)
-        images = np.sort(pop_rows[image_key].astype(str).unique())
-        col = np.searchsorted(images, pop_rows[image_key].astype(str).to_numpy())
-        weights = _bootstrap_weights(images, pop, settings) if samples else np.zeros((0, len(images)))
-        weights = np.vstack([np.ones((1, len(images))), weights])  # row 0: the point estimate
-        keys = pop_rows[inner].reset_index(drop=True)
-        grouped = keys.groupby(inner, sort=True, dropna=False)
-        codes = grouped.ngroup().to_numpy()
-        uniques = grouped.size().index.to_frame(index=False)
-        n_groups, n_img = int(codes.max()) + 1, len(images)
-        flat = codes * n_img + col
-        size = n_groups * n_img
-        m = np.bincount(flat, minlength=size).astype(np.float64).reshape(n_groups, n_img)
-        x = {c: np.bincount(flat, weights=pop_rows[c].to_numpy(dtype=np.float64), minlength=size)
-             .reshape(n_groups, n_img) @ weights.T for c in (corpus_columns if corpus else [value])}
-        with np.errstate(invalid="ignore", divide="ignore"):
-            # (groups, 1 + samples): row 0 the point estimate, then the replicates
-            means = x[value] / (m @ weights.T) if corpus is None else np.asarray(corpus(x), dtype=np.float64)
-        block = pd.DataFrame(means, columns=[f"b{i}" for i in range(means.shape[1])])
-        blocks.append(pd.concat([uniques, block], axis=1))
+    blocks = [
+        _population_means(pop if isinstance(pop, tuple) else (pop,), pop_rows, inner, settings, value,
+                          image_key, corpus, corpus_columns)
+        for pop, pop_rows in obs.groupby(list(population_keys), sort=True)
+    ]
     stats = pd.concat(blocks, ignore_index=True)
     rep_cols = [c for c in stats.columns if c.startswith("b")]
-
     # Step 2: average out level, then perturbation, then the training seed, then the run, keeping `by`.
+    stats, seeds = _average_out(stats, by, inner, rep_cols)
+    stats = _with_intervals(_with_counts(stats, obs, by, unit_keys, image_key), rep_cols, settings)
+    return _cells(stats, by, n_excl, seeds)
+
+
+def _cells(stats: pd.DataFrame, by: list[str], n_excl: pd.DataFrame, seeds: pd.DataFrame) -> pd.DataFrame:
+    """The result frame of :func:`hierarchical_mean`: its columns, the exclusion and seed fields joined,
+    counts as int64."""
+    out = stats[[*by, "mean", "ci_low", "ci_high", "n", "n_images", "n_runs"]].copy()
+    if by:
+        out = out.merge(n_excl, on=by, how="left").merge(seeds, on=by, how="left")
+    else:
+        for c in EXCLUDED:
+            out[c] = int(n_excl[c].iloc[0])
+        for c in SEED_FIELDS:
+            out[c] = seeds[c].iloc[0]
+    for c in ("n", "n_images", "n_runs", "n_seeds", *EXCLUDED):
+        out[c] = out[c].fillna(0).astype("int64")
+    return out.reset_index(drop=True)
+
+
+def _population_means(
+    pop: tuple,
+    pop_rows: pd.DataFrame,
+    inner: list[str],
+    settings: BootstrapSettings,
+    value: str,
+    image_key: str,
+    corpus: Callable[[Mapping[str, np.ndarray]], np.ndarray] | None,
+    corpus_columns: Sequence[str],
+) -> pd.DataFrame:
+    """Step 1 of :func:`hierarchical_mean` for one population (images resampled together): per ``inner``
+    group the image mean (or ``corpus`` score) as column ``b0`` and one column ``b<i>`` per replicate."""
+    samples = max(int(settings.samples), 0)
+    images = np.sort(pop_rows[image_key].astype(str).unique())
+    col = np.searchsorted(images, pop_rows[image_key].astype(str).to_numpy())
+    weights = _bootstrap_weights(images, pop, settings) if samples else np.zeros((0, len(images)))
+    weights = np.vstack([np.ones((1, len(images))), weights])  # row 0: the point estimate
+    keys = pop_rows[inner].reset_index(drop=True)
+    grouped = keys.groupby(inner, sort=True, dropna=False)
+    codes = grouped.ngroup().to_numpy()
+    uniques = grouped.size().index.to_frame(index=False)
+    n_groups, n_img = int(codes.max()) + 1, len(images)
+    flat = codes * n_img + col
+    size = n_groups * n_img
+    m = np.bincount(flat, minlength=size).astype(np.float64).reshape(n_groups, n_img)
+    x = {c: np.bincount(flat, weights=pop_rows[c].to_numpy(dtype=np.float64), minlength=size)
+         .reshape(n_groups, n_img) @ weights.T for c in (corpus_columns if corpus else [value])}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # (groups, 1 + samples): row 0 the point estimate, then the replicates
+        means = x[value] / (m @ weights.T) if corpus is None else np.asarray(corpus(x), dtype=np.float64)
+    block = pd.DataFrame(means, columns=[f"b{i}" for i in range(means.shape[1])])
+    return pd.concat([uniques, block], axis=1)
+
+
+def _average_out(
+    stats: pd.DataFrame, by: list[str], inner: list[str], rep_cols: list[str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Step 2 of :func:`hierarchical_mean`: average out level, then perturbation, then the training seed,
+    then the run, keeping ``by``; also the training seeds' spread per cell (:func:`_seed_spread`)."""
     keep = list(inner)
     for dim in ("level", "perturbation", SEED_KEY):
         if dim == SEED_KEY:
@@ -255,39 +302,39 @@ def hierarchical_mean(
         if by
         else (stats[rep_cols].mean().to_frame().T)
     )
+    return stats, seeds
 
-    counts = obs.groupby(by, sort=True, dropna=False) if by else None
-    if counts is not None:
-        n = counts.size().rename("n").reset_index()
-        n_images = counts[image_key].nunique().rename("n_images").reset_index()
-        runs = obs[[*dict.fromkeys([*by, *unit_keys])]].drop_duplicates()
-        n_runs = runs.groupby(by, sort=True, dropna=False).size().rename("n_runs").reset_index()
-        stats = stats.merge(n, on=by).merge(n_images, on=by).merge(n_runs, on=by)
-    else:
-        stats["n"] = len(obs)
-        stats["n_images"] = obs[image_key].nunique()
-        stats["n_runs"] = len(obs[list(unit_keys)].drop_duplicates())
+
+def _with_intervals(stats: pd.DataFrame, rep_cols: list[str], settings: BootstrapSettings) -> pd.DataFrame:
+    """``stats`` with ``b0`` renamed ``mean`` and the percentile interval ``ci_low`` / ``ci_high`` of the
+    replicates ``rep_cols[1:]`` (NaN when the bootstrap is disabled)."""
     reps = stats[rep_cols[1:]].to_numpy(dtype=np.float64)
     alpha = (1.0 - settings.ci) / 2.0
-    if samples:
+    if max(int(settings.samples), 0):
         with np.errstate(invalid="ignore"):
             stats["ci_low"] = np.nanquantile(reps, alpha, axis=1) if reps.size else np.nan
             stats["ci_high"] = np.nanquantile(reps, 1.0 - alpha, axis=1) if reps.size else np.nan
     else:
         stats["ci_low"] = np.nan
         stats["ci_high"] = np.nan
-    stats = stats.rename(columns={"b0": "mean"})
-    out = stats[[*by, "mean", "ci_low", "ci_high", "n", "n_images", "n_runs"]].copy()
-    if by:
-        out = out.merge(n_excl, on=by, how="left").merge(seeds, on=by, how="left")
-    else:
-        for c in EXCLUDED:
-            out[c] = int(n_excl[c].iloc[0])
-        for c in SEED_FIELDS:
-            out[c] = seeds[c].iloc[0]
-    for c in ("n", "n_images", "n_runs", "n_seeds", *EXCLUDED):
-        out[c] = out[c].fillna(0).astype("int64")
-    return out.reset_index(drop=True)
+    return stats.rename(columns={"b0": "mean"})
+
+
+def _with_counts(
+    stats: pd.DataFrame, obs: pd.DataFrame, by: list[str], unit_keys: Sequence[str], image_key: str
+) -> pd.DataFrame:
+    """``stats`` with the cells' ``n`` (observations), ``n_images`` and ``n_runs``."""
+    if not by:
+        stats["n"] = len(obs)
+        stats["n_images"] = obs[image_key].nunique()
+        stats["n_runs"] = len(obs[list(unit_keys)].drop_duplicates())
+        return stats
+    counts = obs.groupby(by, sort=True, dropna=False)
+    n = counts.size().rename("n").reset_index()
+    n_images = counts[image_key].nunique().rename("n_images").reset_index()
+    runs = obs[[*dict.fromkeys([*by, *unit_keys])]].drop_duplicates()
+    n_runs = runs.groupby(by, sort=True, dropna=False).size().rename("n_runs").reset_index()
+    return stats.merge(n, on=by).merge(n_images, on=by).merge(n_runs, on=by)
 
 
 #: Per-cell counts of perturbed outputs left out of the means (see :func:`paired_drops`).

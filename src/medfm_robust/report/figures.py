@@ -1,6 +1,6 @@
 """The panels of the paper's Figure 3, drawn from the long table cells (``*_cells.parquet``).
 
-Every panel is written as PNG and PDF (atomically) under ``results/figures/``; colours come from
+Every panel is written as PNG and PDF (atomically) at ``paths.figure``; colours come from
 :mod:`medfm_robust.report.palette` so a strategy or model has the same colour in every panel.
 Error bars are the 95% bootstrap confidence intervals of the tables.
 """
@@ -329,7 +329,7 @@ def draw_figures(
 ) -> list[Path]:
     """Draw the panels named by the output ``stems`` (``.../<panel name>``) from a cells Parquet file."""
     cells = pd.read_parquet(cells_path)
-    metric = {"iou": "IoU", "dice": "Dice", "nsd": "NSD"}.get(metric, metric)
+    metric = palette.METRIC_LABELS.get(metric, metric)
     written: list[Path] = []
     for stem in map(Path, stems):
         name = stem.name

@@ -1,32 +1,21 @@
 """One palette and one set of display labels for every figure and table.
 
-Known strategies and models get fixed colours (so a strategy has the same colour in every panel and every
-run); an unknown name gets a stable colour from a hash of its name, never from its position in a list.
+Strategies take their label and colour from their registered definitions
+(:mod:`medfm_robust.seg.strategy_registry`), known models from the fixed tables below (so a strategy or a
+model has the same colour in every panel and every run); an unknown name gets a stable colour from a hash
+of its name, never from its position in a list.
 """
 
 from __future__ import annotations
 
 from medfm_robust.seeding import unit_hash
+from medfm_robust.seg.strategy_registry import STRATEGY_SPECS
 
-STRATEGY_ORDER = ("zero_shot", "full", "enc_only", "dec_only", "dec_prompt", "lora", "adapter")
-STRATEGY_LABELS = {
-    "zero_shot": "Zero-shot",
-    "full": "Full",
-    "enc_only": "Enc-Only",
-    "dec_only": "Dec-Only",
-    "dec_prompt": "Dec-Prompt",
-    "lora": "LoRA",
-    "adapter": "Adapter",
-}
-STRATEGY_COLORS = {
-    "zero_shot": "#7f7f7f",
-    "full": "#1f77b4",
-    "enc_only": "#2ca02c",
-    "dec_only": "#ff7f0e",
-    "dec_prompt": "#9467bd",
-    "lora": "#d62728",
-    "adapter": "#8c564b",
-}
+# Strategies: from their registered definitions (order, label, colour).
+STRATEGY_ORDER: tuple[str, ...] = tuple(STRATEGY_SPECS)
+STRATEGY_LABELS: dict[str, str] = {n: d.label for n, d in STRATEGY_SPECS.items()}
+STRATEGY_COLORS: dict[str, str] = {n: d.colour for n, d in STRATEGY_SPECS.items()}
+# Models (segmentation and VLM); tests check that every registered segmentation model is listed.
 MODEL_LABELS = {
     "tiny_sam": "Tiny SAM",
     "lite_medsam": "LiteMedSAM",
@@ -96,3 +85,7 @@ def label(name: str) -> str:
 def strategy_sort_key(name: str) -> tuple[int, str]:
     """Sort strategies in the paper's order, unknown ones after, alphabetically."""
     return (STRATEGY_ORDER.index(name) if name in STRATEGY_ORDER else len(STRATEGY_ORDER), name)
+
+
+#: Display names of the segmentation metrics (tables and figures).
+METRIC_LABELS = {"iou": "IoU", "dice": "Dice", "nsd": "NSD"}

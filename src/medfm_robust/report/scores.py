@@ -36,26 +36,18 @@ from medfm_robust.report.aggregate import (
     read_metric_files,
     with_seed_key,
 )
-from medfm_robust.report.palette import strategy_sort_key
+from medfm_robust.report.palette import METRIC_LABELS, strategy_sort_key
 from medfm_robust.report.tables import Table, cells_from
 
-UNIT = ("model", "strategy", "dataset")
-CATEGORIES = ("base", "medical")
-METRIC_NAMES = {"iou": "IoU", "dice": "Dice", "nsd": "NSD"}
+#: A segmentation run (without its training seed) and the perturbed categories of the drops.
+SEG_UNIT = ("model", "strategy", "dataset")
+PERTURBATION_CATEGORIES = ("base", "medical")
 STATS_TABLES = ("normalised_scores", "dataset_perturbation_effects", paired.TABLE_NAME)
-#: Defaults of the report.* keys read here (config/schema.yaml carries the same ones).
-DEFAULTS = {
-    "reference_strategy": "zero_shot",
-    "failure_dice": 0.5,
-    "min_cell_n": 10,
-    "paired_correction": "holm",
-    "significance_level": 0.05,
-}
 
 
 def _unit(frame: pd.DataFrame) -> tuple[str, ...]:
     """Run identity; a training seed is part of it when the metrics carry one (averaged as runs)."""
-    return with_seed_key(frame, UNIT)
+    return with_seed_key(frame, SEG_UNIT)
 
 
 def corruption_errors(
@@ -105,7 +97,7 @@ def normalised_table(
         unit, metric, settings, reference, failure_dice: run keys, metric name, bootstrap settings,
             reference strategy of the mCE and Dice threshold of a failure.
     """
-    m = METRIC_NAMES.get(metric, metric)
+    m = METRIC_LABELS.get(metric, metric)
     ms = ["model", "strategy"]
     hm = lambda obs, by: hierarchical_mean(obs, by, unit, ["dataset"], settings)  # noqa: E731
     ok = drops["perturbed"].notna()
@@ -114,25 +106,15 @@ def normalised_table(
     rel = d[[*ms, "mean", "n"]].merge(c[[*ms, "mean"]].rename(columns={"mean": "clean"}), on=ms, how="left")
     rel = rel.assign(mean=rel["mean"] / rel["clean"], ci_low=np.nan, ci_high=np.nan)
 
-    ce = corruption_errors(drops, reference, unit, settings)
-    per_ds = ce.rename(columns={"mce": "mean"}).assign(ci_low=np.nan, ci_high=np.nan)
-    overall = ce.groupby(ms, sort=True).agg(mean=("mce", "mean"), n=("n", "sum")).reset_index()
-    overall = overall.assign(ci_low=np.nan, ci_high=np.nan)
-
+    ce, per_ds, overall = _mce_cells(drops, reference, unit, settings)
     dice_clean, dice_drops = dice
     failed = (dice_drops["perturbed"] < failure_dice).astype("float64").where(dice_drops["perturbed"].notna())
     fail_p = hm(dice_drops.assign(value=failed), ms)
     fail_c = hm(dice_clean.assign(value=(dice_clean["value"] < failure_dice).astype("float64")), ms)
-
+    rows = strategy_rows(clean, ms)
     thr = f"Dice<{failure_dice:g}"
-    cols = [
-        f"clean {m}",
-        f"{m} drop",
-        "relative drop",
-        f"mCE vs {reference}",
-        f"fail clean {thr}",
-        f"fail perturbed {thr}",
-    ]
+    cols = [f"clean {m}", f"{m} drop", "relative drop", f"mCE vs {reference}", f"fail clean {thr}",
+            f"fail perturbed {thr}"]
     cells = [
         cells_from(hm(clean, ms), ms, cols[0]),
         cells_from(d, ms, cols[1]),
@@ -142,28 +124,50 @@ def normalised_table(
         cells_from(fail_p, ms, cols[5]),
         cells_from(per_ds, ms, "dataset", "{} mCE"),
     ]
-    rows = clean[ms].drop_duplicates()
-    rows = rows.sort_values(ms, key=lambda s: s.map(strategy_sort_key) if s.name == "strategy" else s)
-    notes = [
-        f"relative drop = {m} drop / clean {m} of the same observations; mCE = mean over types (then "
-        f"datasets) of sum over levels of (1 - {m}) divided by the same sum for {reference} of the same "
-        "model and dataset (ImageNet-C style; < 1: fewer errors than the reference); both are point "
-        f"estimates. fail = share of images with Dice < {failure_dice:g}, with the bootstrap CI."
-    ]
-    no_ref = sorted(set(rows["model"]) - set(ce["model"]))
-    if no_ref:
-        notes.append(
-            f"No {reference} rows (report.reference_strategy) for model(s) {', '.join(no_ref)}: mCE blank."
-        )
     return Table(
         "normalised_scores",
         f"Normalised and clinical scores: relative {m} drop, mCE vs {reference}, failure rate at {thr}",
         ms,
         pd.concat(cells, ignore_index=True),
         [*cols, *(f"{ds} mCE" for ds in sorted(per_ds["dataset"].unique()))],
-        rows=rows.reset_index(drop=True),
-        notes=notes,
+        rows=rows,
+        notes=_normalised_notes(m, reference, failure_dice, sorted(set(rows["model"]) - set(ce["model"]))),
     )
+
+
+def _mce_cells(
+    drops: pd.DataFrame, reference: str, unit: Sequence[str], settings: BootstrapSettings
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """:func:`corruption_errors` and its point-estimate cells per (model, strategy, dataset) and per
+    (model, strategy) (mean over datasets)."""
+    ce = corruption_errors(drops, reference, unit, settings)
+    per_ds = ce.rename(columns={"mce": "mean"}).assign(ci_low=np.nan, ci_high=np.nan)
+    overall = ce.groupby(["model", "strategy"], sort=True).agg(mean=("mce", "mean"), n=("n", "sum"))
+    overall = overall.reset_index()
+    return ce, per_ds, overall.assign(ci_low=np.nan, ci_high=np.nan)
+
+
+def _normalised_notes(m: str, reference: str, failure_dice: float, no_ref: list[str]) -> list[str]:
+    """Notes of the ``normalised_scores`` table; ``no_ref``: models without a reference-strategy row."""
+    notes = [
+        f"relative drop = {m} drop / clean {m} of the same observations; mCE = mean over types (then "
+        f"datasets) of sum over levels of (1 - {m}) divided by the same sum for {reference} of the same "
+        "model and dataset (ImageNet-C style; < 1: fewer errors than the reference); both are point "
+        f"estimates. fail = share of images with Dice < {failure_dice:g}, with the bootstrap CI."
+    ]
+    if no_ref:
+        notes.append(
+            f"No {reference} rows (report.reference_strategy) for model(s) {', '.join(no_ref)}: mCE blank."
+        )
+    return notes
+
+
+def strategy_rows(frame: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """Unique rows of ``keys`` sorted with strategies in the paper's order."""
+    rows = frame[list(keys)].drop_duplicates()
+    return rows.sort_values(
+        list(keys), key=lambda s: s.map(strategy_sort_key) if s.name == "strategy" else s
+    ).reset_index(drop=True)
 
 
 def effects_table(
@@ -172,7 +176,7 @@ def effects_table(
     """The ``dataset_perturbation_effects`` table: rows perturbation types (then the base and medical
     means), one column per dataset; each cell averages every model and strategy of that dataset.
     ``drops``: base and medical rows of :func:`~medfm_robust.report.aggregate.paired_drops`."""
-    m = METRIC_NAMES.get(metric, metric)
+    m = METRIC_LABELS.get(metric, metric)
     pert = drops.rename(columns={"drop": "value"})
     hm = lambda obs, by: hierarchical_mean(obs, by, unit, ["dataset"], settings)  # noqa: E731
     per_type = hm(pert, ["dataset", "category", "perturbation"])
@@ -199,10 +203,10 @@ def effects_table(
 def statistics_tables(
     metric_paths: Sequence[str], settings: BootstrapSettings, params: Mapping[str, Any]
 ) -> list[Table]:
-    """The tables of :data:`STATS_TABLES` from the segmentation metric files; ``params``: report config."""
-    p = {**DEFAULTS, **params}
-    metric = str(p["segmentation_metric"])
-    in_band = bool(p["in_band_only"])
+    """The tables of :data:`STATS_TABLES` from the segmentation metric files; ``params``: the validated
+    ``report`` config (schema defaults filled in)."""
+    metric = str(params["segmentation_metric"])
+    in_band = bool(params["in_band_only"])
     extra = (paired.SEED_KEY, "reachable")
     frame = read_metric_files(metric_paths, SEG_COLUMNS, "segmentation", extra_columns=extra)
     if frame.empty:
@@ -211,19 +215,19 @@ def statistics_tables(
     pairs = {}
     for score in dict.fromkeys((metric, "dice")):
         c, d = paired_drops(frame, score, unit, in_band_only=in_band, source="segmentation")
-        pairs[score] = (c, d[d["category"].isin(CATEGORIES)].reset_index(drop=True))
+        pairs[score] = (c, d[d["category"].isin(PERTURBATION_CATEGORIES)].reset_index(drop=True))
     clean, drops = pairs[metric]
-    ref, thr = str(p["reference_strategy"]), float(p["failure_dice"])
-    min_n = int(p["min_cell_n"])
+    ref, thr = str(params["reference_strategy"]), float(params["failure_dice"])
+    min_n = int(params["min_cell_n"])
     return [
         normalised_table(clean, drops, pairs["dice"], unit, metric, settings, ref, thr),
         effects_table(drops, unit, metric, settings),
         paired.paired_table(
             drops.rename(columns={"drop": "value"}),
             settings,
-            METRIC_NAMES.get(metric, metric),
-            str(p["paired_correction"]),
-            float(p["significance_level"]),
+            METRIC_LABELS.get(metric, metric),
+            str(params["paired_correction"]),
+            float(params["significance_level"]),
             min_n,
         ),
     ]

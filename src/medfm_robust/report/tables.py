@@ -43,7 +43,7 @@ class Table:
     """One paper table.
 
     Attributes:
-        name: file stem under ``results/tables/``.
+        name: file stem (``paths.table``).
         title: one-line title (Markdown heading, LaTeX caption).
         row_keys: columns identifying a row (e.g. ``model``, ``strategy``), in display order.
         cells: long frame with ``row_keys``, ``column`` and :data:`CELL_FIELDS`.

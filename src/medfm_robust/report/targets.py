@@ -1,81 +1,90 @@
-"""Which files the report stage reads and writes, derived from the other stages' final targets.
+"""Which files the report stage reads and writes.
 
-``rules/report.smk`` builds one :class:`ReportTargets` from the target functions the earlier rule files
-appended to ``STAGE_TARGETS``; the metric files, checkpoint sidecars and contact sheets are recognised by
-the path contracts of ``docs/ARCHITECTURE.md``, so the report needs no copy of the other stages' config
-logic.
+``rules/report.smk`` builds one :class:`ReportTargets` from the validated config
+(:meth:`ReportTargets.from_config`): the runs come from the other stages' run listings
+(``seg.workflow.evaluated_runs``, ``seg.finetune_config.trained_runs``, ``vlm.workflow.evaluated_runs``,
+``perturb.workflow.sheet_modalities``) and every path from :mod:`medfm_robust.paths`, so the report
+neither copies the other stages' config logic nor parses paths.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from medfm_robust import paths
 from medfm_robust.report.build import SEG_TABLES, VLM_TABLES
 from medfm_robust.report.figures import SEG_PANELS, vlm_panel_names
 
-# groups: model, strategy, training seed, dataset, name
-SEG_METRIC = re.compile(r"^results/metrics/segmentation/([^/]+)/([^/]+)/seed(\d+)/([^/]+)/([^/]+)\.parquet$")
-VLM_METRIC = re.compile(r"^results/metrics/vlm/([^/]+)/([^/]+)/([^/]+)/([^/]+)\.parquet$")
-# groups: model, dataset, strategy, training seed, extension
-CHECKPOINT = re.compile(r"^results/checkpoints/([^/]+)/([^/]+)/([^/]+)/seed(\d+)\.(safetensors|json)$")
-CONTACT_SHEET = re.compile(r"^results/figures/contact_sheets/([^/]+)\.png$")
 SEG_FIGURE_CATEGORY = "Segmentation figures"
 VLM_FIGURE_CATEGORY = "VLM figures"
+SegRun = tuple[str, str, int, str]  # model, strategy, training seed, dataset
+VlmRun = tuple[str, str, str]  # model, task, dataset
+TrainedRun = tuple[str, str, str, int]  # model, dataset, strategy, training seed
 
 
+@dataclass(frozen=True)
 class ReportTargets:
     """Input and output lists of the report rules.
 
     Args:
-        stages: the other stages' target functions (each returns an iterable of paths); they are called
-            lazily and their union is cached.
+        seg_metrics: evaluated segmentation run -> its metric names (clean, perturbations, attacks).
+        vlm_metrics: evaluated VLM run -> its condition names.
+        trained_runs: the fine-tuning stage's runs (their checkpoint sidecars feed the parameter counts).
+        modalities: modalities with a perturbation contact sheet.
     """
 
-    def __init__(self, stages: Sequence[Callable[[], Iterable[Any]]]) -> None:
-        self._stages = list(stages)
-        self._cache: list[str] | None = None
+    seg_metrics: Mapping[SegRun, Sequence[str]]
+    vlm_metrics: Mapping[VlmRun, Sequence[str]]
+    trained_runs: Sequence[TrainedRun]
+    modalities: Sequence[str]
 
-    def upstream(self) -> list[str]:
-        """Final targets of the other stages, as sorted unique path strings."""
-        if self._cache is None:
-            self._cache = sorted({str(t) for stage in self._stages for t in stage()})
-        return self._cache
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> ReportTargets:
+        """The runs of the validated workflow ``config``, as the other stages list them."""
+        from medfm_robust.perturb.workflow import sheet_modalities
+        from medfm_robust.seg import workflow as seg_wf
+        from medfm_robust.seg.finetune_config import trained_runs
+        from medfm_robust.vlm import workflow as vlm_wf
+
+        datasets = sorted(config["datasets"])
+        seg_runs = seg_wf.evaluated_runs(config, seg_wf.finetune_strategies(config))
+        conditions = vlm_wf.conditions(config)
+        return cls(
+            seg_metrics={run: seg_wf.metric_names(config, run[0], run[3]) for run in seg_runs},
+            vlm_metrics={run: conditions for run in vlm_wf.evaluated_runs(config)},
+            trained_runs=trained_runs(config, datasets),
+            modalities=sheet_modalities(config, datasets),
+        )
 
     def seg_metric_files(self) -> list[str]:
-        """Every segmentation metric Parquet file the configuration implies."""
-        return [t for t in self.upstream() if SEG_METRIC.match(t)]
+        """Every segmentation metric Parquet file (sorted)."""
+        return sorted(paths.seg_metrics(*run, n) for run, names in self.seg_metrics.items() for n in names)
 
     def vlm_metric_files(self) -> list[str]:
-        """Every VLM metric Parquet file the configuration implies."""
-        return [t for t in self.upstream() if VLM_METRIC.match(t)]
+        """Every VLM metric Parquet file (sorted)."""
+        return sorted(paths.vlm_metrics(*run, n) for run, names in self.vlm_metrics.items() for n in names)
 
     def checkpoint_sidecars(self) -> list[str]:
-        """JSON sidecars of the fine-tuned checkpoints.
+        """JSON sidecars of the fine-tuned checkpoints (sorted).
 
-        Those the fine-tuning stage lists (a listed ``.safetensors`` implies its ``.json``); if it lists
-        none, one per evaluated (model, strategy, seed, dataset) run whose strategy is not ``zero_shot``.
+        Those of the fine-tuning stage's runs; if it has none, one per evaluated (model, strategy, seed,
+        dataset) run whose strategy is not ``zero_shot``.
         """
-        listed = {
-            CHECKPOINT.sub(r"results/checkpoints/\1/\2/\3/seed\4.json", t)
-            for t in self.upstream()
-            if CHECKPOINT.match(t)
-        }
-        if listed:
-            return sorted(listed)
-        runs = {SEG_METRIC.match(t).groups()[:4] for t in self.seg_metric_files()}  # type: ignore[union-attr]
+        if self.trained_runs:
+            return sorted({paths.checkpoint_sidecar(*run) for run in self.trained_runs})
         return sorted(
-            f"results/checkpoints/{m}/{d}/{s}/seed{k}.json" for m, s, k, d in runs if s != "zero_shot"
+            {paths.checkpoint_sidecar(m, d, s, k) for m, s, k, d in self.seg_metrics if s != "zero_shot"}
         )
 
     def contact_sheet_modalities(self) -> list[str]:
-        """Modalities whose perturbation contact sheet the perturbation stage produces."""
-        return sorted({m.group(1) for t in self.upstream() if (m := CONTACT_SHEET.match(t))})
+        """Modalities whose perturbation contact sheet the perturbation stage produces (sorted)."""
+        return sorted(self.modalities)
 
     def vlm_tasks(self) -> list[str]:
         """VLM tasks with metric files in this configuration."""
-        return sorted({m.group(2) for t in self.vlm_metric_files() if (m := VLM_METRIC.match(t))})
+        return sorted({task for _, task, _ in self.vlm_metrics})
 
     def vlm_panels(self) -> list[str]:
         """Figure 3 (g)-(l) panels for the tasks present."""
@@ -84,13 +93,13 @@ class ReportTargets:
     def targets(self) -> list[str]:
         """The report stage's final targets: tables, figures and report copies of the contact sheets."""
         out: list[str] = []
-        if self.seg_metric_files():
-            out += [f"results/tables/{n}.{e}" for n in SEG_TABLES for e in ("csv", "md", "tex")]
-            out += [f"results/figures/{n}.{e}" for n in SEG_PANELS for e in ("png", "pdf")]
-        if self.vlm_metric_files():
-            out += [f"results/tables/{n}.{e}" for n in VLM_TABLES for e in ("csv", "md", "tex")]
-            out += [f"results/figures/{n}.{e}" for n in self.vlm_panels() for e in ("png", "pdf")]
-        out += [f"results/report/contact_sheets/{m}.png" for m in self.contact_sheet_modalities()]
+        if self.seg_metrics:
+            out += [paths.table(n, e) for n in SEG_TABLES for e in paths.TABLE_EXTS]
+            out += [paths.figure(n, e) for n in SEG_PANELS for e in paths.FIGURE_EXTS]
+        if self.vlm_metrics:
+            out += [paths.table(n, e) for n in VLM_TABLES for e in paths.TABLE_EXTS]
+            out += [paths.figure(n, e) for n in self.vlm_panels() for e in paths.FIGURE_EXTS]
+        out += [paths.report_contact_sheet(m) for m in self.contact_sheet_modalities()]
         return out
 
 
@@ -99,15 +108,15 @@ def table_outputs(names: Sequence[str], category: str, report: Callable[..., Any
     return {
         "csv": [
             report(
-                f"results/tables/{n}.csv",
+                paths.table(n, "csv"),
                 caption=f"../report/tables/{n}.rst",
                 category=category,
                 labels={"table": n},
             )
             for n in names
         ],
-        "md": [f"results/tables/{n}.md" for n in names],
-        "tex": [f"results/tables/{n}.tex" for n in names],
+        "md": [paths.table(n, "md") for n in names],
+        "tex": [paths.table(n, "tex") for n in names],
     }
 
 
@@ -116,14 +125,14 @@ def figure_outputs(names: Sequence[str], category: str, report: Callable[..., An
     return {
         "png": [
             report(
-                f"results/figures/{n}.png",
+                paths.figure(n, "png"),
                 caption=f"../report/figures/{n}.rst",
                 category=category,
                 labels={"panel": n},
             )
             for n in names
         ],
-        "pdf": [f"results/figures/{n}.pdf" for n in names],
+        "pdf": [paths.figure(n, "pdf") for n in names],
     }
 
 
@@ -131,7 +140,7 @@ def contact_sheet_outputs(modalities: Sequence[str], report: Callable[..., Any])
     """Report copies of the perturbation contact sheets (one per modality)."""
     return [
         report(
-            f"results/report/contact_sheets/{m}.png",
+            paths.report_contact_sheet(m),
             caption="../report/contact_sheet.rst",
             category="Perturbations",
             labels={"modality": m},

@@ -1,16 +1,14 @@
 """Segmentation stage: model zoo behind one interface, box prompts, attacks and robustness evaluation.
 
-The heavy names (``build_model``, ``PromptableSegmenter``, ...) load on first use, so that the workflow can
-read :data:`MODEL_NAMES` without importing torch.
+The names below (``build_model``, ``PromptableSegmenter``, ...) load on first use, so that importing a
+torch-free submodule (``finetune_config``, ``workflow``) does not import torch. The models are registered in
+:mod:`medfm_robust.seg.models` (``MODEL_SPECS``).
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import Any
-
-#: Registered segmentation models (``medfm_robust.seg.models.MODEL_SPECS`` has one entry for each).
-MODEL_NAMES: tuple[str, ...] = ("medsam", "sam_med2d", "sam_vit_b", "lite_medsam", "tiny_sam")
 
 _LAZY = {
     "MODEL_SPECS": "medfm_robust.seg.models",
@@ -23,7 +21,7 @@ _LAZY = {
     "evaluate_attacks": "medfm_robust.seg.evaluate",
 }
 
-__all__ = ["MODEL_NAMES", *_LAZY]
+__all__ = list(_LAZY)
 
 
 def __getattr__(name: str) -> Any:

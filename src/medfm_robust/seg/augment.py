@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medfm_robust.boxes import require_box_tensor
 from medfm_robust.errors import DataError
 from medfm_robust.io import decode_png
 
@@ -100,7 +101,7 @@ def load_split(
     size: int | None = None,
     max_images: int | None = None,
 ) -> SegData:
-    """Read a canonical shard ``results/data/{dataset}/{split}.parquet`` into memory.
+    """Read a canonical shard (``paths.data_shard``) into memory.
 
     Args:
         path: the shard (columns per docs/ARCHITECTURE.md).
@@ -188,15 +189,6 @@ def concat(parts: Sequence[SegData]) -> SegData:
     )
 
 
-def box_from_mask(mask: torch.Tensor) -> torch.Tensor:
-    """Tight inclusive box ``[x_min, y_min, x_max, y_max]`` (float32) of a non-empty ``H x W`` mask."""
-    ys = torch.nonzero(mask.any(dim=1)).flatten()
-    xs = torch.nonzero(mask.any(dim=0)).flatten()
-    if len(xs) == 0:
-        raise DataError("empty mask: no box prompt")
-    return torch.tensor([xs[0], ys[0], xs[-1], ys[-1]], dtype=torch.float32)
-
-
 def jitter_box(
     box: torch.Tensor, height: int, width: int, frac: float, rng: np.random.Generator
 ) -> torch.Tensor:
@@ -268,11 +260,11 @@ def make_batch(
         if augment is not None:
             rng = _sample_rng(data, i, epoch, global_seed)
             x, m = augment_pair(x, m, augment, rng)
-            box = jitter_box(box_from_mask(m), m.shape[0], m.shape[1], augment.box_jitter, rng)
+            box = jitter_box(require_box_tensor(m), m.shape[0], m.shape[1], augment.box_jitter, rng)
         else:
-            box = box_from_mask(m)
+            box = require_box_tensor(m)
         if box_targets:
-            x0, y0, x1, y1 = box_from_mask(m).long().tolist()
+            x0, y0, x1, y1 = require_box_tensor(m).long().tolist()
             m = torch.zeros_like(m)
             m[y0 : y1 + 1, x0 : x1 + 1] = True
         xs.append(x)

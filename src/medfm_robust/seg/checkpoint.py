@@ -1,6 +1,6 @@
 """Fine-tuned checkpoints: only the trained tensors in safetensors, plus a JSON sidecar.
 
-``results/checkpoints/{model}/{dataset}/{strategy}/seed{s}.safetensors`` (``s``: the training seed) holds
+``paths.checkpoint(model, dataset, strategy, s)`` (``s``: the training seed) holds
 exactly the tensors the strategy trains (LoRA as its low-rank factors ``...lora_A.weight`` /
 ``...lora_B.weight``); the sidecar ``seed{s}.json`` records the training seed, the base checkpoint's
 SHA-256, the strategy and its structural settings, trainable/total parameter counts, best epoch, validation
@@ -25,7 +25,6 @@ from torch import nn
 from medfm_robust.errors import CheckpointError
 from medfm_robust.io import sha256_file, write_bytes_atomic, write_json_atomic
 from medfm_robust.seg.strategies import (
-    STRATEGIES,
     StrategySpec,
     apply_strategy,
     has_lora,
@@ -33,6 +32,7 @@ from medfm_robust.seg.strategies import (
     restore_trained_state,
     trained_state,
 )
+from medfm_robust.seg.strategy_registry import get_strategy
 
 SIDECAR_FORMAT = 1
 
@@ -150,14 +150,32 @@ def sidecar_path(path: str | Path) -> Path:
     return Path(path).with_suffix(".json")
 
 
+def safetensors_bytes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
+    """``safetensors.torch.save`` with a reproducible header: the library writes ``__metadata__`` from a
+    Rust hash map whose key order changes from call to call, so the same tensors gave different bytes (and
+    SHA-256s) in every process; here the metadata keys are rewritten in sorted order (same header length,
+    same tensor offsets)."""
+    import json
+    import struct
+
+    from safetensors.torch import save
+
+    plain = {k: v.detach().cpu().contiguous() for k, v in sorted(tensors.items())}
+    data = save(plain, metadata=dict(metadata))
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8 : 8 + n])
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > n:
+        raise CheckpointError("safetensors header grew when its metadata was sorted")
+    return data[:8] + text.ljust(n, b" ") + data[8 + n :]
+
+
 def save_finetuned(path: str | Path, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
     """Write ``tensors`` (safetensors) and ``meta`` (JSON sidecar) atomically; the sidecar gets the file's
     SHA-256 as ``checkpoint_sha256``."""
-    from safetensors.torch import save
-
-    data = save(
-        {k: v.detach().cpu().contiguous() for k, v in sorted(tensors.items())},
-        metadata={"format": "medfm-robust-finetuned", "strategy": str(meta.get("strategy", ""))},
+    data = safetensors_bytes(
+        tensors, {"format": "medfm-robust-finetuned", "strategy": str(meta.get("strategy", ""))}
     )
     write_bytes_atomic(path, data)
     from medfm_robust.io import sha256_bytes
@@ -246,7 +264,7 @@ def load_for_eval(
     Args:
         model_name: registry name (``medfm_robust.seg.models``).
         base_checkpoint: as for ``build_model`` (a path, ``'bundled'`` for lite_medsam, or None = random).
-        finetuned_path: ``results/checkpoints/{model}/{dataset}/{strategy}/seed{s}.safetensors``; ``None``
+        finetuned_path: ``paths.checkpoint(model, dataset, strategy, s)``; ``None``
             for ``zero_shot`` (then ``strategy`` must be ``zero_shot`` or None).
         strategy: expected strategy (checked against the sidecar).
         device: where to put the model.
@@ -257,8 +275,8 @@ def load_for_eval(
     """
     from medfm_robust.seg.models import build_model
 
-    if strategy is not None and strategy not in STRATEGIES:
-        raise CheckpointError(f"unknown strategy '{strategy}' (known: {', '.join(STRATEGIES)})")
+    if strategy is not None:
+        get_strategy(strategy)
     model = build_model(model_name, checkpoint=base_checkpoint, strict=True)
     if finetuned_path is None:
         if strategy not in (None, "zero_shot"):

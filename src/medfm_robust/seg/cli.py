@@ -13,10 +13,19 @@ from medfm_robust.perturb.cli import add_max_pixels
 
 def register(subparsers: Any) -> None:
     """Add this stage's sub-commands to ``subparsers``."""
+    _add_models(subparsers)
+    _add_predict(subparsers)
+    _add_eval(subparsers)
+    _add_finetune(subparsers)
+
+
+def _add_models(subparsers: Any) -> None:
     p = subparsers.add_parser("seg-models", help="list the segmentation models and their preprocessing")
     p.add_argument("--json", action="store_true", help="print the registry as JSON")
     p.set_defaults(func=_models)
 
+
+def _add_predict(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "seg-predict", help="segment one image with a box prompt and write the mask PNG"
     )
@@ -43,11 +52,13 @@ def register(subparsers: Any) -> None:
     add_max_pixels(p)
     p.set_defaults(func=_predict)
 
+
+def _add_eval(subparsers: Any) -> None:
     p = subparsers.add_parser("seg-eval", help="evaluate one (model, strategy, dataset) outside the workflow")
     p.add_argument("--model", required=True)
     p.add_argument("--strategy", default="zero_shot")
     p.add_argument("--dataset", required=True)
-    p.add_argument("--test", required=True, help="canonical test shard (results/data/{dataset}/test.parquet)")
+    p.add_argument("--test", required=True, help="canonical test shard (medfm_robust.paths.data_shard)")
     p.add_argument(
         "--shard", action="append", default=[], metavar="NAME=PATH", help="perturbed shard (repeat)"
     )
@@ -60,6 +71,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=_eval)
 
+
+def _add_finetune(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "finetune",
         help="fine-tune one (model, dataset, strategy) outside the workflow; prints peak memory and time",
@@ -69,8 +82,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--dataset", required=True)
     p.add_argument("--strategy", required=True)
     p.add_argument("--out", required=True, help="checkpoint .safetensors (sidecar, log, curve beside)")
-    p.add_argument("--train", help="train shard (default results/data/{dataset}/train.parquet)")
-    p.add_argument("--val", help="validation shard (default results/data/{dataset}/val.parquet)")
+    p.add_argument("--train", help="train shard (default: the workflow's canonical train shard)")
+    p.add_argument("--val", help="validation shard (default: the workflow's canonical val shard)")
     p.add_argument("--checkpoint", help="base weights instead of the config's ('random': random init)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="instead of finetune.device")
     p.add_argument("--epochs", type=int, help="instead of the config's")
@@ -85,16 +98,7 @@ def register(subparsers: Any) -> None:
 def _models(args: argparse.Namespace) -> int:
     from medfm_robust.seg.models import MODEL_SPECS
 
-    rows = [
-        {
-            "name": s.name,
-            "input_size": s.input_size,
-            "normalisation": s.normalisation,
-            "checkpoint_file": s.checkpoint_file,
-            "description": s.description,
-        }
-        for s in MODEL_SPECS.values()
-    ]
+    rows = [s.to_dict() for s in MODEL_SPECS.values()]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -186,26 +190,19 @@ def _finetune(args: argparse.Namespace) -> int:
     import time
 
     from medfm_robust.config import load_config
-    from medfm_robust.seg.finetune import finetune_run, pick_device
-    from medfm_robust.seg.finetune_config import OUTPUT_KINDS, base_checkpoint, run_settings
+    from medfm_robust.devices import pick_device
+    from medfm_robust.paths import RUN_SUFFIXES, data_shard
+    from medfm_robust.seg.finetune import finetune_run
+    from medfm_robust.seg.finetune_config import base_checkpoint
 
     config = load_config(args.config)
-    settings = run_settings(config["finetune"], args.model, args.strategy)
-    overrides = {
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "micro_batch_size": args.micro_batch_size,
-        "activation_checkpointing": args.activation_checkpointing,
-        "max_train_images": args.max_train_images,
-        "max_val_images": args.max_val_images,
-    }
-    settings["train"].update({k: v for k, v in overrides.items() if v is not None})
+    settings = _finetune_settings(args, config)
     base = args.checkpoint if args.checkpoint is not None else base_checkpoint(config, args.model)
     out = Path(args.out)
-    if out.suffix != OUTPUT_KINDS["checkpoint"]:
-        raise ConfigError(f"--out {out}: the checkpoint must be a {OUTPUT_KINDS['checkpoint']} file")
-    paths = {kind: out.with_name(out.stem + suffix) for kind, suffix in OUTPUT_KINDS.items()}
-    device = pick_device(args.device or config["finetune"]["device"])
+    if out.suffix != RUN_SUFFIXES["checkpoint"]:
+        raise ConfigError(f"--out {out}: the checkpoint must be a {RUN_SUFFIXES['checkpoint']} file")
+    paths = {kind: out.with_name(out.stem + suffix) for kind, suffix in RUN_SUFFIXES.items()}
+    device = pick_device(args.device or config["finetune"]["device"], "finetune.device")
     if device.type == "cuda":
         import torch
 
@@ -216,8 +213,8 @@ def _finetune(args: argparse.Namespace) -> int:
         base_checkpoint=None if base == "random" else base,
         dataset=args.dataset,
         strategy=args.strategy,
-        train_shard=args.train or f"results/data/{args.dataset}/train.parquet",
-        val_shard=args.val or f"results/data/{args.dataset}/val.parquet",
+        train_shard=args.train or data_shard(args.dataset, "train"),
+        val_shard=args.val or data_shard(args.dataset, "val"),
         checkpoint_out=paths["checkpoint"],
         log_csv=paths["history"],
         curve_png=paths["curve"],
@@ -227,22 +224,47 @@ def _finetune(args: argparse.Namespace) -> int:
         keep_state=False,
         progress=False,
     )
-    kind, peak = peak_memory(str(device))
-    summary = {
+    summary = _finetune_summary(args, settings, result, str(device), t0, paths["checkpoint"])
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _finetune_settings(args: argparse.Namespace, config: dict[str, Any]) -> dict[str, Any]:
+    """The run's resolved settings with the command line's training overrides applied."""
+    from medfm_robust.seg.finetune_config import run_settings
+
+    settings = run_settings(config["finetune"], args.model, args.strategy)
+    overrides = {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "micro_batch_size": args.micro_batch_size,
+        "activation_checkpointing": args.activation_checkpointing,
+        "max_train_images": args.max_train_images,
+        "max_val_images": args.max_val_images,
+    }
+    settings["train"].update({k: v for k, v in overrides.items() if v is not None})
+    return settings
+
+
+def _finetune_summary(args: argparse.Namespace, settings: dict[str, Any], result: Any, device: str, t0: float,
+                      checkpoint: Path) -> dict[str, Any]:
+    """What ``finetune`` prints: the run, its memory peak and time since ``t0``."""
+    import time
+
+    kind, peak = peak_memory(device)
+    return {
         "model": args.model,
         "dataset": args.dataset,
         "strategy": args.strategy,
-        "device": str(device),
+        "device": device,
         "batch_size": settings["train"].get("batch_size"),
         "micro_batch_size": settings["train"].get("micro_batch_size"),
-        "activation_checkpointing": settings["train"].get("activation_checkpointing", False),
+        "activation_checkpointing": settings["train"]["activation_checkpointing"],
         "trainable_params": result.trainable_params,
         "best_epoch": result.best_epoch,
         "val_dice": round(result.best_val_dice, 6),
         "seconds": round(time.perf_counter() - t0, 3),
         "peak_memory": kind,
         "peak_memory_mib": round(peak / 2**20, 1),
-        "checkpoint": str(paths["checkpoint"]),
+        "checkpoint": str(checkpoint),
     }
-    print(json.dumps(summary, indent=2))
-    return 0

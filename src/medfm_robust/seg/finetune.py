@@ -14,26 +14,18 @@ from typing import Any
 import torch
 
 from medfm_robust.config import config_hash
+from medfm_robust.devices import pick_device
 from medfm_robust.errors import ConfigError
 from medfm_robust.io import atomic_path, write_text_atomic
 from medfm_robust.seeding import seed_for
-from medfm_robust.seg.augment import load_split
+from medfm_robust.seg.augment import SegData, load_split
 from medfm_robust.seg.checkpoint import save_finetuned
 from medfm_robust.seg.finetune_config import StrategySpec, run_settings
-from medfm_robust.seg.strategies import apply_strategy
+from medfm_robust.seg.strategies import StrategyReport, apply_strategy
 from medfm_robust.seg.trainer import HISTORY_COLUMNS, TrainConfig, TrainResult, train
 
 log = logging.getLogger(__name__)
 __all__ = ["finetune_datasets", "finetune_run", "run_settings"]
-
-
-def pick_device(requested: str = "auto") -> torch.device:
-    """``auto``: CUDA when available, else CPU; ``cuda`` without a GPU is a ConfigError."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"finetune.device '{requested}' but no CUDA device is available")
-    return torch.device(requested)
 
 
 def write_history_csv(path: str | Path, history: Sequence[Mapping[str, float]]) -> None:
@@ -142,53 +134,64 @@ def finetune_run(
     Returns:
         The training result (``finished`` False when stopped early).
     """
-    from medfm_robust.seg.models import build_model
-
-    dev = pick_device(device)
+    dev = pick_device(device, "finetune.device")
     tcfg = TrainConfig.from_config(settings["train"])
     spec = StrategySpec.from_config(strategy, settings["strategy"])
-    model = build_model(model_name, checkpoint=base_checkpoint, strict=True)
-    base_sha = model.checkpoint_hash
-    size = settings["train"].get("image_size")
-    train_data = load_split(train_shard, size=size, max_images=settings["train"].get("max_train_images"))
-    val_data = load_split(val_shard, size=size, max_images=settings["train"].get("max_val_images"))
     run_key = (model_name, dataset, strategy)
     seed = run_seed(global_seed, train_seed)
-    torch.manual_seed(seed_for("finetune-init", *run_key, global_seed=seed))
-    report = apply_strategy(model, spec)
-    log.info(
-        "%s: %s trains %d of %d parameters (%d tensors)",
-        dataset,
-        strategy,
-        report.trainable_params,
-        report.total_params,
-        len(report.trainable_names),
-    )
+    model, train_data, val_data, report = _prepare_run(base_checkpoint, spec, run_key, seed, train_shard,
+                                                       val_shard, settings["train"])
     state_path = state_path_for(checkpoint_out)
-    title = f"{model_name} / {dataset} / {strategy} / seed {train_seed}"
-    result = train(
-        model,
-        train_data,
-        val_data,
-        tcfg,
-        run_key=run_key,
-        global_seed=seed,
-        state_path=state_path,
-        device=dev,
-        stop_after=stop_after,
-        progress=progress,
-        on_epoch=lambda h: write_history_csv(log_csv, h),
-    )
+    result = train(model, train_data, val_data, tcfg, run_key=run_key, global_seed=seed,
+                   state_path=state_path, device=dev, stop_after=stop_after, progress=progress,
+                   on_epoch=lambda h: write_history_csv(log_csv, h))
     if not result.finished:
         return result
     meta = {
-        "model": model_name,
-        "dataset": dataset,
-        "strategy": strategy,
-        "train_seed": train_seed,
+        "model": model_name, "dataset": dataset, "strategy": strategy, "train_seed": train_seed,
         "strategy_settings": spec.structure(),
         "base_checkpoint": str(base_checkpoint) if base_checkpoint is not None else None,
-        "base_checkpoint_sha256": base_sha,
+        "base_checkpoint_sha256": model.checkpoint_hash,
+        **_trained_record(report, result, tcfg.epochs),
+        **run_record(result, settings, n_train=len(train_data), n_val=len(val_data), global_seed=global_seed,
+                     device=dev, selection="best mean Dice on the validation split"),
+    }
+    title = f"{model_name} / {dataset} / {strategy} / seed {train_seed}"
+    _write_run_outputs(result, meta, title, checkpoint_out=checkpoint_out, log_csv=log_csv,
+                       curve_png=curve_png, state_path=state_path if not keep_state else None)
+    return result
+
+
+def _prepare_run(base_checkpoint: str | Path | None, spec: StrategySpec, run_key: tuple[str, str, str],
+                 seed: int, train_shard: str | Path, val_shard: str | Path, train_settings: Mapping[str, Any],
+                 ) -> tuple[torch.nn.Module, SegData, SegData, StrategyReport]:
+    """Build model ``run_key[0]`` from its base weights, load the splits, seed torch from the run and apply
+    the strategy (in this order: the strategy's new parameters draw from the seeded RNG)."""
+    from medfm_robust.seg.models import build_model
+
+    model_name, dataset, strategy = run_key
+    model = build_model(model_name, checkpoint=base_checkpoint, strict=True)
+    train_data, val_data = load_split_pair(train_shard, val_shard, train_settings)
+    torch.manual_seed(seed_for("finetune-init", *run_key, global_seed=seed))
+    report = apply_strategy(model, spec)
+    log.info("%s: %s trains %d of %d parameters (%d tensors)", dataset, strategy, report.trainable_params,
+             report.total_params, len(report.trainable_names))
+    return model, train_data, val_data, report
+
+
+def load_split_pair(train_shard: str | Path, val_shard: str | Path,
+                    train_settings: Mapping[str, Any]) -> tuple[SegData, SegData]:
+    """The train and validation splits at the settings' ``image_size``, each capped at its
+    ``max_train_images`` / ``max_val_images``."""
+    size = train_settings.get("image_size")
+    train_data = load_split(train_shard, size=size, max_images=train_settings.get("max_train_images"))
+    val_data = load_split(val_shard, size=size, max_images=train_settings.get("max_val_images"))
+    return train_data, val_data
+
+
+def _trained_record(report: StrategyReport, result: TrainResult, epochs: int) -> dict[str, Any]:
+    """The sidecar fields of what was trained and how well it did on the validation split."""
+    return {
         "trainable_params": report.trainable_params,
         "total_params": report.total_params,
         "trained_tensors": len(result.best_state),
@@ -196,24 +199,22 @@ def finetune_run(
         "best_epoch": result.best_epoch,
         "val_dice": result.best_val_dice,
         "val_dice_zero_shot": result.zero_shot_val_dice,
-        "epochs": tcfg.epochs,
-        **run_record(result, settings, n_train=len(train_data), n_val=len(val_data), global_seed=global_seed,
-                     device=dev, selection="best mean Dice on the validation split"),
+        "epochs": epochs,
     }
+
+
+def _write_run_outputs(result: TrainResult, meta: Mapping[str, Any], title: str, *,
+                       checkpoint_out: str | Path, log_csv: str | Path, curve_png: str | Path,
+                       state_path: Path | None) -> None:
+    """Per-epoch CSV, loss/Dice curve, checkpoint + sidecar; removes ``state_path`` (the resumable state,
+    when it is not to be kept)."""
     write_history_csv(log_csv, result.history)
     plot_history(curve_png, result.history, title, result.zero_shot_val_dice, result.best_epoch)
     save_finetuned(checkpoint_out, result.best_state, meta)
-    if not keep_state and state_path.exists():
+    if state_path is not None and state_path.exists():
         state_path.unlink()
-    log.info(
-        "%s: best epoch %d, val Dice %.4f (before training %.4f) in %.1f s",
-        title,
-        result.best_epoch,
-        result.best_val_dice,
-        result.zero_shot_val_dice,
-        result.seconds,
-    )
-    return result
+    log.info("%s: best epoch %d, val Dice %.4f (before training %.4f) in %.1f s", title, result.best_epoch,
+             result.best_val_dice, result.zero_shot_val_dice, result.seconds)
 
 
 def finetune_datasets(

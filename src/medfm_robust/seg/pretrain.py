@@ -24,11 +24,12 @@ from typing import Any
 
 import torch
 
+from medfm_robust.devices import pick_device
 from medfm_robust.io import sha256_bytes, write_bytes_atomic, write_json_atomic
 from medfm_robust.seeding import seed_for
-from medfm_robust.seg.augment import concat, load_split
+from medfm_robust.seg.augment import SegData, concat, load_split
+from medfm_robust.seg.checkpoint import safetensors_bytes
 from medfm_robust.seg.finetune import (
-    pick_device,
     plot_history,
     run_record,
     state_path_for,
@@ -76,37 +77,26 @@ def pretrain_tiny_sam(
 
     Args:
         datasets: dataset names (aligned with the shard lists).
-        train_shards, val_shards: canonical shards ``results/data/{dataset}/{train,val}.parquet``.
+        train_shards, val_shards: canonical shards (``paths.data_shard``).
         settings: ``finetune.pretrain_tiny_sam.train`` (training keys as for fine-tuning, with
             ``max_train_images`` / ``max_val_images`` per dataset) + ``attention_init_gain`` (0: plain init).
         stop_after: stop after this many epochs (simulated kill; outputs are then not written).
     """
-    from safetensors.torch import save
-
     from medfm_robust.seg.models import build_model
 
-    dev = pick_device(device)
+    dev = pick_device(device, "finetune.device")
     tcfg = TrainConfig.from_config(settings)
-    size = settings.get("image_size")
-    train_parts = [
-        load_split(p, size=size, max_images=settings.get("max_train_images")) for p in train_shards
-    ]
-    val_parts = [load_split(p, size=size, max_images=settings.get("max_val_images")) for p in val_shards]
+    train_parts = _load_parts(train_shards, settings, "max_train_images")
+    val_parts = _load_parts(val_shards, settings, "max_val_images")
     train_data, val_data = concat(train_parts), concat(val_parts)
     torch.manual_seed(seed_for("pretrain-init", MODEL, global_seed=global_seed))
     model = build_model(MODEL, checkpoint=None)
-    gain = float(settings.get("attention_init_gain", 4.0))
+    gain = float(settings["attention_init_gain"])
     if gain > 0:
         tie_prompt_attention(model, gain)
     report = apply_strategy(model, StrategySpec("full"))
-    log.info(
-        "pretraining %s (%d parameters) on %d train / %d val images from %d datasets",
-        MODEL,
-        report.total_params,
-        len(train_data),
-        len(val_data),
-        len(datasets),
-    )
+    log.info("pretraining %s (%d parameters) on %d train / %d val images from %d datasets", MODEL,
+             report.total_params, len(train_data), len(val_data), len(datasets))
     result = train(
         model,
         train_data,
@@ -122,13 +112,45 @@ def pretrain_tiny_sam(
     )
     if not result.finished:
         return result
+    _write_pretrained(model, result, datasets, val_parts, settings, checkpoint_out=checkpoint_out,
+                      log_csv=log_csv, curve_png=curve_png, n_train=len(train_data), n_val=len(val_data),
+                      global_seed=global_seed, device=dev, eval_batch_size=tcfg.eval_batch_size,
+                      total_params=report.total_params)
+    return result
+
+
+def _load_parts(shards: Sequence[str | Path], settings: Mapping[str, Any], cap_key: str) -> list[SegData]:
+    """One split of each dataset at the settings' ``image_size``, each capped at ``settings[cap_key]``."""
+    size = settings.get("image_size")
+    return [load_split(p, size=size, max_images=settings.get(cap_key)) for p in shards]
+
+
+def _write_pretrained(
+    model: torch.nn.Module,
+    result: TrainResult,
+    datasets: Sequence[str],
+    val_parts: Sequence[SegData],
+    settings: Mapping[str, Any],
+    *,
+    checkpoint_out: str | Path,
+    log_csv: str | Path,
+    curve_png: str | Path,
+    n_train: int,
+    n_val: int,
+    global_seed: int,
+    device: torch.device,
+    eval_batch_size: int,
+    total_params: int,
+) -> None:
+    """Load the best epoch's tensors into ``model``, score each dataset's validation split, and write the
+    checkpoint, its sidecar, the per-epoch CSV and the loss/Dice curve."""
     restore_trained_state(model, result.best_state, source="best epoch")
     per_dataset = {
-        ds: evaluate(model, part, batch_size=tcfg.eval_batch_size, device=dev)[1]
+        ds: evaluate(model, part, batch_size=eval_batch_size, device=device)[1]
         for ds, part in zip(datasets, val_parts, strict=True)
     }
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    data = save(state, metadata={"format": "medfm-robust-tiny-sam", "datasets": ",".join(datasets)})
+    metadata = {"format": "medfm-robust-tiny-sam", "datasets": ",".join(datasets)}
+    data = safetensors_bytes(model.state_dict(), metadata)
     write_bytes_atomic(checkpoint_out, data)
     write_json_atomic(
         Path(checkpoint_out).with_suffix(".json"),
@@ -136,28 +158,17 @@ def pretrain_tiny_sam(
             "model": MODEL,
             "checkpoint_sha256": sha256_bytes(data),
             "datasets": list(datasets),
-            "total_params": report.total_params,
+            "total_params": total_params,
             "best_epoch": result.best_epoch,
             "val_dice": result.best_val_dice,
             "val_dice_per_dataset": per_dataset,
-            **run_record(result, settings, n_train=len(train_data), n_val=len(val_data),
-                         global_seed=global_seed, device=dev,
+            **run_record(result, settings, n_train=n_train, n_val=n_val,
+                         global_seed=global_seed, device=device,
                          selection="best mean Dice on the union of the validation splits"),
         },
     )
     write_history_csv(log_csv, result.history)
-    plot_history(
-        curve_png,
-        result.history,
-        f"{MODEL} pretraining ({len(datasets)} datasets)",
-        result.zero_shot_val_dice,
-        result.best_epoch,
-    )
-    log.info(
-        "pretrained %s: best epoch %d, val Dice %.4f, %.1f s",
-        MODEL,
-        result.best_epoch,
-        result.best_val_dice,
-        result.seconds,
-    )
-    return result
+    plot_history(curve_png, result.history, f"{MODEL} pretraining ({len(datasets)} datasets)",
+                 result.zero_shot_val_dice, result.best_epoch)
+    log.info("pretrained %s: best epoch %d, val Dice %.4f, %.1f s", MODEL, result.best_epoch,
+             result.best_val_dice, result.seconds)

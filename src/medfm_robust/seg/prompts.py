@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medfm_robust.errors import DataError
+from medfm_robust.boxes import require_box
 from medfm_robust.seeding import rng_for
 
 
@@ -25,20 +25,6 @@ class BoxJitter:
 
     fraction: float = 0.0
     seed: int = 0
-
-
-def box_from_mask(mask: np.ndarray) -> np.ndarray:
-    """Tight inclusive box (int64 ``[x_min, y_min, x_max, y_max]``) over all foreground (``> 0``) pixels.
-
-    Raises :class:`DataError` for an empty mask (no prompt can be derived).
-    """
-    m = np.asarray(mask) > 0
-    if m.ndim != 2:
-        raise DataError(f"mask must be H x W, got shape {m.shape}")
-    ys, xs = np.nonzero(m)
-    if ys.size == 0:
-        raise DataError("empty mask: no box prompt can be derived")
-    return np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.int64)
 
 
 def jitter_box(
@@ -64,4 +50,4 @@ def jitter_box(
 def prompt_box(mask: np.ndarray, jitter: BoxJitter, dataset: str, image_id: str) -> np.ndarray:
     """The box prompt of one image: tight box of ``mask`` plus the configured jitter (float64, 4 values)."""
     m = np.asarray(mask)
-    return jitter_box(box_from_mask(m), (int(m.shape[0]), int(m.shape[1])), jitter, dataset, image_id)
+    return jitter_box(require_box(m), (int(m.shape[0]), int(m.shape[1])), jitter, dataset, image_id)

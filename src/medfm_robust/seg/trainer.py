@@ -15,12 +15,10 @@ continues and ends with the same weights as an uninterrupted run (bitwise on the
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,155 +28,28 @@ from torch import nn
 
 from medfm_robust.config import config_hash
 from medfm_robust.errors import ConfigError
-from medfm_robust.io import atomic_path
+from medfm_robust.io import read_resume_state, write_resume_state
 from medfm_robust.seeding import seed_for
 from medfm_robust.seg.augment import AugmentConfig, SegData, epoch_order, make_batch
 from medfm_robust.seg.losses import hard_dice, seg_loss
 from medfm_robust.seg.strategies import (
     count_parameters,
-    encoder_blocks,
     restore_trained_state,
     set_train_mode,
     trained_state,
 )
+from medfm_robust.seg.train_setup import (  # noqa: F401 (TrainConfig, TrainResult, ...: this module's API)
+    HISTORY_COLUMNS,
+    Optimisation,
+    TrainConfig,
+    TrainResult,
+    activation_checkpointing,
+    lr_factor,
+    micro_batches,
+    param_groups,
+)
 
 log = logging.getLogger(__name__)
-
-HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Training hyper-parameters (one strategy's resolved ``finetune`` settings)."""
-
-    epochs: int = 4
-    batch_size: int = 8
-    micro_batch_size: int | None = None
-    activation_checkpointing: bool = False
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_fraction: float = 0.1
-    encoder_lr_scale: float = 1.0
-    grad_clip: float = 1.0
-    amp: bool = True
-    bce_weight: float = 0.3
-    dice_weight: float = 0.7
-    eval_batch_size: int = 16
-    cache_frozen_embeddings: bool = False
-    box_target_epochs: int = 0
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-
-    @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> TrainConfig:
-        """Build from a resolved config mapping; keys that are not training settings are ignored."""
-        known = {f for f in cls.__dataclass_fields__ if f not in ("augment",)}
-        kwargs: dict[str, Any] = {k: cfg[k] for k in known if k in cfg}
-        loss = cfg.get("loss") or {}
-        if "bce" in loss:
-            kwargs["bce_weight"] = float(loss["bce"])
-        if "dice" in loss:
-            kwargs["dice_weight"] = float(loss["dice"])
-        out = cls(**kwargs, augment=AugmentConfig.from_config(cfg.get("augment")))
-        if out.epochs < 1 or out.batch_size < 1 or out.lr <= 0:
-            raise ConfigError("finetune: epochs and batch_size must be >= 1 and lr > 0")
-        if out.micro_batch_size is not None and not 1 <= out.micro_batch_size <= out.batch_size:
-            raise ConfigError(
-                f"finetune: micro_batch_size ({out.micro_batch_size}) must be between 1 and batch_size "
-                f"({out.batch_size})"
-            )
-        return out
-
-    @property
-    def micro(self) -> int:
-        """Images per forward/backward pass (``micro_batch_size``, default ``batch_size``)."""
-        return self.micro_batch_size or self.batch_size
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form (for hashing and sidecars)."""
-        return asdict(self)
-
-
-@dataclass
-class TrainResult:
-    """Outcome of :func:`train` (``finished`` is False when stopped early by ``stop_after``)."""
-
-    finished: bool
-    best_state: dict[str, torch.Tensor]
-    best_epoch: int
-    best_val_dice: float
-    zero_shot_val_dice: float
-    history: list[dict[str, float]]
-    trainable_params: int
-    total_params: int
-    seconds: float
-
-
-def micro_batches(index: Sequence[int], micro: int) -> list[tuple[list[int], float]]:
-    """Split one batch's indices into slices of at most ``micro`` and each slice's loss weight
-    ``len(slice) / len(batch)`` (the weights sum to 1, so sum_k w_k * mean_loss_k = the batch mean)."""
-    n = len(index)
-    return [(list(index[i : i + micro]), min(micro, n - i) / n) for i in range(0, n, micro)]
-
-
-@contextlib.contextmanager
-def activation_checkpointing(model: nn.Module, enabled: bool = True) -> Iterator[None]:
-    """Within the context, each image-encoder block of ``model`` (``strategies.encoder_blocks``) recomputes
-    its activations during backward (``torch.utils.checkpoint``, non-reentrant, RNG state preserved so
-    dropout draws repeat) when gradients are enabled and flow through it (a trainable parameter or an input
-    that requires grad; frozen blocks on a frozen path run plainly). Forwards are restored on exit; the
-    trainable flags are read on entry."""
-    if not enabled:
-        yield
-        return
-    from torch.utils.checkpoint import checkpoint
-
-    blocks = encoder_blocks(model.image_encoder)
-
-    def wrap(block: nn.Module) -> Callable[..., Any]:
-        plain = block.forward
-
-        trains = any(p.requires_grad for p in block.parameters())
-
-        def forward(*args: Any, **kwargs: Any) -> Any:
-            needs_graph = trains or any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
-            if torch.is_grad_enabled() and block.training and needs_graph:
-                return checkpoint(plain, *args, use_reentrant=False, **kwargs)
-            return plain(*args, **kwargs)
-
-        return forward
-
-    for block in blocks:
-        block.forward = wrap(block)  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        for block in blocks:
-            del block.forward  # back to the class's forward
-
-
-def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
-    """AdamW parameter groups: one at ``cfg.lr``; with ``encoder_lr_scale`` != 1, every trainable parameter
-    whose name contains "encoder" (image AND prompt encoder, as the original code's rule) goes to a second
-    group at ``lr x encoder_lr_scale`` (group 0 keeps the base lr)."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if cfg.encoder_lr_scale == 1.0:
-        return [{"params": [p for _, p in named]}]
-    base = [p for n, p in named if "encoder" not in n]
-    enc = [p for n, p in named if "encoder" in n]
-    groups = [{"params": base}] if base else []
-    if enc:
-        groups.append({"params": enc, "lr": cfg.lr * cfg.encoder_lr_scale})
-    return groups
-
-
-def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
-    """Linear warm-up ``(step + 1) / warmup`` then cosine decay from 1 to 0 at ``total_steps``."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
-
 
 class Segmenter:
     """Calls a ``PromptableSegmenter``-style model and returns logits at the mask resolution.
@@ -270,6 +141,165 @@ def _set_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+@dataclass
+class _Run:
+    """What stays fixed during one run: model, data, settings and the cached frozen-encoder embeddings."""
+
+    model: nn.Module
+    seg: Segmenter
+    train_data: SegData
+    val_data: SegData
+    cfg: TrainConfig
+    run_key: tuple[str, ...]
+    global_seed: int
+    device: torch.device
+    augment: AugmentConfig
+    train_emb: torch.Tensor | None
+    val_emb: torch.Tensor | None
+
+    @classmethod
+    def create(cls, model: nn.Module, train_data: SegData, val_data: SegData, cfg: TrainConfig,
+               run_key: tuple[str, ...], global_seed: int, device: torch.device) -> _Run:
+        """Embeds both splits once when the encoder is frozen and ``cache_frozen_embeddings`` is on."""
+        seg = Segmenter(model)
+        cache = cfg.cache_frozen_embeddings and _encoder_frozen(model)
+        train_emb = _embed_all(seg, train_data, cfg.eval_batch_size, device) if cache else None
+        val_emb = _embed_all(seg, val_data, cfg.eval_batch_size, device) if cache else None
+        augment = cfg.augment
+        if cache:
+            log.info("frozen encoder: embeddings cached; training augmentation reduced to box jitter")
+            augment = AugmentConfig(hflip=0, vflip=0, rot90=0, intensity=0, box_jitter=cfg.augment.box_jitter)
+        return cls(model, seg, train_data, val_data, cfg, run_key, global_seed, device, augment, train_emb,
+                   val_emb)
+
+    @property
+    def name(self) -> str:
+        """The run key joined with ``/`` (for messages)."""
+        return "/".join(self.run_key)
+
+    @property
+    def loss_weights(self) -> tuple[float, float]:
+        """``(bce, dice)`` loss weights."""
+        return (self.cfg.bce_weight, self.cfg.dice_weight)
+
+    def validate(self) -> tuple[float, float]:
+        """``(mean loss, mean Dice)`` on the validation split."""
+        loss, dice, _ = evaluate(self.model, self.val_data, batch_size=self.cfg.eval_batch_size,
+                                 device=self.device, loss_weights=self.loss_weights, embeddings=self.val_emb)
+        return loss, dice
+
+    def fingerprint(self, trainable: int, total: int) -> str:
+        """Hash of everything a resumable state depends on."""
+        return config_hash(
+            {
+                "cfg": self.cfg.as_dict(),
+                "run": list(self.run_key),
+                "seed": self.global_seed,
+                "train": self.train_data.image_ids,
+                "val": self.val_data.image_ids,
+                "trainable": trainable,
+                "total": total,
+                # a state trained from other base weights (e.g. a re-pretrained tiny SAM) must not be resumed
+                "base": str(getattr(self.model, "checkpoint_hash", "")),
+            }
+        )
+
+    def train_epoch(self, opt: Optimisation, epoch: int, progress: bool) -> float:
+        """One epoch of optimiser steps (micro-batched); returns the mean training loss per image."""
+        from tqdm.auto import tqdm
+
+        cfg, data = self.cfg, self.train_data
+        size = tuple(data.masks.shape[-2:])
+        order = epoch_order(data, epoch, self.global_seed)
+        batches = [order[i : i + cfg.batch_size].tolist() for i in range(0, len(order), cfg.batch_size)]
+        run_loss, seen = 0.0, 0
+        desc = f"{self.name} epoch {epoch + 1}/{cfg.epochs}"
+        bar = tqdm(batches, desc=desc, disable=not progress, leave=False)
+        for idx in bar:
+            opt.optim.zero_grad(set_to_none=True)
+            batch_loss = 0.0
+            for part, weight in micro_batches(idx, cfg.micro):
+                x, m, b = make_batch(data, part, augment=self.augment, epoch=epoch,
+                                     global_seed=self.global_seed, box_targets=epoch < cfg.box_target_epochs)
+                emb = self.train_emb[part] if self.train_emb is not None else None
+                with torch.autocast(self.device.type, dtype=opt.amp_dtype, enabled=opt.use_amp):
+                    logits = self.seg.logits(x.to(self.device), b.to(self.device), size, emb)
+                target = m[:, None].to(self.device)
+                loss = seg_loss(logits, target, bce_weight=cfg.bce_weight, dice_weight=cfg.dice_weight)
+                opt.scaler.scale(loss * weight).backward()
+                batch_loss += float(loss.detach()) * weight
+            opt.step(cfg.grad_clip)
+            run_loss += batch_loss * len(idx)
+            seen += len(idx)
+            bar.set_postfix(loss=f"{batch_loss:.4f}")
+        return run_loss / seen
+
+
+@dataclass
+class _Progress:
+    """Where a run stands: next epoch, best tensors so far, zero-shot Dice and the per-epoch history."""
+
+    start_epoch: int
+    best_state: dict[str, torch.Tensor]
+    best_epoch: int
+    best_dice: float
+    zero_dice: float
+    history: list[dict[str, float]]
+
+    @classmethod
+    def start(cls, run: _Run, opt: Optimisation, state_path: str | Path | None,
+              fingerprint: str) -> _Progress:
+        """Resume from ``state_path`` when it holds a state with this ``fingerprint``; else seed torch's RNG
+        from the run and score the untrained model."""
+        resumed = read_resume_state(state_path, fingerprint)
+        if resumed is None:
+            torch.manual_seed(seed_for("finetune-torch", *run.run_key, global_seed=run.global_seed))
+            best_state = trained_state(run.model)
+            _, zero_dice = run.validate()
+            log.info("%s: validation Dice before training %.4f", run.name, zero_dice)
+            return cls(0, best_state, 0, -1.0, zero_dice, [])
+        restore_trained_state(run.model, resumed["trained"], source=str(state_path))
+        opt.load_state_dict(resumed)
+        _set_rng_state(resumed["rng"], run.device)
+        log.info("resumed %s from epoch %d (%s)", run.name, int(resumed["epoch"]), state_path)
+        return cls(int(resumed["epoch"]), resumed["best_state"], int(resumed["best_epoch"]),
+                   resumed["best_dice"], float(resumed["zero_shot_dice"]), list(resumed["history"]))
+
+    def record(self, run: _Run, opt: Optimisation, epoch: int, train_loss: float,
+               seconds_since: float) -> None:
+        """Validate after ``epoch`` (0-based), keep the best tensors, append the history row."""
+        val_loss, val_dice = run.validate()
+        if val_dice > self.best_dice:
+            self.best_state, self.best_epoch, self.best_dice = trained_state(run.model), epoch + 1, val_dice
+        self.history.append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                "val_dice": val_dice,
+                "lr": opt.optim.param_groups[0]["lr"],
+                "seconds": time.perf_counter() - seconds_since,
+            }
+        )
+        log.info("%s epoch %d: train loss %.4f, val loss %.4f, val Dice %.4f", run.name, epoch + 1,
+                 train_loss, val_loss, val_dice)
+
+    def state(self, run: _Run, opt: Optimisation, fingerprint: str, epochs_done: int) -> dict[str, Any]:
+        """The resumable state after ``epochs_done`` epochs."""
+        return {
+            "fingerprint": fingerprint,
+            "epoch": epochs_done,
+            "trained": trained_state(run.model),
+            **opt.state_dict(),
+            "best_state": self.best_state,
+            "best_epoch": self.best_epoch,
+            "best_dice": self.best_dice,
+            "zero_shot_dice": self.zero_dice,
+            "history": self.history,
+            "rng": _rng_state(run.device),
+        }
+
+
 def train(
     model: nn.Module,
     train_data: SegData,
@@ -299,8 +329,6 @@ def train(
         on_epoch: called with the history after every epoch (e.g. to write the CSV log).
         progress: show tqdm bars.
     """
-    from tqdm.auto import tqdm
-
     device = torch.device(device)
     t0 = time.perf_counter()
     model.to(device)
@@ -308,188 +336,23 @@ def train(
     trainable, total = count_parameters(model)
     if not params:
         raise ConfigError(f"run {'/'.join(run_key)}: nothing to train (zero_shot?)")
-    steps_per_epoch = math.ceil(len(train_data) / cfg.batch_size)
-    total_steps = cfg.epochs * steps_per_epoch
-    warmup = max(1, int(cfg.warmup_fraction * total_steps)) if cfg.warmup_fraction > 0 else 0
-    optim = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: lr_factor(s, total_steps, warmup))
-    use_amp = bool(cfg.amp and device.type == "cuda")
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    loss_w = (cfg.bce_weight, cfg.dice_weight)
-    fingerprint = config_hash(
-        {
-            "cfg": cfg.as_dict(),
-            "run": list(run_key),
-            "seed": global_seed,
-            "train": train_data.image_ids,
-            "val": val_data.image_ids,
-            "trainable": trainable,
-            "total": total,
-            # a state trained from other base weights (e.g. a re-pretrained tiny SAM) must not be resumed
-            "base": str(getattr(model, "checkpoint_hash", "")),
-        }
-    )
-    seg = Segmenter(model)
-    size = tuple(train_data.masks.shape[-2:])
-    cache = cfg.cache_frozen_embeddings and _encoder_frozen(model)
-    train_emb = _embed_all(seg, train_data, cfg.eval_batch_size, device) if cache else None
-    val_emb = _embed_all(seg, val_data, cfg.eval_batch_size, device) if cache else None
-    augment = cfg.augment
-    if cache:
-        log.info("frozen encoder: embeddings cached; training augmentation reduced to box jitter")
-        augment = AugmentConfig(hflip=0, vflip=0, rot90=0, intensity=0, box_jitter=cfg.augment.box_jitter)
-
-    resumed = _load_state(state_path, fingerprint, device)
-    if resumed is not None:
-        restore_trained_state(model, resumed["trained"], source=str(state_path))
-        optim.load_state_dict(resumed["optimizer"])
-        sched.load_state_dict(resumed["scheduler"])
-        scaler.load_state_dict(resumed["scaler"])
-        start_epoch = int(resumed["epoch"])
-        best_state, best_epoch, best_dice = (
-            resumed["best_state"],
-            int(resumed["best_epoch"]),
-            resumed["best_dice"],
-        )
-        zero_dice, history = float(resumed["zero_shot_dice"]), list(resumed["history"])
-        _set_rng_state(resumed["rng"], device)
-        log.info("resumed %s from epoch %d (%s)", "/".join(run_key), start_epoch, state_path)
-    else:
-        torch.manual_seed(seed_for("finetune-torch", *run_key, global_seed=global_seed))
-        start_epoch, best_state, best_epoch, best_dice = 0, trained_state(model), 0, -1.0
-        _, zero_dice, _ = evaluate(
-            model,
-            val_data,
-            batch_size=cfg.eval_batch_size,
-            device=device,
-            loss_weights=loss_w,
-            embeddings=val_emb,
-        )
-        history = []
-        log.info("%s: validation Dice before training %.4f", "/".join(run_key), zero_dice)
-
+    opt = Optimisation.create(model, cfg, params, len(train_data), device)
+    run = _Run.create(model, train_data, val_data, cfg, run_key, global_seed, device)
+    fingerprint = run.fingerprint(trainable, total)
+    done = _Progress.start(run, opt, state_path, fingerprint)
     finished = False
     with activation_checkpointing(model, cfg.activation_checkpointing):
-        for done_here, epoch in enumerate(range(start_epoch, cfg.epochs), start=1):
+        for done_here, epoch in enumerate(range(done.start_epoch, cfg.epochs), start=1):
             te = time.perf_counter()
             set_train_mode(model)
-            order = epoch_order(train_data, epoch, global_seed)
-            batches = [order[i : i + cfg.batch_size].tolist() for i in range(0, len(order), cfg.batch_size)]
-            run_loss, seen = 0.0, 0
-            bar = tqdm(
-                batches,
-                desc=f"{'/'.join(run_key)} epoch {epoch + 1}/{cfg.epochs}",
-                disable=not progress,
-                leave=False,
-            )
-            for idx in bar:
-                optim.zero_grad(set_to_none=True)
-                batch_loss = 0.0
-                for part, weight in micro_batches(idx, cfg.micro):
-                    x, m, b = make_batch(
-                        train_data,
-                        part,
-                        augment=augment,
-                        epoch=epoch,
-                        global_seed=global_seed,
-                        box_targets=epoch < cfg.box_target_epochs,
-                    )
-                    emb = train_emb[part] if train_emb is not None else None
-                    with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                        logits = seg.logits(x.to(device), b.to(device), size, emb)
-                    target = m[:, None].to(device)
-                    loss = seg_loss(logits, target, bce_weight=loss_w[0], dice_weight=loss_w[1])
-                    scaler.scale(loss * weight).backward()
-                    batch_loss += float(loss.detach()) * weight
-                if cfg.grad_clip and cfg.grad_clip > 0:
-                    scaler.unscale_(optim)
-                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                scaler.step(optim)
-                scaler.update()
-                sched.step()
-                run_loss += batch_loss * len(idx)
-                seen += len(idx)
-                bar.set_postfix(loss=f"{batch_loss:.4f}")
-            val_loss, val_dice, _ = evaluate(
-                model,
-                val_data,
-                batch_size=cfg.eval_batch_size,
-                device=device,
-                loss_weights=loss_w,
-                embeddings=val_emb,
-            )
-            if val_dice > best_dice:
-                best_state, best_epoch, best_dice = trained_state(model), epoch + 1, val_dice
-            history.append(
-                {
-                    "epoch": epoch + 1,
-                    "train_loss": run_loss / seen,
-                    "val_loss": val_loss,
-                    "val_dice": val_dice,
-                    "lr": optim.param_groups[0]["lr"],
-                    "seconds": time.perf_counter() - te,
-                }
-            )
-            log.info(
-                "%s epoch %d: train loss %.4f, val loss %.4f, val Dice %.4f",
-                "/".join(run_key),
-                epoch + 1,
-                run_loss / seen,
-                val_loss,
-                val_dice,
-            )
+            done.record(run, opt, epoch, run.train_epoch(opt, epoch, progress), te)
             if state_path is not None:
-                _save_state(
-                    state_path,
-                    {
-                        "fingerprint": fingerprint,
-                        "epoch": epoch + 1,
-                        "trained": trained_state(model),
-                        "optimizer": optim.state_dict(),
-                        "scheduler": sched.state_dict(),
-                        "scaler": scaler.state_dict(),
-                        "best_state": best_state,
-                        "best_epoch": best_epoch,
-                        "best_dice": best_dice,
-                        "zero_shot_dice": zero_dice,
-                        "history": history,
-                        "rng": _rng_state(device),
-                    },
-                )
+                write_resume_state(state_path, done.state(run, opt, fingerprint, epoch + 1))
             if on_epoch is not None:
-                on_epoch(history)
+                on_epoch(done.history)
             if stop_after is not None and done_here >= stop_after and epoch + 1 < cfg.epochs:
                 break
         else:
             finished = True
-    return TrainResult(
-        finished,
-        best_state,
-        best_epoch,
-        best_dice,
-        zero_dice,
-        history,
-        trainable,
-        total,
-        time.perf_counter() - t0,
-    )
-
-
-def _save_state(path: str | Path, state: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def _load_state(path: str | Path | None, fingerprint: str, device: torch.device) -> dict[str, Any] | None:
-    if path is None or not Path(path).is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # a corrupt state is not trusted: start over
-        log.warning("ignoring unreadable training state %s (%s)", path, exc)
-        return None
-    if state.get("fingerprint") != fingerprint:
-        log.warning("ignoring training state %s: written for other settings or data", path)
-        return None
-    return state
+    return TrainResult(finished, done.best_state, done.best_epoch, done.best_dice, done.zero_dice,
+                       done.history, trainable, total, time.perf_counter() - t0)

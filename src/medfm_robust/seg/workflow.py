@@ -8,13 +8,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from medfm_robust import paths
 from medfm_robust.errors import ConfigError
-from medfm_robust.seg.finetune_config import run_outputs, train_seeds
+from medfm_robust.seg.finetune_config import train_seeds, trained_strategies
 
 ATTACK_OUTPUTS = ("fgsm", "pgd")
 #: ``seed``: the training seed (``finetune.seeds``); ``zero_shot`` is not trained and is evaluated once, as
 #: seed 0.
-METRICS_PATTERN = "results/metrics/segmentation/{model}/{strategy}/seed{seed}/{dataset}/{name}.parquet"
 TrainedFn = Callable[[str, str], Sequence[str]]
 
 
@@ -73,7 +73,7 @@ def finetuned_input(model: str, dataset: str, strategy: str, seed: int | str) ->
     """The fine-tuned checkpoint of a trained strategy and training seed (none for ``zero_shot``)."""
     if strategy == "zero_shot":
         return []
-    return [run_outputs(model, dataset, strategy, seed)["checkpoint"]]
+    return [paths.checkpoint(model, dataset, strategy, seed)]
 
 
 def seeds_for(config: Mapping[str, Any], strategy: str) -> list[int]:
@@ -110,54 +110,92 @@ def models_by_job(config: Mapping[str, Any], per: str) -> list[str]:
     return [m for m in models(config) if config["segmentation"]["models"][m]["one_job_per"] == per]
 
 
-def strategy_job_layout(config: Mapping[str, Any], model: str) -> list[dict[str, Any]]:
-    """What the one-job-per-strategy job of ``model`` evaluates, dataset by dataset (see
-    :func:`medfm_robust.seg.evaluate.run_strategy_job`)."""
-    attacks = bool(config["segmentation"]["models"][model]["attacks"])
-    return [
-        {"dataset": d, "perturbations": perturbations_for(config, model, d), "attacks": attacks}
-        for d in datasets_for(config, model)
-    ]
+#: which metric files a job writes: clean + perturbations, the attacks, or all of them (one-job-per-strategy)
+JOB_PARTS = ("evaluate", "attack", "all")
 
 
-def strategy_job_tests(config: Mapping[str, Any], model: str) -> list[str]:
-    """Test shards of the job's datasets, in layout order."""
-    return [f"results/data/{d}/test.parquet" for d in datasets_for(config, model)]
+def job_plan(
+    config: Mapping[str, Any],
+    model: str,
+    datasets: Sequence[str],
+    strategy: str = "{strategy}",
+    seed: int | str = "{seed}",
+    part: str = "all",
+) -> list[dict[str, Any]]:
+    """What one evaluation job of (model, strategy, training seed) reads and writes, dataset by dataset.
+
+    Each item: ``dataset``; ``test`` (canonical test shard); ``shards`` (perturbation -> perturbed shard);
+    ``finetuned`` (checkpoint, None for ``zero_shot``); ``outputs`` (metric name -> Parquet path: clean and
+    the perturbations for ``part='evaluate'``, FGSM/PGD for ``attack``, all of them for ``all``). With the
+    default ``strategy`` / ``seed`` the paths are rule patterns. Read by
+    :func:`medfm_robust.seg.evaluate.run_strategy_job` / ``run_evaluation_job``.
+    """
+    if part not in JOB_PARTS:
+        raise ValueError(f"part must be one of {JOB_PARTS}, got {part!r}")
+    plan = []
+    for d in datasets:
+        names = {
+            "evaluate": output_names(config, model, d),
+            "attack": list(ATTACK_OUTPUTS),
+            "all": metric_names(config, model, d),
+        }[part]
+        finetuned = finetuned_input(model, d, strategy, seed)
+        plan.append(
+            {
+                "dataset": d,
+                "test": paths.data_shard(d, "test"),
+                "shards": {n: paths.perturbed_shard(d, n) for n in perturbations_for(config, model, d)},
+                "finetuned": finetuned[0] if finetuned else None,
+                "outputs": {n: paths.seg_metrics(model, strategy, seed, d, n) for n in names},
+            }
+        )
+    return plan
 
 
-def strategy_job_shards(config: Mapping[str, Any], model: str) -> list[str]:
-    """Perturbed shards of the job's datasets, in layout order."""
-    return [
-        f"results/perturbed/{item['dataset']}/{n}.parquet"
-        for item in strategy_job_layout(config, model)
-        for n in item["perturbations"]
-    ]
+def plan_inputs(plan: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
+    """The rule inputs of a :func:`job_plan`: test shards, perturbed shards, fine-tuned checkpoints."""
+    return {
+        "tests": [item["test"] for item in plan],
+        "shards": [p for item in plan for p in item["shards"].values()],
+        "finetuned": [item["finetuned"] for item in plan if item["finetuned"]],
+    }
 
 
-def strategy_job_finetuned(
-    config: Mapping[str, Any], model: str, strategy: str, seed: int | str
-) -> list[str]:
-    """Fine-tuned checkpoints of the job's datasets, in layout order (none for ``zero_shot``)."""
-    return [p for d in datasets_for(config, model) for p in finetuned_input(model, d, strategy, seed)]
+def plan_outputs(plan: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The rule outputs of a :func:`job_plan` (every metric file, in plan order)."""
+    return [p for item in plan for p in item["outputs"].values()]
 
 
-def strategy_job_outputs(config: Mapping[str, Any], model: str) -> list[str]:
-    """Output patterns (with ``{strategy}`` and ``{seed}`` wildcards) of the job, in layout order."""
-    out = []
-    for item in strategy_job_layout(config, model):
-        names = ["clean", *item["perturbations"], *(ATTACK_OUTPUTS if item["attacks"] else ())]
-        out += [
-            METRICS_PATTERN.format(
-                model=model, strategy="{strategy}", seed="{seed}", dataset=item["dataset"], name=n
-            )
-            for n in names
-        ]
-    return out
+def plan_for_wildcards(
+    config: Mapping[str, Any], model: str, datasets: Sequence[str], part: str
+) -> Callable[[Any], list[dict[str, Any]]]:
+    """Rule input/params function: the :func:`job_plan` of the job's ``strategy`` and ``seed`` wildcards."""
+    return lambda wildcards: job_plan(config, model, datasets, wildcards.strategy, wildcards.seed, part)
 
 
-def final_targets(config: Mapping[str, Any], trained: TrainedFn | None) -> list[str]:
-    """Every metric Parquet of every configured (model, strategy, training seed, dataset)."""
-    targets = []
+def inputs_for_wildcards(
+    config: Mapping[str, Any], model: str, datasets: Sequence[str], part: str
+) -> Callable[[Any], dict[str, list[str]]]:
+    """Rule input function: :func:`plan_inputs` of the job's plan (for ``unpack``)."""
+    plan = plan_for_wildcards(config, model, datasets, part)
+    return lambda wildcards: plan_inputs(plan(wildcards))
+
+
+def finetune_strategies(config: Mapping[str, Any]) -> TrainedFn:
+    """The fine-tuning stage's trained strategies of a (model, dataset) (``finetune.models``)."""
+    datasets = sorted(config["datasets"])
+    return lambda model, dataset: trained_strategies(config, model, dataset, datasets)
+
+
+def metric_names(config: Mapping[str, Any], model: str, dataset: str) -> list[str]:
+    """Every metric file name of one evaluated run: clean, the perturbations, then the attacks if enabled."""
+    attacks = ATTACK_OUTPUTS if config["segmentation"]["models"][model]["attacks"] else ()
+    return [*output_names(config, model, dataset), *attacks]
+
+
+def evaluated_runs(config: Mapping[str, Any], trained: TrainedFn | None) -> list[tuple[str, str, int, str]]:
+    """Every evaluated (model, strategy, training seed, dataset), in target order."""
+    runs = []
     for model in models(config):
         per_dataset = {d: strategies_for(config, model, d, trained) for d in datasets_for(config, model)}
         if model in models_by_job(config, "strategy") and len({tuple(v) for v in per_dataset.values()}) > 1:
@@ -165,16 +203,15 @@ def final_targets(config: Mapping[str, Any], trained: TrainedFn | None) -> list[
                 f"config key 'segmentation.models.{model}.one_job_per': 'strategy' needs the same strategies "
                 f"on every dataset, got {per_dataset}"
             )
-        for dataset in datasets_for(config, model):
-            names = output_names(config, model, dataset)
-            if config["segmentation"]["models"][model]["attacks"]:
-                names += ATTACK_OUTPUTS
-            for strategy in per_dataset[dataset]:
-                targets += [
-                    METRICS_PATTERN.format(
-                        model=model, strategy=strategy, seed=seed, dataset=dataset, name=name
-                    )
-                    for seed in seeds_for(config, strategy)
-                    for name in names
-                ]
-    return targets
+        for dataset, strategies in per_dataset.items():
+            runs += [(model, s, seed, dataset) for s in strategies for seed in seeds_for(config, s)]
+    return runs
+
+
+def final_targets(config: Mapping[str, Any], trained: TrainedFn | None) -> list[str]:
+    """Every metric Parquet of every configured (model, strategy, training seed, dataset)."""
+    return [
+        paths.seg_metrics(model, strategy, seed, dataset, name)
+        for model, strategy, seed, dataset in evaluated_runs(config, trained)
+        for name in metric_names(config, model, dataset)
+    ]

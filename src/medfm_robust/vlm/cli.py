@@ -7,19 +7,21 @@ import json
 import os
 from typing import Any
 
+from medfm_robust.vlm.tasks import TASKS
+
 
 def register(subparsers: Any) -> None:
     """Add this stage's sub-commands to ``subparsers``."""
     p = subparsers.add_parser("vlm-samples", help="build one VLM sample table (dataset x task) from a config")
     p.add_argument("--config", default="config/config.yaml", help="workflow config (default: %(default)s)")
     p.add_argument("--dataset", required=True, help="name under vlm.datasets")
-    p.add_argument("--task", required=True, choices=["vqa", "caption", "grounding"])
+    p.add_argument("--task", required=True, choices=TASKS)
     p.add_argument("--shards", nargs="*", default=[], help="canonical shards (demo adapter)")
     p.add_argument("--out", required=True, help="output Parquet path")
     p.set_defaults(func=_samples)
 
     p = subparsers.add_parser("vlm-parse", help="parse one raw model answer (debugging the parsers)")
-    p.add_argument("--task", required=True, choices=["vqa", "caption", "grounding"])
+    p.add_argument("--task", required=True, choices=TASKS)
     p.add_argument("--options", nargs="*", default=[], help="VQA options in letter order")
     p.add_argument("--size", nargs=2, type=int, metavar=("W", "H"), default=(256, 256), help="image size")
     p.add_argument("--convention", default="pixel", help="box convention (pixel, norm1, norm1000, yxyx1000)")

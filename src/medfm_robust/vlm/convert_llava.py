@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -272,18 +273,42 @@ def build_tokenizer(src: Path, vocab_size: int) -> Any:
     return tok
 
 
+def llava_config(cfg: Mapping[str, Any], vc: Any, tc: Any, vocab: int) -> Any:
+    """The ``transformers`` ``LlavaConfig`` of an official config ``cfg`` with vision config ``vc`` and text
+    config ``tc`` (whose vocabulary grows by the appended image token, id ``vocab``)."""
+    from transformers import LlavaConfig
+
+    strategy = "default" if cfg.get("mm_vision_select_feature", "patch") == "patch" else "full"
+    tc.vocab_size = vocab + 1
+    return LlavaConfig(vision_config=vc, text_config=tc, image_token_index=vocab,
+                       vision_feature_layer=int(cfg["mm_vision_select_layer"]),
+                       vision_feature_select_strategy=strategy,
+                       image_seq_length=num_image_tokens(vc.image_size, vc.patch_size),
+                       projector_hidden_act="gelu", multimodal_projector_bias=True,
+                       tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)))
+
+
+def save_processor(dst: Path, pre_conf: Mapping[str, Any], tokenizer: Any, config: Any) -> None:
+    """Write the LLaVA processor (CLIP image processor from ``pre_conf`` + ``tokenizer``) to ``dst``."""
+    from transformers import CLIPImageProcessorPil, LlavaProcessor
+
+    image_processor = CLIPImageProcessorPil(**{k: v for k, v in pre_conf.items()
+                                               if k not in ("image_processor_type", "feature_extractor_type",
+                                                            "processor_class")})
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                               patch_size=config.vision_config.patch_size,
+                               vision_feature_select_strategy=config.vision_feature_select_strategy,
+                               chat_template=MISTRAL_INSTRUCT_TEMPLATE, image_token=IMAGE_PLACEHOLDER,
+                               num_additional_image_tokens=1)
+    processor.save_pretrained(dst)
+
+
 def convert_llava_med(src: str | Path, dst: str | Path, *, vision_tower: str | Path | None = None,
                       max_shard_size: str = "5GB") -> dict[str, Any]:
     """Convert the official folder ``src`` into a ``transformers`` LLaVA folder ``dst`` (created; must not
     exist). Returns the conversion record also written to ``dst/``:data:`MARKER`."""
     import torch
-    from transformers import (
-        CLIPImageProcessorPil,
-        GenerationConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
+    from transformers import GenerationConfig, LlavaForConditionalGeneration
 
     src, dst = Path(src), Path(dst)
     if dst.exists():
@@ -294,16 +319,9 @@ def convert_llava_med(src: str | Path, dst: str | Path, *, vision_tower: str | P
     vc = vision_config(v_conf, state, origin)
     tower_record = tower_weights(state, origin)
     tc = text_config(cfg)
-    strategy = "default" if cfg.get("mm_vision_select_feature", "patch") == "patch" else "full"
     vocab = int(cfg["vocab_size"])
     tokenizer = build_tokenizer(src, vocab)
-    tc.vocab_size = vocab + 1
-    config = LlavaConfig(vision_config=vc, text_config=tc, image_token_index=vocab,
-                         vision_feature_layer=int(cfg["mm_vision_select_layer"]),
-                         vision_feature_select_strategy=strategy,
-                         image_seq_length=num_image_tokens(vc.image_size, vc.patch_size),
-                         projector_hidden_act="gelu", multimodal_projector_bias=True,
-                         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)))
+    config = llava_config(cfg, vc, tc, vocab)
     with torch.device("meta"):
         model = LlavaForConditionalGeneration(config)
     targets = set(model.state_dict())
@@ -320,14 +338,7 @@ def convert_llava_med(src: str | Path, dst: str | Path, *, vision_tower: str | P
                                                suppress_tokens=[vocab])
     dst.mkdir(parents=True)
     model.save_pretrained(dst, max_shard_size=max_shard_size)
-    image_processor = CLIPImageProcessorPil(**{k: v for k, v in pre_conf.items()
-                                               if k not in ("image_processor_type", "feature_extractor_type",
-                                                            "processor_class")})
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=vc.patch_size,
-                               vision_feature_select_strategy=config.vision_feature_select_strategy,
-                               chat_template=MISTRAL_INSTRUCT_TEMPLATE, image_token=IMAGE_PLACEHOLDER,
-                               num_additional_image_tokens=1)
-    processor.save_pretrained(dst)
+    save_processor(dst, pre_conf, tokenizer, config)
     record = {"source": str(src), "vision_tower": origin, "image_aspect_ratio": cfg.get("image_aspect_ratio"),
               "conv_template": "mistral_instruct", "image_token_id": vocab,
               "num_image_tokens": num_image_tokens(vc.image_size, vc.patch_size),

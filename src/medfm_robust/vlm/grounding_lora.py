@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 
 from medfm_robust.config import config_hash
 from medfm_robust.errors import ConfigError, DataError
-from medfm_robust.io import atomic_path, sha256_file, write_json_atomic
+from medfm_robust.io import read_resume_state, sha256_file, write_json_atomic, write_resume_state
 from medfm_robust.seeding import seed_for
 
 log = logging.getLogger(__name__)
@@ -77,27 +76,73 @@ def lora_state(model: Any) -> dict[str, Any]:
     return {k: v.detach().cpu().clone() for k, v in model.named_parameters() if v.requires_grad}
 
 
-def _save_state(path: Path, state: dict[str, Any]) -> None:
+def _train_rows(df: Any, cap: int | None, *, name: str, seed: int, where: str) -> Any:
+    """The ``train`` rows of a grounding sample table; with ``cap``, a deterministic subset of ``cap`` rows
+    (ranked by ``seed_for("vlm_lora_subset", name, sample_id)``), sorted by ``sample_id``."""
+    train = df[df["split"] == "train"]
+    if cap is not None and len(train) > int(cap):
+        ranks = [seed_for("vlm_lora_subset", name, sid, global_seed=seed) for sid in train["sample_id"]]
+        train = train.assign(_r=ranks).sort_values(["_r", "sample_id"]).head(int(cap)).drop(columns="_r")
+        train = train.sort_values("sample_id", kind="stable")
+    if train.empty:
+        raise DataError(f"{where}: no train rows for grounding fine-tuning")
+    return train
+
+
+def _prompt_settings(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The model entry's ``system_prompt`` and ``image_position`` (default ``before``)."""
+    return {"system_prompt": spec.get("system_prompt"),
+            "image_position": spec.get("image_position", "before")}
+
+
+def _parameter_counts(model: Any, trainable: list[Any]) -> dict[str, Any]:
+    """Trainable / total parameter counts and the names of the LoRA-adapted modules."""
+    return {
+        "trainable_parameters": int(sum(p.numel() for p in trainable)),
+        "total_parameters": int(sum(p.numel() for p in model.parameters())),
+        "adapted_modules": sorted(n for n, _ in model.named_modules() if n.endswith(".lora_A")),
+    }
+
+
+def _lora_model(base: Any, settings: Mapping[str, Any], *, name: str,
+                seed: int) -> tuple[Any, list[Any], Any]:
+    """(LoRA-wrapped ``base``, its trainable parameters, their AdamW optimizer); the new LoRA weights are
+    drawn from ``seed_for("vlm_lora_init", name)``."""
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    torch.manual_seed(seed_for("vlm_lora_init", name, global_seed=seed))
+    model = add_lora(base, settings)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=float(settings["lr"]),
+                                  weight_decay=float(settings.get("weight_decay", 0.0)))
+    return model, trainable, optimizer
 
 
-def _load_state(path: Path, fingerprint: str) -> dict[str, Any] | None:
-    import torch
+def _train_epochs(model: Any, optimizer: Any, encoded: Any, settings: Mapping[str, Any], *, name: str,
+                  seed: int, pad_id: int, dtype: Any, state_file: Path, fingerprint: str,
+                  on_epoch_end: Callable[[int], None] | None) -> tuple[list[dict[str, float]], int | None]:
+    """Resume from ``state_file`` when it matches ``fingerprint``, then train the remaining epochs, saving the
+    state after each. Returns (history, epoch resumed from or None)."""
+    from medfm_robust.vlm.train import run_epoch
 
-    if not path.is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # a corrupt state file is ignored (the run restarts), never trusted
-        log.warning("%s: unreadable resume state (%s); starting afresh", path, exc)
-        return None
-    if state.get("fingerprint") != fingerprint:
-        log.info("%s: resume state belongs to other settings or data; starting afresh", path)
-        return None
-    return state
+    resumed = read_resume_state(state_file, fingerprint)
+    if resumed is not None:
+        model.load_state_dict(resumed["lora"], strict=False)
+        optimizer.load_state_dict(resumed["optimizer"])
+        log.info("%s: resumed grounding LoRA after epoch %d (%s)", name, int(resumed["epoch"]), state_file)
+    start = int(resumed["epoch"]) if resumed is not None else 0
+    history = list(resumed["history"]) if resumed is not None else []
+    for epoch in range(start, int(settings["epochs"])):
+        loss = run_epoch(model, optimizer, encoded, pad_id=pad_id, batch_size=int(settings["batch_size"]),
+                         purpose="grounding_lora", model_name=name, epoch=epoch, seed=seed,
+                         grad_clip=float(settings.get("grad_clip", 0.0)) or None, dtype=dtype)
+        history.append({"epoch": epoch, "loss": loss})
+        log.info("%s grounding LoRA epoch %d: loss %.4f", name, epoch, loss)
+        write_resume_state(state_file, {"fingerprint": fingerprint, "epoch": epoch + 1, "history": history,
+                                        "lora": lora_state(model), "optimizer": optimizer.state_dict()})
+        if on_epoch_end is not None:
+            on_epoch_end(epoch)
+    return history, (start if resumed is not None else None)
 
 
 def finetune_grounding(
@@ -128,81 +173,35 @@ def finetune_grounding(
         convention: the model's box convention for the answer text.
         on_epoch_end: called with the epoch index after its state is saved (tests interrupt here).
     """
-    import torch
-
     from medfm_robust.vlm.datasets import read_samples
     from medfm_robust.vlm.models import folder_revision, load_local_vlm
-    from medfm_robust.vlm.train import encode_examples, examples_from_table, replace_dir, run_epoch
+    from medfm_robust.vlm.train import encode_examples, examples_from_table, save_folder
 
-    t0 = time.perf_counter()
-    df = read_samples(samples_path)
-    train = df[df["split"] == "train"]
-    cap = settings.get("max_train_samples")
-    if cap is not None and len(train) > int(cap):
-        ranks = [seed_for("vlm_lora_subset", name, sid, global_seed=seed) for sid in train["sample_id"]]
-        train = train.assign(_r=ranks).sort_values(["_r", "sample_id"]).head(int(cap)).drop(columns="_r")
-        train = train.sort_values("sample_id", kind="stable")
-    if train.empty:
-        raise DataError(f"{samples_path}: no train rows for grounding fine-tuning")
+    t0, cap = time.perf_counter(), settings.get("max_train_samples")
+    train = _train_rows(read_samples(samples_path), cap, name=name, seed=seed, where=str(samples_path))
     examples = examples_from_table(train, "grounding", convention)
     vlm = load_local_vlm(name, base_dir, dtype=spec.get("dtype", "bfloat16"), device=device)
     processor, base_revision = vlm.processor, folder_revision(base_dir)
-    encoded = encode_examples(processor, examples, system_prompt=spec.get("system_prompt"),
-                              image_position=spec.get("image_position", "before"))
+    encoded = encode_examples(processor, examples, **_prompt_settings(spec))
     run_settings = {k: settings[k] for k in sorted(settings)}
     fingerprint = config_hash({
         "model": name, "base": base_revision, "data": sha256_file(samples_path), "settings": run_settings,
-        "seed": seed, "convention": convention, "system_prompt": spec.get("system_prompt"),
-        "image_position": spec.get("image_position", "before"), "samples": list(train["sample_id"]),
+        "seed": seed, "convention": convention, **_prompt_settings(spec), "samples": list(train["sample_id"]),
     })
-    torch.manual_seed(seed_for("vlm_lora_init", name, global_seed=seed))
-    model = add_lora(vlm.model, settings)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=float(settings["lr"]),
-                                  weight_decay=float(settings.get("weight_decay", 0.0)))
-    history: list[dict[str, float]] = []
-    start = 0
-    state_file = Path(state_path)
-    resumed = _load_state(state_file, fingerprint)
-    if resumed is not None:
-        model.load_state_dict(resumed["lora"], strict=False)
-        optimizer.load_state_dict(resumed["optimizer"])
-        start, history = int(resumed["epoch"]), list(resumed["history"])
-        log.info("%s: resumed grounding LoRA after epoch %d (%s)", name, start, state_file)
-    for epoch in range(start, int(settings["epochs"])):
-        loss = run_epoch(model, optimizer, encoded, pad_id=processor.tokenizer.pad_token_id,
-                         batch_size=int(settings["batch_size"]), purpose="grounding_lora", model_name=name,
-                         epoch=epoch, seed=seed, grad_clip=float(settings.get("grad_clip", 0.0)) or None,
-                         dtype=vlm.dtype)
-        history.append({"epoch": epoch, "loss": loss})
-        log.info("%s grounding LoRA epoch %d: loss %.4f", name, epoch, loss)
-        _save_state(state_file, {"fingerprint": fingerprint, "epoch": epoch + 1, "history": history,
-                                 "lora": lora_state(model), "optimizer": optimizer.state_dict()})
-        if on_epoch_end is not None:
-            on_epoch_end(epoch)
+    model, trainable, optimizer = _lora_model(vlm.model, settings, name=name, seed=seed)
+    history, resumed_from = _train_epochs(model, optimizer, encoded, settings, name=name, seed=seed,
+                                          pad_id=processor.tokenizer.pad_token_id, dtype=vlm.dtype,
+                                          state_file=Path(state_path), fingerprint=fingerprint,
+                                          on_epoch_end=on_epoch_end)
     out = Path(out_dir)
-    tmp = out.with_name(f".{out.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp, safe_serialization=True)
-    replace_dir(tmp, out)
-    n_trainable = sum(p.numel() for p in trainable)
+    save_folder(out, lambda tmp: model.save_pretrained(tmp, safe_serialization=True))
     info = {
-        "model": name,
-        "base_dir": str(base_dir),
-        "base_revision": base_revision,
-        "adapter_revision": folder_revision(out),
-        "n_train_samples": len(examples),
-        "trainable_parameters": int(n_trainable),
-        "total_parameters": int(sum(p.numel() for p in model.parameters())),
-        "adapted_modules": sorted(n for n, _ in model.named_modules() if n.endswith(".lora_A")),
-        "history": history,
-        "resumed_from_epoch": start if resumed is not None else None,
-        "settings": run_settings,
-        "settings_hash": config_hash(run_settings),
-        "box_convention": convention,
+        "model": name, "base_dir": str(base_dir), "base_revision": base_revision,
+        "adapter_revision": folder_revision(out), "n_train_samples": len(examples),
+        **_parameter_counts(model, trainable), "history": history, "resumed_from_epoch": resumed_from,
+        "settings": run_settings, "settings_hash": config_hash(run_settings), "box_convention": convention,
         "seconds": round(time.perf_counter() - t0, 2),
     }
     write_json_atomic(info_path, info)
-    state_file.unlink(missing_ok=True)
+    Path(state_path).unlink(missing_ok=True)
     return info

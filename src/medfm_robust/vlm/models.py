@@ -26,13 +26,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from medfm_robust.devices import pick_device
 from medfm_robust.errors import CheckpointError, ConfigError
 from medfm_robust.intensity import dtype_value_range, to_rgb8
 from medfm_robust.vlm.llava_med import MARKER as LLAVA_MED_MARKER
+from medfm_robust.vlm.tasks import TASKS
 
 log = logging.getLogger(__name__)
 
-TASKS = ("vqa", "caption", "grounding")
 DTYPES = {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
 _FULL_HASH_LIMIT = 64 * 1024 * 1024  # files up to this size are hashed whole; larger ones by head+tail+size
 
@@ -98,15 +99,6 @@ def resolve_model_dir(name: str, spec: dict[str, Any], resources_dir: str | Path
             f"vlm model '{name}': {path} has no config.json (not a transformers checkpoint)"
         )
     return path
-
-
-def pick_device(requested: str | None = None) -> str:
-    """``requested`` if given, else ``cuda`` when available, else ``cpu``."""
-    import torch
-
-    if requested:
-        return requested
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class LocalVLM:
@@ -227,9 +219,9 @@ def load_local_vlm(
 
     if dtype not in DTYPES:
         raise ConfigError(f"config key 'vlm.models.{name}.dtype': {dtype!r} not in {sorted(DTYPES)}")
-    device = pick_device(device)
+    device = pick_device(device, f"vlm model {name!r}: device")
     torch_dtype = getattr(torch, DTYPES[dtype])
-    if device == "cpu" and torch_dtype != torch.float32:
+    if device.type == "cpu" and torch_dtype != torch.float32:
         log.warning("%s: %s weights on CPU are slow; consider dtype float32 for CPU runs", name, dtype)
     path = Path(path)
     # PIL image backend: resizes the 8-bit image as the released (slow) image processors do; transformers'

@@ -5,17 +5,17 @@ level. Draws are keyed like the engine's (``(dataset, image_id, type)`` + global
 share one random layout and differ only in the severity parameter):
 
 - a demo sample built from a canonical image (``canonical_id = "{dataset}/{image_id}"``) uses the canonical
-  key, so its perturbed image is byte-identical to ``results/perturbed/{dataset}/{type}.parquet`` (which is
+  key, so its perturbed image is byte-identical to ``paths.perturbed_shard(dataset, type)`` (which is
   read instead of recomputed when it holds the image);
 - another VQA / caption sample uses ``(vlm_dataset, image_id)``: questions on one image share its
   perturbed versions;
 - another grounding sample uses ``(vlm_dataset, "{image_id}|{sample_id}")`` with its own mask (or its box as
   a box mask), so each target moves with label-moving types; the box is recomputed from the moved mask.
 
-:func:`perturb_vlm_dataset` writes ``results/vlm/perturbed/{dataset}/{perturbation}.parquet`` (rows in the
+:func:`perturb_vlm_dataset` writes ``paths.vlm_perturbed(dataset, perturbation)`` (rows in the
 perturbed-shard contract of ``docs/ARCHITECTURE.md`` for the keys no canonical shard covers; one job per
 VLM dataset). :func:`conditions_for` joins test samples with those rows (and the canonical shards) into the
-conditions table that evaluation feeds to :func:`medfm_robust.metrics.vlm.score_outputs`.
+conditions table that evaluation feeds to :func:`medfm_robust.vlm.scoring.score_outputs`.
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medfm_robust.boxes import box_text
 from medfm_robust.errors import DataError
-from medfm_robust.vlm.datasets import MODALITIES, box_text, read_samples
+from medfm_robust.perturb.registry import MODALITIES
+from medfm_robust.vlm.datasets import read_samples
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +159,23 @@ def perturb_vlm_dataset(
     return counts
 
 
+def _shard_index(shards: Sequence[str | Path], perturbation: str,
+                 wanted: set[tuple[str, str]]) -> dict[tuple[str, str, int], dict[str, Any]]:
+    """(dataset, image_id, level) -> perturbed row of the ``wanted`` keys in ``shards`` (all of type
+    ``perturbation``; a shard of another type, or a missing one, raises ``DataError``)."""
+    index: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for p in shards:
+        if not Path(p).is_file():
+            raise DataError(f"{p}: perturbed shard not found")
+        t = pd.read_parquet(p)
+        if len(t) and set(t["perturbation"]) != {perturbation}:
+            raise DataError(f"{p}: holds {sorted(set(t['perturbation']))}, expected '{perturbation}'")
+        keep = [(str(d), str(i)) in wanted for d, i in zip(t["dataset"], t["image_id"], strict=True)]
+        for rec in t[np.asarray(keep, dtype=bool)].to_dict("records") if len(t) else []:
+            index[(str(rec["dataset"]), str(rec["image_id"]), int(rec["level"]))] = rec
+    return index
+
+
 def conditions_for(
     samples: pd.DataFrame,
     task: str,
@@ -180,17 +199,7 @@ def conditions_for(
     spec = get_spec(perturbation)
     test = [r for r in samples[samples["split"] == "test"].to_dict("records")
             if _applicable(r["modality"], perturbation, include, exclude)]
-    wanted = {perturbation_key(task, r) for r in test}
-    index: dict[tuple[str, str, int], dict[str, Any]] = {}
-    for p in shards:
-        if not Path(p).is_file():
-            raise DataError(f"{p}: perturbed shard not found")
-        t = pd.read_parquet(p)
-        if len(t) and set(t["perturbation"]) != {perturbation}:
-            raise DataError(f"{p}: holds {sorted(set(t['perturbation']))}, expected '{perturbation}'")
-        keep = [(str(d), str(i)) in wanted for d, i in zip(t["dataset"], t["image_id"], strict=True)]
-        for rec in t[np.asarray(keep, dtype=bool)].to_dict("records") if len(t) else []:
-            index[(str(rec["dataset"]), str(rec["image_id"]), int(rec["level"]))] = rec
+    index = _shard_index(shards, perturbation, {perturbation_key(task, r) for r in test})
     out: list[dict[str, Any]] = []
     dropped = 0
     for rec in test:
@@ -249,7 +258,7 @@ def write_conditions(
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, int]:
     """Materialise :func:`conditions_for` as one Parquet per type (``out_paths``: type -> path), e.g.
-    ``results/vlm/perturbed/{dataset}/{task}/{type}.parquet``; ``shards``: type -> perturbed shards.
+    ``paths.vlm_perturbed``-style files; ``shards``: type -> perturbed shards.
 
     Calling :func:`conditions_for` inside the evaluation job avoids these copies of the perturbed images;
     this is for layouts that want a file per (dataset, task, type). Returns rows written per type.

@@ -19,24 +19,20 @@ import string
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from medfm_robust.boxes import box_text
 from medfm_robust.errors import ConfigError
+from medfm_robust.vlm.tasks import REGISTRY as TASK_REGISTRY
 
 BOX_CONVENTIONS = ("pixel", "norm1", "norm1000", "yxyx1000")
 LETTERS = "ABCDEFGH"
 SYSTEM_PROMPT = "You are an expert medical imaging specialist."
-VQA_INSTRUCTION = "Answer with the letter of the correct option only."
-CAPTION_INSTRUCTION = "Answer with one concise sentence."
-#: The demo's prompt templates (``vlm.tasks.<task>.prompt`` replaces them): ``{question}`` is the sample's
-#: question / instruction, ``{options}`` the option lines (``OPTION_LINE`` each), ``{box_format}`` the answer
-#: format sentence of the model's box convention (:func:`box_instruction`).
-DEFAULT_PROMPTS = {
-    "vqa": "{question}\nOptions:\n{options}\n" + VQA_INSTRUCTION,
-    "caption": "{question} " + CAPTION_INSTRUCTION,
-    "grounding": "{question} {box_format}",
-}
+#: The demo's prompt templates (``vlm.tasks.<task>.prompt`` replaces them), from the task registry
+#: (:mod:`medfm_robust.vlm.tasks`): ``{question}`` is the sample's question / instruction, ``{options}`` the
+#: option lines (``OPTION_LINE`` each), ``{box_format}`` the answer format sentence of the model's box
+#: convention (:func:`box_instruction`).
+DEFAULT_PROMPTS = {name: spec.prompt for name, spec in TASK_REGISTRY.items()}
 OPTION_LINE = "{letter}. {text}"
-PLACEHOLDERS = {"vqa": ("question", "options"), "caption": ("question",),
-                "grounding": ("question", "box_format")}
+PLACEHOLDERS = {name: spec.placeholders for name, spec in TASK_REGISTRY.items()}
 
 
 def check_convention(convention: str) -> str:
@@ -69,8 +65,8 @@ def check_prompt(task: str, template: str | None, option_line: str | None = None
         if bad:
             raise ConfigError(f"config key 'vlm.tasks.{task}.prompt': unknown placeholder(s) {bad} "
                               f"(allowed: {', '.join(PLACEHOLDERS[task])})")
-        if task == "vqa" and "options" not in fields:
-            raise ConfigError("config key 'vlm.tasks.vqa.prompt': must contain {options}")
+        if "options" in PLACEHOLDERS[task] and "options" not in fields:
+            raise ConfigError(f"config key 'vlm.tasks.{task}.prompt': must contain {{options}}")
     if option_line is not None:
         try:
             fields = _fields(option_line)
@@ -107,14 +103,8 @@ def build_prompt(task: str, sample: Mapping[str, Any], model_convention: str = "
     """
     check_prompt(task, template, option_line)
     question = str(sample["question"]).strip()
-    values: dict[str, str] = {"question": question}
-    if task == "vqa":
-        options = list(sample["options"])
-        if len(options) < 2:
-            raise ConfigError(f"sample {sample.get('sample_id')!r}: a VQA sample needs at least two options")
-        values["options"] = format_options(options, option_line or OPTION_LINE)
-    elif task == "grounding":
-        values["box_format"] = box_instruction(model_convention, int(sample["width"]), int(sample["height"]))
+    values = {"question": question,
+              **TASK_REGISTRY[task].values(sample, model_convention, option_line or OPTION_LINE)}
     return (template if template is not None else DEFAULT_PROMPTS[task]).format(**values)
 
 
@@ -133,12 +123,6 @@ def box_to_convention(box: Sequence[float], convention: str, width: int, height:
     return [float(scaled[1]), float(scaled[0]), float(scaled[3]), float(scaled[2])]
 
 
-def format_box(values: Sequence[float]) -> str:
-    """``[a, b, c, d]`` with integers where integral."""
-    parts = [str(int(v)) if float(v).is_integer() else f"{float(v):g}" for v in values]
-    return "[" + ", ".join(parts) + "]"
-
-
 def target_text(task: str, sample: Mapping[str, Any], model_convention: str = "pixel") -> str:
     """The ideal answer text (training target): the letter, the reference caption, or the box."""
     if task == "vqa":
@@ -149,5 +133,5 @@ def target_text(task: str, sample: Mapping[str, Any], model_convention: str = "p
         if sample.get("box") is None:
             raise ConfigError(f"sample {sample.get('sample_id')!r}: grounding sample without a box")
         vals = box_to_convention(sample["box"], model_convention, int(sample["width"]), int(sample["height"]))
-        return format_box(vals)
+        return box_text(vals)
     raise ConfigError(f"unknown VLM task '{task}'")

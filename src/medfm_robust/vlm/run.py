@@ -4,9 +4,10 @@ One call loads the model once and answers every condition: ``clean`` (the test r
 and one conditions table per perturbation type (:func:`medfm_robust.vlm.perturb.conditions_for`: each
 applicable test sample at every level; boxes moved for label-moving types). All rows are generated in one
 pass (batches mix conditions, so the GPU stays full), then each condition is parsed in the model's box
-convention and scored by :func:`medfm_robust.metrics.vlm.score_outputs` and written to
-``results/metrics/vlm/{model}/{task}/{dataset}/{perturbation}.parquet`` (column list in that module and in
-``docs/ARCHITECTURE.md``; a type that applies to no sample of the dataset gives an empty table).
+convention and scored by :func:`medfm_robust.vlm.scoring.score_outputs` and written to
+``paths.vlm_metrics(model, task, dataset, perturbation)`` (column list in
+:mod:`medfm_robust.metrics.vlm` and ``docs/ARCHITECTURE.md``; a type that applies to no sample of the
+dataset gives an empty table).
 
 Image-blind controls (:data:`CONTROLS`, category ``control``): the clean questions asked once more with a
 blank mid-grey image (``blank_image``) and with no image at all (``no_image``, where the model allows it:
@@ -152,8 +153,8 @@ def evaluate_conditions(
     when the model takes no text-only input (:func:`accepts_no_image`).
     """
     from medfm_robust.metrics.captions import meteor_enabled
-    from medfm_robust.metrics.vlm import score_outputs
     from medfm_robust.vlm.api import maybe_judge
+    from medfm_robust.vlm.scoring import score_outputs
 
     scoring = dict(scoring or {})
     judge_cfg = scoring.get("judge_cfg")

@@ -122,17 +122,19 @@ def build_tiny_llava(tokenizer: Any, arch: dict[str, Any]) -> tuple[Any, Any]:
     normalised SigLIP features of Gemma 3), so training the tower from scratch needs a lower learning rate
     for it (``vlm.tiny_training.vision_lr_scale``, see :func:`medfm_robust.vlm.train.param_groups`).
     """
-    from transformers import (
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
-    from transformers.models.clip import CLIPImageProcessorPil
+    from transformers import LlavaForConditionalGeneration
 
     size, patch = int(arch["image_size"]), int(arch["patch_size"])
     _check_geometry(size, patch)
+    model = LlavaForConditionalGeneration(_llava_config(tokenizer, arch, size, patch))
+    _set_generation_ids(model, tokenizer)
+    return model, _llava_processor(tokenizer, size, patch)
+
+
+def _llava_config(tokenizer: Any, arch: dict[str, Any], size: int, patch: int) -> Any:
+    """The tiny LLaVA's ``LlavaConfig`` (see :func:`build_tiny_llava`)."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
     vision = CLIPVisionConfig(
         hidden_size=arch["vision_hidden_size"],
         intermediate_size=2 * arch["vision_hidden_size"],
@@ -154,7 +156,7 @@ def build_tiny_llava(tokenizer: Any, arch: dict[str, Any]) -> tuple[Any, Any]:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    cfg = LlavaConfig(
+    return LlavaConfig(
         vision_config=vision,
         text_config=text,
         image_token_id=tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS["image"]),
@@ -162,14 +164,19 @@ def build_tiny_llava(tokenizer: Any, arch: dict[str, Any]) -> tuple[Any, Any]:
         vision_feature_layer=-1,
         projector_hidden_act="gelu",
     )
-    model = LlavaForConditionalGeneration(cfg)
-    _set_generation_ids(model, tokenizer)
-    image_processor = CLIPImageProcessorPil(  # PIL backend, as the evaluation loads it (models.py)
+
+
+def _llava_processor(tokenizer: Any, size: int, patch: int) -> Any:
+    """The tiny LLaVA's ``LlavaProcessor`` (PIL backend, as the evaluation loads it: models.py)."""
+    from transformers import LlavaProcessor
+    from transformers.models.clip import CLIPImageProcessorPil
+
+    image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": size},
         crop_size={"height": size, "width": size},
         do_center_crop=True,
     )
-    processor = LlavaProcessor(
+    return LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
         patch_size=patch,
@@ -178,28 +185,12 @@ def build_tiny_llava(tokenizer: Any, arch: dict[str, Any]) -> tuple[Any, Any]:
         num_additional_image_tokens=1,
         chat_template=LLAVA_CHAT_TEMPLATE,
     )
-    return model, processor
 
 
-def build_tiny_gemma3(tokenizer: Any, arch: dict[str, Any]) -> tuple[Any, Any]:
-    """A tiny ``Gemma3ForConditionalGeneration`` (SigLIP vision + Gemma 3 text) and its ``Gemma3Processor``.
+def _gemma3_config(tokenizer: Any, arch: dict[str, Any], size: int, patch: int, n_tokens: int) -> Any:
+    """The tiny Gemma 3's ``Gemma3Config`` (see :func:`build_tiny_gemma3`); checks ``n_tokens``."""
+    from transformers import Gemma3Config, Gemma3TextConfig, SiglipVisionConfig
 
-    Same ``arch`` keys as :func:`build_tiny_llava` plus ``mm_tokens_per_image`` (a square number that
-    divides the patch grid, e.g. 16 for an 8 x 8 grid): the number of pooled image tokens in the prompt.
-    """
-    import torch
-    from transformers import (
-        Gemma3Config,
-        Gemma3ForConditionalGeneration,
-        Gemma3Processor,
-        Gemma3TextConfig,
-        SiglipVisionConfig,
-    )
-    from transformers.models.gemma3 import Gemma3ImageProcessorPil
-
-    size, patch = int(arch["image_size"]), int(arch["patch_size"])
-    _check_geometry(size, patch)
-    n_tokens = int(arch["mm_tokens_per_image"])
     grid, side = size // patch, round(n_tokens**0.5)
     if side * side != n_tokens or grid % side:
         raise ConfigError(
@@ -230,7 +221,7 @@ def build_tiny_gemma3(tokenizer: Any, arch: dict[str, Any]) -> tuple[Any, Any]:
         image_size=size,
         patch_size=patch,
     )
-    cfg = Gemma3Config(
+    return Gemma3Config(
         text_config=text,
         vision_config=vision,
         mm_tokens_per_image=n_tokens,
@@ -238,6 +229,22 @@ def build_tiny_gemma3(tokenizer: Any, arch: dict[str, Any]) -> tuple[Any, Any]:
         eoi_token_index=tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS["eoi"]),
         image_token_index=tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS["image"]),
     )
+
+
+def build_tiny_gemma3(tokenizer: Any, arch: dict[str, Any]) -> tuple[Any, Any]:
+    """A tiny ``Gemma3ForConditionalGeneration`` (SigLIP vision + Gemma 3 text) and its ``Gemma3Processor``.
+
+    Same ``arch`` keys as :func:`build_tiny_llava` plus ``mm_tokens_per_image`` (a square number that
+    divides the patch grid, e.g. 16 for an 8 x 8 grid): the number of pooled image tokens in the prompt.
+    """
+    import torch
+    from transformers import Gemma3ForConditionalGeneration, Gemma3Processor
+    from transformers.models.gemma3 import Gemma3ImageProcessorPil
+
+    size, patch = int(arch["image_size"]), int(arch["patch_size"])
+    _check_geometry(size, patch)
+    n_tokens = int(arch["mm_tokens_per_image"])
+    cfg = _gemma3_config(tokenizer, arch, size, patch, n_tokens)
     model = Gemma3ForConditionalGeneration(cfg)
     # transformers initialises the image-to-text projection to zeros (real checkpoints overwrite it); a
     # freshly built tiny model would start blind, so draw it like every other weight.

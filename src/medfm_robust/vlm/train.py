@@ -170,6 +170,41 @@ def replace_dir(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
 
 
+def save_folder(out_dir: str | Path, write: Callable[[Path], None]) -> None:
+    """Write a folder atomically: ``write(tmp)`` fills a hidden sibling, which then replaces ``out_dir``."""
+    out = Path(out_dir)
+    tmp = out.with_name(f".{out.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    write(tmp)
+    replace_dir(tmp, out)
+
+
+def _train_until_target(model: Any, processor: Any, optimizer: Any, encoded: Any, settings: dict[str, Any],
+                        *, name: str, seed: int, validate: Callable[[Any, Any], dict[str, float]] | None,
+                        target: float) -> tuple[list[dict[str, float]], bool]:
+    """The epochs of :func:`train_tiny`: (history rows, whether clean VQA reached ``target`` x chance)."""
+    history: list[dict[str, float]] = []
+    reached = False
+    for epoch in range(int(settings["epochs"])):
+        loss = run_epoch(model, optimizer, encoded, pad_id=processor.tokenizer.pad_token_id,
+                         batch_size=int(settings["batch_size"]), purpose="tiny", model_name=name,
+                         epoch=epoch, seed=seed)
+        row: dict[str, float] = {"epoch": epoch, "loss": loss}
+        if validate is not None and epoch + 1 >= int(settings.get("min_epochs", 1)):
+            model.eval()
+            row.update(validate(model, processor))
+            reached = row["accuracy"] >= target * row["chance"]
+        history.append(row)
+        log.info("%s epoch %d: %s", name, epoch, {k: round(v, 4) for k, v in row.items()})
+        if reached:
+            break
+    if validate is not None and not reached:
+        log.warning("%s: clean VQA accuracy stayed below %.1f x chance after %d epochs", name, target,
+                    len(history))
+    return history, reached
+
+
 def train_tiny(
     name: str,
     spec: dict[str, Any],
@@ -209,31 +244,10 @@ def train_tiny(
     optimizer = torch.optim.AdamW(
         param_groups(model, float(settings["lr"]), float(settings.get("vision_lr_scale", VISION_LR_SCALE))),
         weight_decay=float(settings.get("weight_decay", 0.0)))
-    history: list[dict[str, float]] = []
-    reached = False
     target = float(settings.get("stop_at_chance_multiple", 2.0))
-    for epoch in range(int(settings["epochs"])):
-        loss = run_epoch(model, optimizer, encoded, pad_id=processor.tokenizer.pad_token_id,
-                         batch_size=int(settings["batch_size"]), purpose="tiny", model_name=name,
-                         epoch=epoch, seed=seed)
-        row: dict[str, float] = {"epoch": epoch, "loss": loss}
-        if validate is not None and epoch + 1 >= int(settings.get("min_epochs", 1)):
-            model.eval()
-            row.update(validate(model, processor))
-            reached = row["accuracy"] >= target * row["chance"]
-        history.append(row)
-        log.info("%s epoch %d: %s", name, epoch, {k: round(v, 4) for k, v in row.items()})
-        if reached:
-            break
-    if validate is not None and not reached:
-        log.warning("%s: clean VQA accuracy stayed below %.1f x chance after %d epochs", name, target,
-                    len(history))
-    out = Path(out_dir)
-    tmp = out.with_name(f".{out.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    save_tiny(model.eval(), processor, tmp)
-    replace_dir(tmp, out)
+    history, reached = _train_until_target(model, processor, optimizer, encoded, settings, name=name,
+                                           seed=seed, validate=validate, target=target)
+    save_folder(out_dir, lambda tmp: save_tiny(model.eval(), processor, tmp))
     return {
         "model": name,
         "family": family,

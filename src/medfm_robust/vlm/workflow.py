@@ -10,7 +10,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from medfm_robust.vlm.datasets import MODALITIES, dataset_tasks
+from medfm_robust import paths
+from medfm_robust.vlm.datasets import dataset_modalities, dataset_sources, dataset_tasks, get_reader
 
 Config = Mapping[str, Any]
 
@@ -28,18 +29,15 @@ def models(config: Config, *, kinds: tuple[str, ...] = ("local", "tiny", "api"),
 
 
 def sources(config: Config, dataset: str) -> list[str]:
-    """Canonical datasets feeding a demo VLM dataset (all unless ``sources`` is set); none for real ones."""
-    spec = config["vlm"]["datasets"][dataset]
-    if spec["adapter"] != "demo":
-        return []
-    return sorted(spec.get("sources") or config["datasets"])
+    """Canonical datasets feeding a VLM dataset (the demo: all unless ``sources`` is set; none for a
+    publisher's dataset), sorted."""
+    return sorted(dataset_sources(config["vlm"]["datasets"][dataset], config))
 
 
 def modalities(config: Config, dataset: str) -> list[str]:
-    """Modalities a VLM dataset can hold (a real dataset: any, until its samples are read)."""
-    if config["vlm"]["datasets"][dataset]["adapter"] == "demo":
-        return sorted({config["datasets"][d]["modality"] for d in sources(config, dataset)})
-    return list(MODALITIES)
+    """Modalities a VLM dataset can hold (:func:`medfm_robust.vlm.datasets.dataset_modalities`: the demo's
+    sources and showcase images; a publisher's dataset: any, until its samples are read)."""
+    return dataset_modalities(config["vlm"]["datasets"][dataset], config)
 
 
 def levels(config: Config) -> list[int]:
@@ -61,8 +59,8 @@ def types(config: Config) -> list[str]:
 def sample_inputs(config: Config, dataset: str) -> list[str] | str:
     """Inputs of a sample table: demo -> every canonical shard of the sources; real -> the dataset folder."""
     spec = config["vlm"]["datasets"][dataset]
-    if spec["adapter"] == "demo":
-        return [f"results/data/{d}/{s}.parquet" for d in sources(config, dataset)
+    if get_reader(spec["adapter"]).sources is not None:
+        return [paths.data_shard(d, s) for d in sources(config, dataset)
                 for s in ("train", "val", "test")]
     path = Path(spec["path"])
     return str(path if path.is_absolute() or path.exists() else Path(config["resources_dir"]) / path)
@@ -71,7 +69,7 @@ def sample_inputs(config: Config, dataset: str) -> list[str] | str:
 def tables(config: Config, dataset: str) -> list[str]:
     """Every sample table of a VLM dataset."""
     tasks = dataset_tasks(config["vlm"]["datasets"][dataset])
-    return [f"results/vlm/data/{dataset}/{t}.parquet" for t in tasks]
+    return [paths.vlm_samples(dataset, t) for t in tasks]
 
 
 def canonical_shards(config: Config, dataset: str, perturbation: str) -> list[str]:
@@ -81,7 +79,7 @@ def canonical_shards(config: Config, dataset: str, perturbation: str) -> list[st
 
     if perturb_wf.settings_for(config, perturbation)["levels"] != levels(config):
         return []
-    return [f"results/perturbed/{d}/{perturbation}.parquet" for d in sources(config, dataset)
+    return [paths.perturbed_shard(d, perturbation) for d in sources(config, dataset)
             if perturbation in perturb_wf.types_for(config, d)]
 
 
@@ -110,10 +108,10 @@ def perturb_params(config: Config, dataset: str) -> dict[str, Any]:
 
 
 def model_dir(config: Config, model: str) -> str | list[str]:
-    """A model's weights folder: trained tiny models under results/, real ones under resources_dir."""
+    """A model's weights folder: tiny models trained by the workflow, real ones under resources_dir."""
     spec = config["vlm"]["models"][model]
     if spec["kind"] == "tiny":
-        return f"results/vlm/models/{model}"
+        return paths.vlm_model_dir(model)
     if spec["kind"] == "local" and spec.get("path"):
         path = Path(spec["path"])
         return str(path if path.is_absolute() else Path(config["resources_dir"]) / path)
@@ -136,13 +134,13 @@ def eval_inputs(config: Config, model: str, task: str, dataset: str) -> dict[str
     """Inputs of one evaluation job: weights (+ adapter), sample table, VLM and canonical perturbed shards."""
     all_types = types(config)
     inputs: dict[str, Any] = {
-        "samples": f"results/vlm/data/{dataset}/{task}.parquet",
-        "perturbed": [f"results/vlm/perturbed/{dataset}/{t}.parquet" for t in all_types],
+        "samples": paths.vlm_samples(dataset, task),
+        "perturbed": [paths.vlm_perturbed(dataset, t) for t in all_types],
         "canonical": sorted({s for t in all_types for s in canonical_shards(config, dataset, t)}),
         "model": model_dir(config, model),
     }
     if uses_adapter(config, model, task):
-        inputs["adapter"] = f"results/vlm/adapters/{model}/grounding"
+        inputs["adapter"] = paths.vlm_adapter(model)
     return inputs
 
 
@@ -210,18 +208,23 @@ def conditions(config: Config) -> list[str]:
     return ["clean", *controls(config), *types(config)]
 
 
-def metric_outputs(config: Config, prefix: str) -> dict[str, str]:
-    """Named outputs of an evaluation job: one table per condition (:func:`conditions`)."""
-    return {name: f"{prefix}/{name}.parquet" for name in conditions(config)}
+def metric_outputs(config: Config) -> dict[str, str]:
+    """Named output patterns of an evaluation job: one table per condition (:func:`conditions`)."""
+    return {name: paths.vlm_metrics(name=name) for name in conditions(config)}
+
+
+def evaluated_runs(config: Config) -> list[tuple[str, str, str]]:
+    """Every evaluated (model, task, dataset): enabled models on the tasks of each VLM dataset they do."""
+    return [
+        (m, task, d)
+        for m in models(config, enabled=True)
+        for d in sorted(config["vlm"]["datasets"])
+        for task in dataset_tasks(config["vlm"]["datasets"][d])
+        if task in config["vlm"]["models"][m]["tasks"]
+    ]
 
 
 def final_targets(config: Config) -> list[str]:
     """Metric tables of every enabled model on every task of every VLM dataset it is evaluated on."""
-    targets = []
     names = conditions(config)
-    for m in models(config, enabled=True):
-        for d in sorted(config["vlm"]["datasets"]):
-            for task in dataset_tasks(config["vlm"]["datasets"][d]):
-                if task in config["vlm"]["models"][m]["tasks"]:
-                    targets += [f"results/metrics/vlm/{m}/{task}/{d}/{c}.parquet" for c in names]
-    return targets
+    return [paths.vlm_metrics(m, task, d, c) for m, task, d in evaluated_runs(config) for c in names]
