@@ -17,3 +17,15 @@ def test_safetensors_bytes_do_not_depend_on_the_metadata_hash_order() -> None:
     data = ours.pop()
     assert data in plain  # the same file the library writes, with its metadata keys in sorted order
     assert torch.equal(load(data)["b.weight"], tensors["b.weight"])
+
+
+def test_a_fine_tuned_checkpoint_written_twice_is_the_same_file(tmp_path) -> None:
+    from medfm_robust.seg.checkpoint import read_finetuned, save_finetuned
+
+    tensors = {f"layer{i}.weight": torch.full((2, 2), float(i)) for i in range(12)}
+    meta = {"strategy": "lora", "datasets": ["a", "b"], "seed": 1}
+    save_finetuned(tmp_path / "one.safetensors", tensors, meta)
+    save_finetuned(tmp_path / "two.safetensors", tensors, meta)
+    assert (tmp_path / "one.safetensors").read_bytes() == (tmp_path / "two.safetensors").read_bytes()
+    back, side = read_finetuned(tmp_path / "two.safetensors")
+    assert side["strategy"] == "lora" and torch.equal(back["layer7.weight"], tensors["layer7.weight"])
