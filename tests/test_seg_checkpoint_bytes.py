@@ -23,7 +23,7 @@ def test_a_fine_tuned_checkpoint_written_twice_is_the_same_file(tmp_path) -> Non
     from medfm_robust.seg.checkpoint import read_finetuned, save_finetuned
 
     tensors = {f"layer{i}.weight": torch.full((2, 2), float(i)) for i in range(12)}
-    meta = {"strategy": "lora", "datasets": ["a", "b"], "seed": 1}
+    meta = {"strategy": "lora", "datasets": ["a", "b"], "seed": 1, "base_checkpoint_sha256": "0" * 64}
     save_finetuned(tmp_path / "one.safetensors", tensors, meta)
     save_finetuned(tmp_path / "two.safetensors", tensors, meta)
     assert (tmp_path / "one.safetensors").read_bytes() == (tmp_path / "two.safetensors").read_bytes()
