@@ -10,6 +10,7 @@ FILE...`` checks config files from the shell.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import os
@@ -138,11 +139,65 @@ def default_config(schema_path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
     return validate_config({}, schema_path)
 
 
+@functools.lru_cache(maxsize=4)
+def _schema(schema_path: str) -> dict[str, Any]:
+    return load_yaml(schema_path)
+
+
+def _resolve(schema: Mapping[str, Any], node: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Follow a local ``$ref`` (``#/a/b``) to the node it names."""
+    while "$ref" in node:
+        target: Any = schema
+        for part in str(node["$ref"]).lstrip("#/").split("/"):
+            target = target[part]
+        node = target
+    return node
+
+
+def _section_node(section: str, schema_path: str | Path) -> tuple[dict[str, Any], Mapping[str, Any]]:
+    """(schema, the resolved node of ``section``); raises ``KeyError`` when no such section exists."""
+    schema = _schema(str(schema_path))
+    node: Mapping[str, Any] = schema
+    for part in section.split("."):
+        node = _resolve(schema, node)
+        if part == "*":
+            node = node.get("items") or node.get("additionalProperties") or {}
+        else:
+            node = node.get("properties", {})[part]
+    return schema, _resolve(schema, node)
+
+
+def section_defaults(section: str, schema_path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
+    """The schema's defaults of one config section, e.g. ``"vlm.api"``, ``"vlm.models.*"`` (``*``: one entry
+    of a list or of a name-keyed mapping) or ``"segmentation.models.*"``: what validation fills into an
+    empty section (nested defaults included; fresh copies).
+
+    Raises:
+        KeyError: ``section`` names no object of the schema.
+    """
+    return with_defaults(section, {}, schema_path)
+
+
+def with_defaults(section: str, values: Mapping[str, Any] | None,
+                  schema_path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
+    """A copy of ``values`` (a section of a config, possibly partial, e.g. handed to a library function by a
+    test or a script) with the schema's defaults of ``section`` filled in exactly as :func:`validate_config`
+    fills them (the same default-filling validator, run on that section's schema). Only defaults are
+    applied here; checking the values is validation's job."""
+    from jsonschema import Draft202012Validator
+
+    schema, node = _section_node(section, schema_path)
+    out = copy.deepcopy(dict(values or {}))
+    validator = _extend_with_defaults(Draft202012Validator)(schema).evolve(schema=node)
+    for _ in validator.iter_errors(out):  # filling happens while the instance is walked
+        pass
+    return out
+
+
 def dataset_defaults(schema_path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
     """The schema's defaults of one ``datasets.<name>`` entry (validation fills them into a config; the data
     library fills them into specs handed to it directly, e.g. by tests)."""
-    props = load_yaml(schema_path)["properties"]["datasets"]["additionalProperties"]["properties"]
-    return {key: value["default"] for key, value in props.items() if "default" in value}
+    return section_defaults("datasets.*", schema_path)
 
 
 def _band_problems(key: str, bands: Any) -> list[str]:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from medfm_robust.config import section_defaults
 from medfm_robust.errors import ConfigError
 from medfm_robust.perturb.cli import add_max_pixels
 
@@ -66,7 +67,8 @@ def _add_eval(subparsers: Any) -> None:
     p.add_argument("--checkpoint", help="base checkpoint ('bundled' for lite_medsam)")
     p.add_argument("--finetuned", help="fine-tuned checkpoint of a trained strategy")
     p.add_argument("--max-images", type=int)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=section_defaults("segmentation.models.*")["batch_size"],
+                   help="images per encoder/decoder batch (default: the schema's)")
     p.add_argument("--attacks", action="store_true", help="also run FGSM and PGD (default settings)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=_eval)

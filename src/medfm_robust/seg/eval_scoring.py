@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from medfm_robust.config import section_defaults
 from medfm_robust.devices import pick_device
 from medfm_robust.metrics.segmentation import METRIC_COLUMNS, NSD_TOLERANCE_PX, segmentation_scores
 from medfm_robust.seg.cache import EmbeddingEncoder
@@ -25,6 +26,7 @@ from medfm_robust.seg.models import PromptableSegmenter, images_to_batch
 from medfm_robust.seg.prompts import BoxJitter
 
 log = logging.getLogger(__name__)
+_MODEL_DEFAULTS = section_defaults("segmentation.models.*")
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class EvalSettings:
     ``seed``: global seed (PGD random start); ``nsd_tolerance``: NSD tolerance in pixels.
     """
 
-    batch_size: int = 16
+    batch_size: int = field(default_factory=lambda: int(_MODEL_DEFAULTS["batch_size"]))
     max_images: int | None = None
     attack_max_images: int | None = None
     jitter: BoxJitter = field(default_factory=BoxJitter)

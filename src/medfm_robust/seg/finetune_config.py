@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from medfm_robust import paths
-from medfm_robust.config import deep_merge
+from medfm_robust.config import deep_merge, with_defaults
 from medfm_robust.errors import ConfigError
 from medfm_robust.seg.strategy_registry import (  # noqa: F401 (re-exported: the rules' and trainer's names)
     STRATEGIES,
@@ -122,7 +122,7 @@ def job_params(config: Mapping[str, Any], model: str, strategy: str) -> dict[str
 def train_seeds(config: Mapping[str, Any]) -> list[int]:
     """Training seeds of every (model, dataset, strategy): ``finetune.seeds`` as a count n (seeds 0..n-1)
     or an explicit list (sorted)."""
-    seeds = (config.get("finetune") or {}).get("seeds", 1)
+    seeds = with_defaults("finetune", config.get("finetune"))["seeds"]
     if isinstance(seeds, bool) or not isinstance(seeds, int | list) or not seeds:
         raise ConfigError(f"config key 'finetune.seeds': a count >= 1 or a list of seeds, got {seeds!r}")
     return list(range(seeds)) if isinstance(seeds, int) else sorted(int(s) for s in seeds)

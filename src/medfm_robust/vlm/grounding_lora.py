@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from medfm_robust.config import config_hash
+from medfm_robust.config import config_hash, with_defaults
 from medfm_robust.errors import ConfigError, DataError
 from medfm_robust.io import read_resume_state, sha256_file, write_json_atomic, write_resume_state
 from medfm_robust.seeding import seed_for
@@ -45,12 +45,12 @@ def lora_config(settings: Mapping[str, Any]) -> Any:
     """``peft.LoraConfig`` from ``vlm.grounding_finetune`` (r, alpha, dropout, targets, scope)."""
     from peft import LoraConfig
 
+    settings = with_defaults("vlm.grounding_finetune", settings)
     return LoraConfig(
         r=int(settings["r"]),
         lora_alpha=float(settings["alpha"]),
-        lora_dropout=float(settings.get("dropout", 0.0)),
-        target_modules=target_pattern(settings["target_modules"],
-                                      settings.get("target_scope", "vision_tower")),
+        lora_dropout=float(settings["dropout"]),
+        target_modules=target_pattern(settings["target_modules"], settings["target_scope"]),
         bias="none",
     )
 
@@ -90,9 +90,9 @@ def _train_rows(df: Any, cap: int | None, *, name: str, seed: int, where: str) -
 
 
 def _prompt_settings(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """The model entry's ``system_prompt`` and ``image_position`` (default ``before``)."""
-    return {"system_prompt": spec.get("system_prompt"),
-            "image_position": spec.get("image_position", "before")}
+    """The model entry's ``system_prompt`` and ``image_position`` (schema defaults: none, ``before``)."""
+    spec = with_defaults("vlm.models.*", spec)
+    return {"system_prompt": spec["system_prompt"], "image_position": spec["image_position"]}
 
 
 def _parameter_counts(model: Any, trainable: list[Any]) -> dict[str, Any]:
@@ -114,7 +114,7 @@ def _lora_model(base: Any, settings: Mapping[str, Any], *, name: str,
     model = add_lora(base, settings)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=float(settings["lr"]),
-                                  weight_decay=float(settings.get("weight_decay", 0.0)))
+                                  weight_decay=float(settings["weight_decay"]))
     return model, trainable, optimizer
 
 
@@ -135,7 +135,7 @@ def _train_epochs(model: Any, optimizer: Any, encoded: Any, settings: Mapping[st
     for epoch in range(start, int(settings["epochs"])):
         loss = run_epoch(model, optimizer, encoded, pad_id=pad_id, batch_size=int(settings["batch_size"]),
                          purpose="grounding_lora", model_name=name, epoch=epoch, seed=seed,
-                         grad_clip=float(settings.get("grad_clip", 0.0)) or None, dtype=dtype)
+                         grad_clip=float(settings["grad_clip"]) or None, dtype=dtype)
         history.append({"epoch": epoch, "loss": loss})
         log.info("%s grounding LoRA epoch %d: loss %.4f", name, epoch, loss)
         write_resume_state(state_file, {"fingerprint": fingerprint, "epoch": epoch + 1, "history": history,
@@ -177,10 +177,11 @@ def finetune_grounding(
     from medfm_robust.vlm.models import folder_revision, load_local_vlm
     from medfm_robust.vlm.train import encode_examples, examples_from_table, save_folder
 
-    t0, cap = time.perf_counter(), settings.get("max_train_samples")
+    spec, settings = with_defaults("vlm.models.*", spec), with_defaults("vlm.grounding_finetune", settings)
+    t0, cap = time.perf_counter(), settings["max_train_samples"]
     train = _train_rows(read_samples(samples_path), cap, name=name, seed=seed, where=str(samples_path))
     examples = examples_from_table(train, "grounding", convention)
-    vlm = load_local_vlm(name, base_dir, dtype=spec.get("dtype", "bfloat16"), device=device)
+    vlm = load_local_vlm(name, base_dir, dtype=spec["dtype"], device=device)
     processor, base_revision = vlm.processor, folder_revision(base_dir)
     encoded = encode_examples(processor, examples, **_prompt_settings(spec))
     run_settings = {k: settings[k] for k in sorted(settings)}

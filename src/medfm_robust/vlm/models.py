@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from medfm_robust.config import with_defaults
 from medfm_robust.devices import pick_device
 from medfm_robust.errors import CheckpointError, ConfigError
 from medfm_robust.intensity import dtype_value_range, to_rgb8
@@ -294,6 +295,7 @@ def load_vlm(
     ``spec['path']`` under ``resources_dir``; a missing folder raises :class:`CheckpointError` naming it.
     API models need ``api_settings`` (``vlm.api``) and a ``cache_path`` for the persistent answer cache.
     """
+    spec = with_defaults("vlm.models.*", spec)
     kind = spec.get("kind")
     if kind in ("local", "tiny"):
         if model_dir is None:
@@ -305,10 +307,10 @@ def load_vlm(
         return load_local_vlm(
             name,
             model_dir,
-            dtype=spec.get("dtype", "bfloat16"),
-            batch_size=spec.get("batch_size", 8),
-            system_prompt=spec.get("system_prompt"),
-            image_position=spec.get("image_position", "before"),
+            dtype=spec["dtype"],
+            batch_size=spec["batch_size"],
+            system_prompt=spec["system_prompt"],
+            image_position=spec["image_position"],
             adapter_dir=adapter_dir,
             device=device,
         )

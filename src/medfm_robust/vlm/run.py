@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medfm_robust.config import with_defaults
 from medfm_robust.errors import ConfigError, DataError
 from medfm_robust.io import decode_png, encode_png, write_parquet_atomic
 
@@ -175,6 +176,7 @@ def evaluate_conditions(
     log.info("%s/%s: %d generations in %.1f s (%.1f ms each)", model.name, task, len(rows), seconds,
              1000 * seconds / max(1, len(rows)))
     tables = {}
+    caption = with_defaults("vlm.tasks.caption", None)
     for name, (a, b) in spans.items():
         judged = None
         if judge_cfg:
@@ -182,8 +184,9 @@ def evaluate_conditions(
                                  cache_dir=judge_cfg["api"].get("cache_dir"))
         table = score_outputs(task, frames[name], raw[a:b], model=model.name, model_revision=model.revision,
                               convention=convention,
-                              caption_tokenizer=scoring.get("caption_tokenizer", "simple"),
-                              meteor=meteor_enabled(scoring.get("meteor", False)), judge_scores=judged)
+                              caption_tokenizer=scoring.get("caption_tokenizer", caption["tokenizer"]),
+                              meteor=meteor_enabled(scoring.get("meteor", caption["meteor"])),
+                              judge_scores=judged)
         write_parquet_atomic(outputs[name], table)
         tables[name] = table
     return tables

@@ -22,13 +22,13 @@ from typing import Any
 
 import numpy as np
 
+from medfm_robust.config import with_defaults
 from medfm_robust.errors import DataError
 from medfm_robust.seeding import rng_for, seed_for
 
 log = logging.getLogger(__name__)
 
 # Default of vlm.tiny_training.vision_lr_scale (the vision tower's learning rate relative to ``lr``).
-VISION_LR_SCALE = 0.2
 
 
 @dataclass(frozen=True)
@@ -191,7 +191,7 @@ def _train_until_target(model: Any, processor: Any, optimizer: Any, encoded: Any
                          batch_size=int(settings["batch_size"]), purpose="tiny", model_name=name,
                          epoch=epoch, seed=seed)
         row: dict[str, float] = {"epoch": epoch, "loss": loss}
-        if validate is not None and epoch + 1 >= int(settings.get("min_epochs", 1)):
+        if validate is not None and epoch + 1 >= int(settings["min_epochs"]):
             model.eval()
             row.update(validate(model, processor))
             reached = row["accuracy"] >= target * row["chance"]
@@ -232,6 +232,7 @@ def train_tiny(
 
     if not train_examples:
         raise DataError(f"vlm tiny model '{name}': no training examples")
+    spec, settings = with_defaults("vlm.models.*", spec), with_defaults("vlm.tiny_training", settings)
     family = spec.get("family") or TINY_FAMILIES.get(name)
     if family is None:
         raise DataError(f"config key 'vlm.models.{name}.family': required for a tiny model")
@@ -239,12 +240,12 @@ def train_tiny(
     texts = [*tokenizer_texts, *(e.prompt for e in train_examples), *(e.answer for e in train_examples)]
     torch.manual_seed(seed_for("vlm_tiny_init", name, global_seed=seed))
     model, processor = build_tiny(family, texts, spec["arch"], int(settings["vocab_size"]))
-    system_prompt, position = spec.get("system_prompt"), spec.get("image_position", "before")
+    system_prompt, position = spec["system_prompt"], spec["image_position"]
     encoded = encode_examples(processor, train_examples, system_prompt=system_prompt, image_position=position)
     optimizer = torch.optim.AdamW(
-        param_groups(model, float(settings["lr"]), float(settings.get("vision_lr_scale", VISION_LR_SCALE))),
-        weight_decay=float(settings.get("weight_decay", 0.0)))
-    target = float(settings.get("stop_at_chance_multiple", 2.0))
+        param_groups(model, float(settings["lr"]), float(settings["vision_lr_scale"])),
+        weight_decay=float(settings["weight_decay"]))
+    target = float(settings["stop_at_chance_multiple"])
     history, reached = _train_until_target(model, processor, optimizer, encoded, settings, name=name,
                                            seed=seed, validate=validate, target=target)
     save_folder(out_dir, lambda tmp: save_tiny(model.eval(), processor, tmp))
@@ -330,20 +331,21 @@ def train_tiny_from_tables(
     from medfm_robust.vlm.datasets import read_samples
     from medfm_robust.vlm.models import box_convention
 
+    spec, training = with_defaults("vlm.models.*", spec), with_defaults("vlm.tiny_training", training)
     convention = box_convention(name, spec)
     examples: list[Example] = []
     val = None
     for task in sorted(tables):
         df = read_samples(tables[task])
-        examples += examples_from_table(df, task, convention, vqa_target=training.get("vqa_target", "letter"),
+        examples += examples_from_table(df, task, convention, vqa_target=training["vqa_target"],
                                         split="train")
         if task == "vqa":
             val = df[df["split"] == "val"]
     validate = None
     if val is not None:
-        validate = vqa_validator(val, system_prompt=spec.get("system_prompt"),
-                                 image_position=spec.get("image_position", "before"),
-                                 max_new_tokens=max_new_tokens, batch_size=int(spec.get("batch_size", 64)))
+        validate = vqa_validator(val, system_prompt=spec["system_prompt"],
+                                 image_position=spec["image_position"], max_new_tokens=max_new_tokens,
+                                 batch_size=int(spec["batch_size"]))
     info = train_tiny(name, spec, examples, out_dir, training, seed=seed, validate=validate)
     info["tasks"] = sorted(tables)
     write_json_atomic(info_path, info)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from medfm_robust import paths
+from medfm_robust.config import with_defaults
 from medfm_robust.vlm.datasets import dataset_modalities, dataset_sources, dataset_tasks, get_reader
 
 Config = Mapping[str, Any]
@@ -25,7 +26,7 @@ def models(config: Config, *, kinds: tuple[str, ...] = ("local", "tiny", "api"),
            enabled: bool = False) -> list[str]:
     """Model names of ``kinds`` (only enabled ones with ``enabled=True``)."""
     return sorted(m for m, s in config["vlm"]["models"].items()
-                  if s["kind"] in kinds and (s.get("enabled", True) or not enabled))
+                  if s["kind"] in kinds and (with_defaults("vlm.models.*", s)["enabled"] or not enabled))
 
 
 def sources(config: Config, dataset: str) -> list[str]:
@@ -186,10 +187,10 @@ def scoring_params(config: Config, task: str) -> dict[str, Any]:
     vlm = config["vlm"]
     out: dict[str, Any] = {}
     if task == "caption":
-        cap = vlm["tasks"]["caption"]
-        out.update(caption_tokenizer=cap.get("tokenizer", "simple"), meteor=cap.get("meteor", False))
-    judge = vlm.get("judge", {})
-    if judge.get("enabled", False) and task in judge.get("tasks", []):
+        cap = with_defaults("vlm.tasks.caption", vlm["tasks"].get("caption"))
+        out.update(caption_tokenizer=cap["tokenizer"], meteor=cap["meteor"])
+    judge = with_defaults("vlm.judge", vlm.get("judge"))
+    if judge["enabled"] and task in judge.get("tasks", []):
         api = {k: v for k, v in vlm["api"].items() if k != "endpoints"}
         api["endpoints"] = {judge["endpoint"]: vlm["api"]["endpoints"].get(judge["endpoint"], {})}
         out["judge_cfg"] = {"judge": dict(judge), "api": api}

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from medfm_robust.paths import vlm_api_cache
+from medfm_robust.config import with_defaults
 from medfm_robust.vlm.api.client import APIClient, ChatRequest, Endpoint, RetryPolicy, image_to_png
 from medfm_robust.vlm.prompts import SYSTEM_PROMPT
 
@@ -17,15 +17,15 @@ def client_from_config(name: str, api_cfg: Mapping[str, Any], *, cache_dir: str 
                        overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> APIClient:
     """An :class:`APIClient` for endpoint ``name`` from the ``vlm.api`` section (cache under
     ``cache_dir`` or ``vlm.api.cache_dir``)."""
+    api_cfg = with_defaults("vlm.api", api_cfg)
     endpoint = Endpoint.from_config(name, api_cfg, overrides)
     retry = RetryPolicy(
-        timeout_s=float(api_cfg.get("timeout_s", 60.0)), max_retries=int(api_cfg.get("max_retries", 6)),
-        backoff_initial_s=float(api_cfg.get("backoff_initial_s", 1.0)),
-        backoff_max_s=float(api_cfg.get("backoff_max_s", 60.0)),
+        timeout_s=float(api_cfg["timeout_s"]), max_retries=int(api_cfg["max_retries"]),
+        backoff_initial_s=float(api_cfg["backoff_initial_s"]), backoff_max_s=float(api_cfg["backoff_max_s"]),
     )
-    root = cache_dir if cache_dir is not None else api_cfg.get("cache_dir", vlm_api_cache())
-    kwargs.setdefault("temperature", float(api_cfg.get("temperature", 0.0)))
-    return APIClient(endpoint, cache_dir=root, max_concurrency=int(api_cfg.get("max_concurrency", 4)),
+    root = cache_dir if cache_dir is not None else api_cfg["cache_dir"]
+    kwargs.setdefault("temperature", float(api_cfg["temperature"]))
+    return APIClient(endpoint, cache_dir=root, max_concurrency=int(api_cfg["max_concurrency"]),
                      retry=retry, **kwargs)
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from medfm_robust.config import with_defaults
 from medfm_robust.errors import ConfigError
 from medfm_robust.perturb.registry import MODALITIES
 from medfm_robust.vlm.datasets.common import write_samples
@@ -58,6 +59,7 @@ def build_sample_table(
     :func:`~medfm_robust.vlm.datasets.demo.build_demo` (default: the demo spec's ``max_test_images``,
     which should equal ``perturb.max_images``).
     """
+    spec = with_defaults("vlm.datasets.*", spec)
     adapter = spec.get("adapter")
     reader = get_reader(adapter, where=f"vlm.datasets.{name}.adapter")
     if task not in reader.provided_tasks(spec):

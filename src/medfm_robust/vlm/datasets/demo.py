@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from medfm_robust.boxes import box_text
+from medfm_robust.config import with_defaults
 from medfm_robust.errors import ConfigError, DataError
 from medfm_robust.io import decode_png, encode_png
 from medfm_robust.paths import data_shard
@@ -250,7 +251,7 @@ def demo_modalities(spec: Mapping[str, Any], config: Mapping[str, Any]) -> list[
     showcase images' ones (:data:`SHOWCASE_MODALITIES`), in :data:`MODALITIES` order."""
     mods = {config["datasets"][s]["modality"] for s in demo_sources(spec, config)
             if config["datasets"][s].get("modality")}
-    if spec.get("showcase", True):
+    if with_defaults("vlm.datasets.*", spec)["showcase"]:
         mods.update(SHOWCASE_MODALITIES)
     return [m for m in MODALITIES if m in mods]
 
@@ -261,5 +262,5 @@ def _demo_from_config(name: str, spec: Mapping[str, Any], task: str, ctx: BuildC
     """Demo: VQA, caption and grounding samples templated from the canonical shards (and showcase images)."""
     max_images = ctx.perturb_max_images if ctx.perturb_max_images is not None else spec.get("max_test_images")
     return build_demo(ctx.shards, dataset=name, task=task, seed=ctx.seed, organs=spec.get("organs"),
-                      showcase=spec.get("showcase", True), showcase_size=spec.get("showcase_size", 256),
+                      showcase=spec["showcase"], showcase_size=spec["showcase_size"],
                       perturb_max_images=max_images)

@@ -208,6 +208,6 @@ def _mecovqa_from_config(name: str, spec: Mapping[str, Any], task: str, ctx: Bui
     """MeCoVQA grounding: boxes (any ``box_format``) or masks of MedPLIB's grounding files."""
     assert ctx.root is not None
     return read_mecovqa(ctx.root, dataset=name, files=spec.get("files"),
-                        box_format=spec.get("box_format", "auto"), modality=spec.get("modality"),
-                        modality_map=spec.get("modality_map"), on_missing=spec.get("on_missing", "fail"),
+                        box_format=spec["box_format"], modality=spec.get("modality"),
+                        modality_map=spec.get("modality_map"), on_missing=spec["on_missing"],
                         images_dir=spec.get("images_dir"))

@@ -132,5 +132,5 @@ def _item_row(item: Mapping[str, Any], *, root: Path, file: Path, idx: int, data
 def _omnimedvqa_from_config(name: str, spec: Mapping[str, Any], task: str, ctx: BuildContext) -> pd.DataFrame:
     """OmniMedVQA: multiple-choice VQA (``access``: the QA_information subfolders read)."""
     assert ctx.root is not None
-    return read_omnimedvqa(ctx.root, dataset=name, access=spec.get("access", ["Open-access"]),
-                           modality_map=spec.get("modality_map"), on_missing=spec.get("on_missing", "fail"))
+    return read_omnimedvqa(ctx.root, dataset=name, access=spec["access"],
+                           modality_map=spec.get("modality_map"), on_missing=spec["on_missing"])

@@ -193,5 +193,5 @@ def _read_csv(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
 def _rocov2_from_config(name: str, spec: Mapping[str, Any], task: str, ctx: BuildContext) -> pd.DataFrame:
     """ROCOv2: radiology image captions (``split``: the publisher split read)."""
     assert ctx.root is not None
-    return read_rocov2(ctx.root, dataset=name, split=spec.get("split", "test"), modality=spec.get("modality"),
-                       modality_map=spec.get("modality_map"), on_missing=spec.get("on_missing", "fail"))
+    return read_rocov2(ctx.root, dataset=name, split=spec["split"], modality=spec.get("modality"),
+                       modality_map=spec.get("modality_map"), on_missing=spec["on_missing"])

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medfm_robust.config import with_defaults
 from medfm_robust.seeding import seed_for
 
 
@@ -43,7 +44,8 @@ def stratified_sample(df: pd.DataFrame, n: int | None, *, key: Sequence[object],
 def sample_splits(df: pd.DataFrame, sampling: Mapping[str, Any], *, dataset: str, task: str,
                   seed: int) -> pd.DataFrame:
     """Apply ``sampling`` (``n_test``, ``n_train``, ``n_val``, ``stratify_by``) to each split."""
-    by = sampling.get("stratify_by", "modality")
+    sampling = with_defaults("vlm.sampling", sampling)
+    by = sampling["stratify_by"]
     parts = []
     for split, g in df.groupby("split", sort=True):
         n = sampling.get(f"n_{split}")
