@@ -272,7 +272,7 @@ def panel_paired_differences(cells: pd.DataFrame, source: str, metric: str = "Io
         labels = [f"{lab(r.model)}: {lab(r.strategy_a)} - {lab(r.strategy_b)}" for r in rows]
         ax.set_yticks(np.arange(len(t)), labels)
         ax.axvline(0.0, color="0.4", lw=1, ls="--")
-        ax.set_xlabel(f"Difference in mean {metric} drop (A - B); filled: significant")
+        ax.set_xlabel(f"Difference in mean {metric} drop (A - B)\nfilled marker: significant (corrected)")
         ax.grid(alpha=0.3, axis="x")
     ax.set_title(SEG_PANELS.get(PANEL_NAME, PANEL_TITLE))
     return fig
