@@ -12,7 +12,7 @@ import torch
 from medfm_robust.boxes import box_from_mask, box_text, require_box, require_box_tensor
 from medfm_robust.devices import pick_device
 from medfm_robust.errors import ConfigError, DataError
-from medfm_robust.io import read_resume_state, write_resume_state
+from medfm_robust.resume import read_resume_state, write_resume_state
 
 
 def test_box_is_medsam_np_where_box() -> None:

@@ -365,33 +365,6 @@ def write_image(path: PathLike, image: np.ndarray) -> None:
     write_images([(path, image)])
 
 
-def write_resume_state(path: PathLike, state: dict[str, Any]) -> None:
-    """Write a training run's resumable state (``torch.save`` of ``state``, which carries its
-    ``fingerprint``) atomically; read back with :func:`read_resume_state`."""
-    import torch
-
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def read_resume_state(path: PathLike | None, fingerprint: str) -> dict[str, Any] | None:
-    """The resumable state at ``path`` if it exists, loads and was written for ``fingerprint`` (the run's
-    settings and data); else None and the run starts afresh (a corrupt or foreign state is never trusted)."""
-    import torch
-
-    if path is None or not Path(path).is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # a corrupt state is not trusted: start over
-        log.warning("%s: unreadable resume state (%s); starting afresh", path, exc)
-        return None
-    if state.get("fingerprint") != fingerprint:
-        log.warning("%s: resume state written for other settings or data; starting afresh", path)
-        return None
-    return state
-
-
 def sha256_bytes(data: bytes) -> str:
     """Hex SHA-256 of ``data``."""
     return hashlib.sha256(data).hexdigest()

@@ -28,7 +28,7 @@ from torch import nn
 
 from medfm_robust.config import config_hash
 from medfm_robust.errors import ConfigError
-from medfm_robust.io import read_resume_state, write_resume_state
+from medfm_robust.resume import read_resume_state, write_resume_state
 from medfm_robust.seeding import seed_for
 from medfm_robust.seg.augment import AugmentConfig, SegData, epoch_order, make_batch
 from medfm_robust.seg.losses import hard_dice, seg_loss

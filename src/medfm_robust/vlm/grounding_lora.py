@@ -24,7 +24,8 @@ from typing import Any
 
 from medfm_robust.config import config_hash, with_defaults
 from medfm_robust.errors import ConfigError, DataError
-from medfm_robust.io import read_resume_state, sha256_file, write_json_atomic, write_resume_state
+from medfm_robust.io import sha256_file, write_json_atomic
+from medfm_robust.resume import read_resume_state, write_resume_state
 from medfm_robust.seeding import seed_for
 
 log = logging.getLogger(__name__)
@@ -194,8 +195,7 @@ def finetune_grounding(
                                           pad_id=processor.tokenizer.pad_token_id, dtype=vlm.dtype,
                                           state_file=Path(state_path), fingerprint=fingerprint,
                                           on_epoch_end=on_epoch_end)
-    out = Path(out_dir)
-    save_folder(out, lambda tmp: model.save_pretrained(tmp, safe_serialization=True))
+    save_folder(out := Path(out_dir), lambda tmp: model.save_pretrained(tmp, safe_serialization=True))
     info = {
         "model": name, "base_dir": str(base_dir), "base_revision": base_revision,
         "adapter_revision": folder_revision(out), "n_train_samples": len(examples),
