@@ -17,7 +17,6 @@ from PIL import Image
 
 from medfm_robust.errors import DataError
 from medfm_robust.io import (
-    _png_chunk,
     atomic_path,
     check_outputs,
     decode_png,
@@ -28,6 +27,7 @@ from medfm_robust.io import (
     write_images,
     write_parquet_atomic,
 )
+from medfm_robust.png import _png_chunk
 from medfm_robust.vlm.cache import pixel_hash
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -221,3 +221,21 @@ def test_default_limit_refuses_8000_square_before_decoding(tmp_path: Path) -> No
     (tmp_path / "huge.png").write_bytes(head + _png_chunk(b"IEND", b""))  # no pixel data: never decoded
     with pytest.raises(DataError, match=r"huge\.png: image is 8000 x 8000 = 64,000,000 pixels, above the"):
         read_image(tmp_path / "huge.png")
+
+
+def test_read_parquet_checked_names_the_file_and_the_fault(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from medfm_robust.io import read_parquet_checked
+
+    good = tmp_path / "good.parquet"
+    write_parquet_atomic(good, pd.DataFrame({"image_id": ["a", "b"], "level": [1, 2]}))
+    got = read_parquet_checked(good, ["image_id"], kind="shard", columns=["level"])
+    assert list(got.columns) == ["level"] and got["level"].tolist() == [1, 2]
+    with pytest.raises(DataError, match=r"missing\.parquet: shard not found"):
+        read_parquet_checked(tmp_path / "missing.parquet", kind="shard")
+    (tmp_path / "junk.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(DataError, match=r"junk\.parquet: cannot read VLM sample table"):
+        read_parquet_checked(tmp_path / "junk.parquet", kind="VLM sample table")
+    with pytest.raises(DataError, match=r"good\.parquet: shard lacks column\(s\) mask_png, box$"):
+        read_parquet_checked(good, ["image_id", "mask_png", "box"], kind="shard")

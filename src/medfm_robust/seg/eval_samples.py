@@ -19,7 +19,7 @@ import torch
 
 from medfm_robust.boxes import require_box
 from medfm_robust.errors import DataError
-from medfm_robust.io import array_hash, decode_png
+from medfm_robust.io import array_hash, decode_png, read_parquet_checked
 from medfm_robust.seg.prompts import BoxJitter, jitter_box
 
 log = logging.getLogger(__name__)
@@ -40,14 +40,8 @@ class Sample:
 
 
 def read_table(path: str | Path, columns: Sequence[str]) -> pd.DataFrame:
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{p}: shard not found")
-    table = pd.read_parquet(p)
-    missing = [c for c in columns if c not in table.columns]
-    if missing:
-        raise DataError(f"{p}: missing column(s) {', '.join(missing)}")
-    return table
+    """A shard with at least ``columns`` (all of its columns are read)."""
+    return read_parquet_checked(path, columns, kind="shard")
 
 
 def row_value_range(
@@ -75,9 +69,7 @@ def select_image_ids(
     known = set(test_ids)
     perturbed_ids: set[str] = set()
     for path in perturbed:
-        ids = set(pd.read_parquet(path, columns=["image_id"])["image_id"]) if Path(path).is_file() else None
-        if ids is None:
-            raise DataError(f"{path}: shard not found")
+        ids = set(read_parquet_checked(path, ["image_id"], kind="shard", columns=["image_id"])["image_id"])
         unknown = sorted(ids - known)
         if unknown:
             raise DataError(f"{path}: rows for image(s) not in the test shard {test_shard}: {unknown[:5]}")

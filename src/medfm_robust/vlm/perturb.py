@@ -30,6 +30,7 @@ import pandas as pd
 
 from medfm_robust.boxes import box_text
 from medfm_robust.errors import DataError
+from medfm_robust.io import read_parquet_checked
 from medfm_robust.perturb.registry import MODALITIES
 from medfm_robust.vlm.datasets import read_samples
 
@@ -101,9 +102,8 @@ def _covered(shards: Sequence[str | Path], levels: Sequence[int]) -> set[tuple[s
     """Keys (dataset, image_id) that have every level in the given perturbed shards."""
     have: dict[tuple[str, str], set[int]] = {}
     for p in shards:
-        if not Path(p).is_file():
-            raise DataError(f"{p}: perturbed shard not found")
-        t = pd.read_parquet(p, columns=["dataset", "image_id", "level"])
+        cols = ["dataset", "image_id", "level"]
+        t = read_parquet_checked(p, cols, kind="perturbed shard", columns=cols)
         for ds, iid, lvl in zip(t["dataset"], t["image_id"], t["level"], strict=True):
             have.setdefault((str(ds), str(iid)), set()).add(int(lvl))
     return {k for k, v in have.items() if set(levels) <= v}
@@ -165,9 +165,7 @@ def _shard_index(shards: Sequence[str | Path], perturbation: str,
     ``perturbation``; a shard of another type, or a missing one, raises ``DataError``)."""
     index: dict[tuple[str, str, int], dict[str, Any]] = {}
     for p in shards:
-        if not Path(p).is_file():
-            raise DataError(f"{p}: perturbed shard not found")
-        t = pd.read_parquet(p)
+        t = read_parquet_checked(p, ["dataset", "image_id", "perturbation"], kind="perturbed shard")
         if len(t) and set(t["perturbation"]) != {perturbation}:
             raise DataError(f"{p}: holds {sorted(set(t['perturbation']))}, expected '{perturbation}'")
         keep = [(str(d), str(i)) in wanted for d, i in zip(t["dataset"], t["image_id"], strict=True)]

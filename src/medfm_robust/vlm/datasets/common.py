@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from medfm_robust.errors import ConfigError, DataError
-from medfm_robust.io import encode_png, read_image, write_parquet_atomic
+from medfm_robust.io import encode_png, read_image, read_parquet_checked, write_parquet_atomic
 from medfm_robust.perturb.registry import MODALITIES
 
 log = logging.getLogger(__name__)
@@ -131,13 +131,7 @@ def write_samples(path: str | Path, df: pd.DataFrame) -> None:
 
 def read_samples(path: str | Path) -> pd.DataFrame:
     """Read a sample table; ``options`` come back as Python lists, ``box`` as list of int or None."""
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{p}: sample table not found")
-    df = pd.read_parquet(p)
-    missing = [c for c in SAMPLE_COLUMNS if c not in df.columns]
-    if missing:
-        raise DataError(f"{p}: not a VLM sample table (missing columns {missing})")
+    df = read_parquet_checked(path, SAMPLE_COLUMNS, kind="VLM sample table")
     df["options"] = [list(o) if o is not None else [] for o in df["options"]]
     df["box"] = [None if b is None else [int(v) for v in b] for b in df["box"]]
     df["mask_png"] = [m if isinstance(m, bytes | bytearray) else None for m in df["mask_png"]]
