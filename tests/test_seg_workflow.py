@@ -49,7 +49,9 @@ def test_embedded_default_targets(default_cfg: dict) -> None:
 def test_params_carry_only_the_models_settings(default_cfg: dict) -> None:
     p = W.job_params(default_cfg, "tiny_sam")
     assert p["checkpoint"] == "results/checkpoints/tiny_sam/pretrained.safetensors"
-    assert p["cache_dir"] is None and p["threads"] == 1 and p["attack_max_images"] == 1
+    own = default_cfg["segmentation"]["models"]["tiny_sam"]
+    assert p["cache_dir"] is None and p["threads"] == own["threads"] == 1
+    assert p["attack_max_images"] == own["attack_max_images"] and p["max_images"] == own["max_images"]
     assert W.job_params(default_cfg, "lite_medsam")["cache_dir"] == "results/cache/embeddings"
     assert W.base_checkpoint_input(default_cfg, "lite_medsam") == []
     assert W.finetuned_input("tiny_sam", "demo_ct", "zero_shot", 0) == []
