@@ -7,9 +7,12 @@ Measured with the embedded default (seed 0, 1 thread, AVX2 EPYC), clean test Dic
 demo_endoscopy / demo_fundus (zero-shot 0.704 / 0.726, mean 0.715): full 0.187 / 0.180 (mean 0.183),
 enc_only 0.179 / 0.180 (0.180), lora 0.179 / 0.176 (0.178), dec_only 0.157 / 0.163 (0.160), dec_prompt
 0.163 / 0.156 (0.160), adapter 0.179 / 0.140 (0.160). The same pretraining on all eleven
-demo datasets left nothing to adapt to (0.834 zero-shot vs 0.835-0.840 after fine-tuning). Float differences
-between CPUs move a pretraining's clean Dice by up to ~0.06 (issue 13: 0.883 / 0.851 / 0.822 on three
-CPU/kernel settings), so the asserted gain sits at a third of the measured ones or less.
+demo datasets left nothing to adapt to (0.834 zero-shot vs 0.835-0.840 after fine-tuning). The test
+process pins the CPU kernels as the workflow's jobs do (conftest.py): on an AVX-512 EPYC it measured
+zero-shot 0.705 -> full 0.902, lora 0.901 on demo_fundus pinned, but zero-shot 0.887 unpinned (AVX-512
+kernels pretrain a different model). Float differences that remain between CPUs moved a pretraining's clean
+Dice by up to ~0.06 (issue 13: 0.883 / 0.851 / 0.822 on three CPU/kernel settings), so the asserted gain
+sits at a third of the measured ones or less.
 """
 
 from __future__ import annotations
