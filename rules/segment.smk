@@ -4,13 +4,9 @@
 # every perturbation of the dataset (so each image is encoded once); one attack job writes fgsm + pgd. The
 # strategy and seed are wildcards; the strategies evaluated come from the finetune stage's
 # settings (seg_wf.finetune_strategies), the seeds from finetune.seeds. Helpers: medfm_robust.seg.workflow.
-from medfm_robust.config import SCHEMA_PATH, load_yaml
 from medfm_robust.errors import MedFMError
 from medfm_robust.seg import workflow as seg_wf
-
-SEG_STRATEGIES = load_yaml(SCHEMA_PATH)["properties"]["segmentation"]["$defs"]["model"]["properties"][
-    "strategies"
-]["items"]["enum"]
+from medfm_robust.seg.strategy_registry import STRATEGIES as SEG_STRATEGIES
 
 try:
     SEG_JOBS = [
