@@ -119,3 +119,9 @@ def test_finetune_one_run_prints_peak_memory(
     assert "micro_batch_size (8) must be between 1 and batch_size (4)" in capsys.readouterr().err
     assert main([*args[:9], "--out", str(tmp_path / "x.pt")]) == 2
     assert "must be a .safetensors file" in capsys.readouterr().err
+    # --train-seed: the workflow's finetune.seeds outside the workflow (another seed, other weights)
+    seeded = tmp_path / "runs" / "tiny_seed1.safetensors"
+    assert main([*args[:9], "--out", str(seeded), *args[11:], "--train-seed", "1"]) == 0
+    capsys.readouterr()
+    assert json.loads(seeded.with_suffix(".json").read_text())["train_seed"] == 1 and meta["train_seed"] == 0
+    assert seeded.read_bytes() != out.read_bytes()

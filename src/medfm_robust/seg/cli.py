@@ -66,6 +66,7 @@ def _add_eval(subparsers: Any) -> None:
     p.add_argument("--out-dir", required=True, help="folder for {clean,<perturbation>,fgsm,pgd}.parquet")
     p.add_argument("--checkpoint", help="base checkpoint ('bundled' for lite_medsam)")
     p.add_argument("--finetuned", help="fine-tuned checkpoint of a trained strategy")
+    p.add_argument("--train-seed", type=int, default=0, help="training seed of --finetuned")
     p.add_argument("--max-images", type=int)
     p.add_argument("--batch-size", type=int, default=section_defaults("segmentation.models.*")["batch_size"],
                    help="images per encoder/decoder batch (default: the schema's)")
@@ -94,6 +95,8 @@ def _add_finetune(subparsers: Any) -> None:
     p.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--max-train-images", type=int)
     p.add_argument("--max-val-images", type=int)
+    p.add_argument("--train-seed", type=int, default=0,
+                   help="training seed (the workflow's finetune.seeds; 0 = the first, as in the workflow)")
     p.set_defaults(func=_finetune)
 
 
@@ -153,7 +156,7 @@ def _eval(args: argparse.Namespace) -> int:
     checkpoints = [p for p in (args.checkpoint, args.finetuned) if p and p != "bundled"]
     inputs = [args.test, *shards.values(), *checkpoints]
     check_outputs([out / f"{n}.parquet" for n in names], inputs)
-    run = RunIdentity(args.model, args.strategy, args.checkpoint, args.finetuned)
+    run = RunIdentity(args.model, args.strategy, args.checkpoint, args.finetuned, train_seed=args.train_seed)
     settings = EvalSettings(batch_size=args.batch_size, max_images=args.max_images, device=args.device)
     counts = evaluate_dataset(
         run, args.dataset, args.test, shards, {n: out / f"{n}.parquet" for n in ["clean", *shards]}, settings
@@ -222,6 +225,7 @@ def _finetune(args: argparse.Namespace) -> int:
         curve_png=paths["curve"],
         settings=settings,
         global_seed=int(config["seed"]),
+        train_seed=args.train_seed,
         device=str(device),
         keep_state=False,
         progress=False,
