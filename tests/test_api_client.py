@@ -194,11 +194,11 @@ def test_bounded_concurrency_and_order(tmp_path: Path) -> None:
         srv.httpd.RequestHandlerClass.do_POST = counting  # type: ignore[method-assign]
         client = make_client(srv, tmp_path / "cache", max_concurrency=3)
         reqs = [ChatRequest(prompt=f"p{i}") for i in range(9)]
-        t0 = time.perf_counter()
         out = client.complete_many(reqs, progress=False)
         assert [r.text for r in out] == [f"echo p{i}" for i in range(9)]
-        assert active["max"] <= 3 and active["max"] >= 2
-        assert time.perf_counter() - t0 < 9 * 0.1  # really concurrent
+        # really concurrent (requests overlap in the server), never more than the limit; counted, not timed,
+        # so a loaded machine cannot fail it
+        assert 2 <= active["max"] <= 3
     finally:
         srv.close()
 
