@@ -194,12 +194,6 @@ def with_defaults(section: str, values: Mapping[str, Any] | None,
     return out
 
 
-def dataset_defaults(schema_path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
-    """The schema's defaults of one ``datasets.<name>`` entry (validation fills them into a config; the data
-    library fills them into specs handed to it directly, e.g. by tests)."""
-    return section_defaults("datasets.*", schema_path)
-
-
 def _band_problems(key: str, bands: Any) -> list[str]:
     """Each SSIM band ``[lo, hi]`` must have lo < hi, and level k+1 must lie below level k (more severe)."""
     out = []

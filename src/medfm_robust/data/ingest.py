@@ -11,7 +11,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from medfm_robust.data.registry import Item, dataset_modality, get_adapter, with_dataset_defaults
+from medfm_robust.config import with_defaults
+from medfm_robust.data.registry import Item, dataset_modality, get_adapter
 from medfm_robust.data.shards import (
     SPLITS,
     assign_splits,
@@ -56,7 +57,7 @@ def check_dataset_paths(config: MutableMapping[str, Any]) -> None:
     for name, spec in sorted(config.get("datasets", {}).items()):
         try:
             spec["modality"] = dataset_modality(name, spec)
-            parse_policy(with_dataset_defaults(spec)["intensity"], f"datasets.{name}.intensity")
+            parse_policy(with_defaults("datasets.*", spec)["intensity"], f"datasets.{name}.intensity")
             if spec.get("group_by") is not None and spec["adapter"] != "folder":
                 raise ConfigError(
                     f"config key 'datasets.{name}.group_by': only the folder adapter reads it "
@@ -239,7 +240,7 @@ def ingest_dataset(
     set_max_pixels(data_cfg["max_pixels"])  # size guard of every image read (io)
     cap = None if adapter.generated else spec.get("n_images")
     policy_key = f"datasets.{dataset}.intensity"
-    policy = parse_policy(with_dataset_defaults(spec)["intensity"], policy_key)
+    policy = parse_policy(with_defaults("datasets.*", spec)["intensity"], policy_key)
     items = _ordered(dataset, adapter.list_items(dataset, spec, root, seed), adapter.generated)
     reader = _ImageReader(dataset, modality, policy, policy_key, size, adapter.generated, policy_json(policy))
     got = _read_items(items, reader, cap, on_error, workers, progress)

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from medfm_robust.config import dataset_defaults
+from medfm_robust.config import with_defaults
 from medfm_robust.errors import ConfigError
 
 # (image, mask): image H x W or H x W x 3 uint8/uint16; mask H x W bool (already binarised).
@@ -51,7 +51,6 @@ class Adapter:
 
 
 ADAPTERS: dict[str, Adapter] = {}
-_DATASET_DEFAULTS = dataset_defaults()
 
 
 def register(
@@ -60,19 +59,13 @@ def register(
     """Decorator registering ``list_items`` under ``name``."""
 
     def deco(func: ListItems) -> ListItems:
-        def with_defaults(dataset: str, spec: Mapping[str, Any], root: Path | None, seed: int) -> list[Item]:
-            return func(dataset, with_dataset_defaults(spec), root, seed)
+        def filled(dataset: str, spec: Mapping[str, Any], root: Path | None, seed: int) -> list[Item]:
+            return func(dataset, with_defaults("datasets.*", spec), root, seed)
 
-        ADAPTERS[name] = Adapter(name, modality, needs_path, generated, with_defaults, layout)
+        ADAPTERS[name] = Adapter(name, modality, needs_path, generated, filled, layout)
         return func
 
     return deco
-
-
-def with_dataset_defaults(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """``spec`` with the schema's defaults of a ``datasets.<name>`` entry filled in (config validation fills
-    the same ones)."""
-    return {**_DATASET_DEFAULTS, **spec}
 
 
 def get_adapter(name: str) -> Adapter:
