@@ -65,10 +65,11 @@ def test_library_defaults_are_the_schema_defaults() -> None:
 def test_seg_cli_batch_size_default_is_the_schema_default() -> None:
     import argparse
 
-    from medfm_robust.seg.cli import register
+    from medfm_robust.seg.cli import _eval_settings, register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
-    args = parser.parse_args(["seg-eval", "--model", "tiny_sam", "--dataset", "d", "--test", "t.parquet",
-                              "--out-dir", "o"])
-    assert args.batch_size == section_defaults("segmentation.models.*")["batch_size"]
+    args = ["seg-eval", "--model", "tiny_sam", "--dataset", "d", "--test", "t.parquet", "--out-dir", "o"]
+    settings = _eval_settings(parser.parse_args(args))
+    assert settings.batch_size == section_defaults("segmentation.models.*")["batch_size"]
+    assert _eval_settings(parser.parse_args([*args, "--batch-size", "3"])).batch_size == 3

@@ -76,8 +76,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+@functools.cache
 def _extend_with_defaults(validator_class: Any) -> Any:
-    """A jsonschema validator class that also fills in ``default`` values (as Snakemake's validate does)."""
+    """A jsonschema validator class that also fills in ``default`` values (as Snakemake's validate does);
+    one class per base class (built once)."""
     from jsonschema import validators
 
     validate_properties = validator_class.VALIDATORS["properties"]
@@ -167,6 +169,15 @@ def _section_node(section: str, schema_path: str | Path) -> tuple[dict[str, Any]
     return schema, _resolve(schema, node)
 
 
+@functools.lru_cache(maxsize=64)
+def _section_validator(section: str, schema_path: str) -> Any:
+    """The default-filling validator of one section's schema (built once per section)."""
+    from jsonschema import Draft202012Validator
+
+    schema, node = _section_node(section, schema_path)
+    return _extend_with_defaults(Draft202012Validator)(schema).evolve(schema=node)
+
+
 def section_defaults(section: str, schema_path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
     """The schema's defaults of one config section, e.g. ``"vlm.api"``, ``"vlm.models.*"`` (``*``: one entry
     of a list or of a name-keyed mapping) or ``"segmentation.models.*"``: what validation fills into an
@@ -184,11 +195,8 @@ def with_defaults(section: str, values: Mapping[str, Any] | None,
     test or a script) with the schema's defaults of ``section`` filled in exactly as :func:`validate_config`
     fills them (the same default-filling validator, run on that section's schema). Only defaults are
     applied here; checking the values is validation's job."""
-    from jsonschema import Draft202012Validator
-
-    schema, node = _section_node(section, schema_path)
+    validator = _section_validator(section, str(schema_path))
     out = copy.deepcopy(dict(values or {}))
-    validator = _extend_with_defaults(Draft202012Validator)(schema).evolve(schema=node)
     for _ in validator.iter_errors(out):  # filling happens while the instance is walked
         pass
     return out

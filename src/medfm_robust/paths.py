@@ -161,11 +161,6 @@ def vlm_metrics(
     return f"{RESULTS}/metrics/vlm/{model}/{task}/{dataset}/{name}.parquet"
 
 
-def vlm_api_cache() -> str:
-    """Default cache folder of API answers."""
-    return f"{RESULTS}/vlm/api_cache"
-
-
 # --- report stage -------------------------------------------------------------------------------------
 
 

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from medfm_robust.config import section_defaults
 from medfm_robust.errors import ConfigError
 from medfm_robust.perturb.cli import add_max_pixels
 
@@ -68,8 +67,7 @@ def _add_eval(subparsers: Any) -> None:
     p.add_argument("--finetuned", help="fine-tuned checkpoint of a trained strategy")
     p.add_argument("--train-seed", type=int, default=0, help="training seed of --finetuned")
     p.add_argument("--max-images", type=int)
-    p.add_argument("--batch-size", type=int, default=section_defaults("segmentation.models.*")["batch_size"],
-                   help="images per encoder/decoder batch (default: the schema's)")
+    p.add_argument("--batch-size", type=int, help="images per encoder/decoder batch (default: the schema's)")
     p.add_argument("--attacks", action="store_true", help="also run FGSM and PGD (default settings)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=_eval)
@@ -143,7 +141,7 @@ def _predict(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from medfm_robust.io import check_outputs
     from medfm_robust.seg.attacks import AttackSettings
-    from medfm_robust.seg.evaluate import EvalSettings, RunIdentity, evaluate_attacks, evaluate_dataset
+    from medfm_robust.seg.evaluate import RunIdentity, evaluate_attacks, evaluate_dataset
 
     shards = {}
     for item in args.shard:
@@ -157,7 +155,7 @@ def _eval(args: argparse.Namespace) -> int:
     inputs = [args.test, *shards.values(), *checkpoints]
     check_outputs([out / f"{n}.parquet" for n in names], inputs)
     run = RunIdentity(args.model, args.strategy, args.checkpoint, args.finetuned, train_seed=args.train_seed)
-    settings = EvalSettings(batch_size=args.batch_size, max_images=args.max_images, device=args.device)
+    settings = _eval_settings(args)
     counts = evaluate_dataset(
         run, args.dataset, args.test, shards, {n: out / f"{n}.parquet" for n in ["clean", *shards]}, settings
     )
@@ -189,6 +187,15 @@ def peak_memory(device: str) -> tuple[str, int]:
         return "cuda", int(torch.cuda.max_memory_allocated())
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return "rss", int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+def _eval_settings(args: argparse.Namespace) -> Any:
+    """``EvalSettings`` of ``seg-eval``: ``--batch-size`` (else the schema's default, as ``EvalSettings``
+    has it), ``--max-images``, ``--device``."""
+    from medfm_robust.seg.evaluate import EvalSettings
+
+    given = {} if args.batch_size is None else {"batch_size": args.batch_size}
+    return EvalSettings(max_images=args.max_images, device=args.device, **given)
 
 
 def _finetune(args: argparse.Namespace) -> int:

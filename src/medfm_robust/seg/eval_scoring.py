@@ -26,7 +26,11 @@ from medfm_robust.seg.models import PromptableSegmenter, images_to_batch
 from medfm_robust.seg.prompts import BoxJitter
 
 log = logging.getLogger(__name__)
-_MODEL_DEFAULTS = section_defaults("segmentation.models.*")
+
+
+def _default_batch_size() -> int:
+    """The schema's ``segmentation.models.<m>.batch_size`` default (read when first needed)."""
+    return int(section_defaults("segmentation.models.*")["batch_size"])
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,7 @@ class EvalSettings:
     ``seed``: global seed (PGD random start); ``nsd_tolerance``: NSD tolerance in pixels.
     """
 
-    batch_size: int = field(default_factory=lambda: int(_MODEL_DEFAULTS["batch_size"]))
+    batch_size: int = field(default_factory=_default_batch_size)
     max_images: int | None = None
     attack_max_images: int | None = None
     jitter: BoxJitter = field(default_factory=BoxJitter)

@@ -91,8 +91,7 @@ def _train_rows(df: Any, cap: int | None, *, name: str, seed: int, where: str) -
 
 
 def _prompt_settings(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """The model entry's ``system_prompt`` and ``image_position`` (schema defaults: none, ``before``)."""
-    spec = with_defaults("vlm.models.*", spec)
+    """The model entry's ``system_prompt`` and ``image_position`` (``spec`` filled by ``with_defaults``)."""
     return {"system_prompt": spec["system_prompt"], "image_position": spec["image_position"]}
 
 
