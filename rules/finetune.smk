@@ -3,16 +3,12 @@
 # curve), and the workflow's own tiny SAM (paths.tiny_sam_pretrained).
 # The resumable training state is a hidden file beside each checkpoint (.seed{seed}.state.pt), deliberately
 # NOT an output, so a failed job never loses it.
-# Models with `one_job_per: dataset` get one job per (model, dataset, strategy, seed) (rule finetune); models
-# with `one_job_per: strategy` get one job per (strategy, seed) that trains every dataset in turn (rule
-# finetune_<model>),
-# which saves the per-job Python/torch start-up when each run takes only seconds.
+# One job per (model, dataset, strategy, seed) (rule finetune, in job group "finetune": a cluster profile
+# batches short runs into one submission with `group-components`, see docs/workflow.md "Job granularity").
 # Helpers (torch-free): medfm_robust.seg.finetune_config.
 from medfm_robust.seg import finetune_config as ft_cfg
 
 FT = config["finetune"]
-FT_PER_DATASET = ft_cfg.models_with_jobs_per(config, "dataset")
-FT_PER_STRATEGY = ft_cfg.models_with_jobs_per(config, "strategy")
 FT_TRAINED = "|".join(ft_cfg.TRAINED_STRATEGIES)
 
 
@@ -28,9 +24,11 @@ rule finetune:
     benchmark:
         "benchmarks/finetune/{model}/{dataset}/{strategy}/seed{seed}.tsv"
     wildcard_constraints:
-        model="|".join(FT_PER_DATASET) if FT_PER_DATASET else "NO_MODEL",
+        model="|".join(FT["models"]) or "NO_MODEL",
         strategy=FT_TRAINED,
         seed=r"\d+",
+    group:
+        "finetune"
     conda:
         "../envs/finetune.yaml"
     threads: lambda wildcards: FT["models"][wildcards.model]["threads"]
@@ -41,49 +39,10 @@ rule finetune:
     params:
         model=lambda wildcards: wildcards.model,
         settings=lambda wildcards: ft_cfg.job_params(config, wildcards.model, wildcards.strategy),
-        datasets=lambda wildcards: [wildcards.dataset],
         sources=lambda wildcards: source_params(ft_cfg.base_input(config, wildcards.model)),
         train_seed=lambda wildcards: int(wildcards.seed),
     script:
         "../workflow/scripts/finetune_run.py"
-
-
-# One job per (strategy, seed) for each `one_job_per: strategy` model; its outputs are the same files as above.
-for _model in FT_PER_STRATEGY:
-    _datasets = ft_cfg.model_datasets(config, _model, DATASETS)
-    _runs = [paths.run_outputs(_model, d) for d in _datasets]
-
-    rule:
-        name:
-            f"finetune_{_model}"
-        input:
-            train=[paths.data_shard(d, "train") for d in _datasets],
-            val=[paths.data_shard(d, "val") for d in _datasets],
-            base=ft_cfg.base_input(config, _model),
-        output:
-            **{kind: [run[kind] for run in _runs] for kind in paths.RUN_SUFFIXES},
-        log:
-            f"logs/finetune/{_model}/{{strategy}}/seed{{seed}}.log",
-        benchmark:
-            f"benchmarks/finetune/{_model}/{{strategy}}/seed{{seed}}.tsv"
-        wildcard_constraints:
-            strategy=FT_TRAINED,
-            seed=r"\d+",
-        conda:
-            "../envs/finetune.yaml"
-        threads: FT["models"][_model]["threads"]
-        resources:
-            gpu=1,
-            mem_mb=FT["models"][_model]["mem_mb"],
-            runtime=FT["models"][_model]["runtime"] * max(1, len(_datasets)),
-        params:
-            model=_model,
-            settings=lambda wildcards, m=_model: ft_cfg.job_params(config, m, wildcards.strategy),
-            datasets=_datasets,
-            sources=lambda wildcards, m=_model: source_params(ft_cfg.base_input(config, m)),
-            train_seed=lambda wildcards: int(wildcards.seed),
-        script:
-            "../workflow/scripts/finetune_run.py"
 
 
 rule pretrain_tiny_sam:

@@ -12,11 +12,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_defaults_are_the_rule_patterns_and_arguments_fill_them():
     pattern = paths.seg_metrics()
-    assert pattern == "results/metrics/segmentation/{model}/{strategy}/seed{seed}/{dataset}/{name}.parquet"
-    concrete = paths.seg_metrics("tiny_sam", "lora", 2, "demo_ct", "clean")
-    assert concrete == pattern.format(
-        model="tiny_sam", strategy="lora", seed=2, dataset="demo_ct", name="clean"
-    )
+    assert pattern == "results/metrics/segmentation/{model}/{strategy}/seed{seed}/{dataset}.parquet"
+    concrete = paths.seg_metrics("tiny_sam", "lora", 2, "demo_ct")
+    assert concrete == pattern.format(model="tiny_sam", strategy="lora", seed=2, dataset="demo_ct")
     run = paths.run_outputs("m", "d", "lora", 1)
     assert (
         run["checkpoint"]

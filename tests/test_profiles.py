@@ -118,7 +118,8 @@ def _fake_slurm(bin_dir: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.workflow
 def test_fake_slurm_submissions(ci_jobs, tmp_path):
-    """Submit one GPU job and one CPU job through profiles/slurm to fake SLURM commands."""
+    """Submit GPU jobs and three CPU jobs of one group through profiles/slurm to fake SLURM commands: the GPU
+    jobs land on a GPU partition, the three perturbation jobs in one submission (group-components)."""
     work, jobs = ci_jobs
     local = local_rules()
     remote = [j for j in jobs if j.rule not in local and j.outputs]
@@ -148,7 +149,10 @@ def test_fake_slurm_submissions(ci_jobs, tmp_path):
         if job is not None:
             chosen.append(job)
     assert chosen, "no GPU job in the CI configuration"
-    cpu = next(j for j in remote if int(j.resource("gpu") or 0) == 0 and independent(j, chosen))
+    # CPU jobs: three perturbation shards, which the profile's group-components batch into one submission
+    batch = [j for j in remote if j.rule == "perturb_generate" and independent(j, chosen)][:3]
+    assert len(batch) == 3 and SLURM["group-components"]["perturb"] >= 3
+    cpu = batch[0]
     chosen.append(cpu)
     clone = clone_run(work, tmp_path / "run")
     fake_bin = tmp_path / "fakebin"
@@ -167,6 +171,7 @@ def test_fake_slurm_submissions(ci_jobs, tmp_path):
         "1",
         "--force",
         *(j.outputs[0] for j in chosen),
+        *(j.outputs[0] for j in batch[1:]),
     ]
     proc = subprocess.Popen(
         cmd,
@@ -187,11 +192,16 @@ def test_fake_slurm_submissions(ci_jobs, tmp_path):
         + out[-4000:]
     )
     by_rule: dict[str, list[str]] = {}
-    for line in log.read_text().splitlines():
-        args = shlex.split(line)
-        comment = args[args.index("--comment") + 1]
-        by_rule.setdefault(comment.removeprefix("rule_").split("_wildcards_")[0], args)
+    calls = [shlex.split(line) for line in log.read_text().splitlines()]
+    for args in calls:
+        # a rule's job: rule_<rule>_wildcards_...; a group job: rule_<group>_<rule>...
+        name = args[args.index("--comment") + 1].removeprefix("rule_").split("_wildcards_")[0]
+        rule = next((j.rule for j in chosen if name == j.rule or name.endswith(f"_{j.rule}")), name)
+        by_rule.setdefault(rule, []).append(args)
     assert {j.rule for j in chosen} <= set(by_rule), f"sbatch calls for {sorted(by_rule)}"
+    assert len(by_rule["perturb_generate"]) == 1, "the three perturbation jobs were not batched"
+    assert len(calls) == len(chosen), [c[c.index("--comment") + 1] for c in calls]
+    by_rule = {rule: args[0] for rule, args in by_rule.items()}
 
     def opt(args, name):
         for i, a in enumerate(args):
@@ -215,4 +225,6 @@ def test_fake_slurm_submissions(ci_jobs, tmp_path):
     c = by_rule[cpu.rule]
     assert opt(c, "-p") not in gpu_parts, c
     assert opt(c, "--gpus") is None and not (opt(c, "--gres") or "").startswith("gpu"), c
-    assert opt(c, "--mem") == want(cpu, "mem_mb") and opt(c, "-t") == want(cpu, "runtime"), c
+    # the batch asks for at least one job's memory and time (Snakemake sums or stacks them for a group)
+    assert int(opt(c, "--mem")) >= int(want(cpu, "mem_mb")), c
+    assert int(opt(c, "-t")) >= int(want(cpu, "runtime")), c

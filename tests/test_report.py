@@ -324,7 +324,7 @@ def test_report_targets_follow_the_upstream_stages():
     bare["finetune"]["models"] = {}
     for mcfg in bare["segmentation"]["models"].values():
         mcfg["strategies"] = ["zero_shot", "lora"]
-    runs = ReportTargets.from_config(bare).seg_metrics
+    runs = ReportTargets.from_config(bare).seg_runs
     expected = sorted({paths.checkpoint_sidecar(m, d, s, k) for m, s, k, d in runs if s == "lora"})
     assert ReportTargets.from_config(bare).checkpoint_sidecars() == expected and expected
     bare["vlm"]["models"] = {}

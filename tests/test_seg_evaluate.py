@@ -314,7 +314,9 @@ def test_settings_from_params() -> None:
         AttackSettings(epsilons=(1.0,), pgd_steps=(1, 2))
 
 
-def test_strategy_job_walks_the_plan(shards: dict[str, Path], tmp_path: Path, monkeypatch) -> None:
+def test_evaluation_job_writes_every_condition_to_one_file(
+    shards: dict[str, Path], tmp_path: Path, monkeypatch
+) -> None:
     import medfm_robust.seg.evaluate as E
 
     model = trained_small_sam()
@@ -326,23 +328,15 @@ def test_strategy_job_walks_the_plan(shards: dict[str, Path], tmp_path: Path, mo
         return model, torch.device("cpu")
 
     monkeypatch.setattr(E, "prepare_model", fake_prepare)
-    outs = [tmp_path / f"{i}.parquet" for i in range(6)]
-    plan = [
-        {
-            "dataset": "demo",
-            "test": shards["test"],
-            "shards": {"noise": shards["noise"], "shift": shards["shift"]},
-            "finetuned": None,
-            "outputs": dict(zip(["clean", "noise", "shift", "fgsm", "pgd"], map(str, outs), strict=False)),
-        },
-        {
-            "dataset": "demo",
-            "test": shards["test"],
-            "shards": {},
-            "finetuned": None,
-            "outputs": {"clean": str(outs[5])},
-        },
-    ]
+    out = tmp_path / "zero_shot.parquet"
+    plan = {
+        "dataset": "demo",
+        "test": shards["test"],
+        "shards": {"shift": shards["shift"], "noise": shards["noise"]},
+        "finetuned": None,
+        "attacks": True,
+        "output": str(out),
+    }
     settings = {
         "checkpoint": None,
         "batch_size": 8,
@@ -362,31 +356,43 @@ def test_strategy_job_walks_the_plan(shards: dict[str, Path], tmp_path: Path, mo
         "random_start": True,
         "quantize_bits": 8,
     }
-    counts = E.run_strategy_job("tiny_sam", "zero_shot", plan, settings, attack)
-    assert loads == [None]  # zero_shot: the base model is loaded once for every dataset
-    assert counts["demo"]["clean"] == 2
-    frames = [pd.read_parquet(p) for p in outs]
-    assert frames[0]["perturbation"].eq("clean").all() and frames[1]["perturbation"].eq("noise").all()
-    assert frames[2]["perturbation"].eq("shift").all() and len(frames[1]) == 6
-    assert frames[3]["perturbation"].eq("fgsm").all() and len(frames[3]) == 2  # 1 image x 2 levels
-    assert frames[4]["perturbation"].eq("pgd").all() and frames[5]["perturbation"].eq("clean").all()
-    assert all(f["train_seed"].eq(0).all() for f in frames)  # zero_shot is not trained: seed 0
-    # a trained strategy's checkpoint of training seed 2: every row says so
+    counts = E.run_evaluation_job("tiny_sam", "zero_shot", plan, settings, attack)
+    assert loads == [None]  # the model is loaded once, for the evaluation and the attacks
+    assert counts == {"clean": 2, "fgsm": 2, "noise": 6, "pgd": 2, "shift": 6}  # attacks: 1 image x 2 levels
+    rows = pd.read_parquet(out)
+    # every condition's rows, in name order, as the separate evaluations score them
+    assert list(dict.fromkeys(rows["perturbation"])) == ["clean", "fgsm", "noise", "pgd", "shift"]
+    assert rows["perturbation"].value_counts().to_dict() == counts
+    assert rows["train_seed"].eq(0).all()  # zero_shot is not trained: seed 0
+    separate = tmp_path / "separate"
+    names = ["clean", "noise", "shift"]
+    E.evaluate_dataset(
+        E.RunIdentity("tiny_sam", "zero_shot", None, None),
+        "demo",
+        shards["test"],
+        plan["shards"],
+        {n: separate / f"{n}.parquet" for n in names},
+        E.eval_settings(settings),
+        model=model,
+    )
+    for n in names:
+        got = rows[rows["perturbation"] == n].reset_index(drop=True)
+        assert got.equals(pd.read_parquet(separate / f"{n}.parquet")), n
+    # a trained strategy's checkpoint of training seed 2, attacks off: every row says so
     seeded = tmp_path / "seed2.parquet"
-    trained = [{**plan[1], "finetuned": "lora/seed2.safetensors", "outputs": {"clean": str(seeded)}}]
-    E.run_strategy_job("tiny_sam", "lora", trained, settings, attack, train_seed=2)
+    trained = {**plan, "finetuned": "lora/seed2.safetensors", "attacks": False, "output": str(seeded)}
+    E.run_evaluation_job("tiny_sam", "lora", trained, settings, None, train_seed=2)
     assert loads[-1] == "lora/seed2.safetensors"
     seeded_rows = pd.read_parquet(seeded)
+    assert set(seeded_rows["perturbation"]) == {"clean", "noise", "shift"}
     assert seeded_rows["train_seed"].eq(2).all() and seeded_rows["train_seed"].dtype == "int64"
     assert seeded_rows.drop(columns=["strategy", "train_seed"]).equals(
-        frames[5].drop(columns=["strategy", "train_seed"])
+        rows[~rows["perturbation"].isin(["fgsm", "pgd"])]
+        .reset_index(drop=True)
+        .drop(columns=["strategy", "train_seed"])
     )
-    with pytest.raises(DataError, match="must be exactly"):  # an output without its shard
-        E.run_strategy_job(
-            "tiny_sam", "zero_shot", [{**plan[1], "shards": {"noise": shards["noise"]}}], settings, attack
-        )
     with pytest.raises(DataError, match="needs a fine-tuned checkpoint"):
-        E.run_strategy_job("tiny_sam", "lora", plan[1:], settings, attack)
+        E.run_evaluation_job("tiny_sam", "lora", plan, settings, attack)
 
 
 def test_label_moved_out_of_the_image_is_not_scored(shards: dict[str, Path], tmp_path: Path) -> None:

@@ -27,19 +27,17 @@ def test_embedded_default_targets(default_cfg: dict) -> None:
     assert W.perturbations_for(cfg, "lite_medsam", "demo_dermoscopy") == ["gaussian_noise", "hair"]
     targets = W.final_targets(cfg, lambda m, d: ["dec_only"] if m == "tiny_sam" else [])
     lite = [t for t in targets if "/lite_medsam/" in t]
-    assert lite == [
-        f"results/metrics/segmentation/lite_medsam/zero_shot/seed0/demo_dermoscopy/{n}.parquet"
-        for n in ("clean", "gaussian_noise", "hair")
-    ]  # lite_medsam: attacks off; the finetune stage trains nothing for it in this call
-    fundus = [t for t in targets if "/tiny_sam/" in t and "/demo_fundus/" in t]
-    n_fundus = len(W.perturbations_for(cfg, "tiny_sam", "demo_fundus")) + 3  # + clean, fgsm, pgd
-    assert len(fundus) == 2 * n_fundus and any("/dec_only/seed0/demo_fundus/pgd.parquet" in t for t in fundus)
+    # lite_medsam: the finetune stage trains nothing for it in this call
+    assert lite == ["results/metrics/segmentation/lite_medsam/zero_shot/seed0/demo_dermoscopy.parquet"]
+    fundus = [t for t in targets if "/tiny_sam/" in t and t.endswith("/demo_fundus.parquet")]
+    root = "results/metrics/segmentation/tiny_sam"
+    assert fundus == [f"{root}/{s}/seed0/demo_fundus.parquet" for s in ("zero_shot", "dec_only")]
     assert len(set(targets)) == len(targets)
     # three training seeds: every trained strategy three times, zero_shot (not trained) once, as seed 0
     cfg["finetune"]["seeds"] = 3
     seeded = W.final_targets(cfg, lambda m, d: ["dec_only"])
-    seeded = [t for t in seeded if "/tiny_sam/" in t and "/demo_fundus/" in t]
-    assert len(seeded) == 4 * n_fundus
+    seeded = [t for t in seeded if "/tiny_sam/" in t and t.endswith("/demo_fundus.parquet")]
+    assert len(seeded) == 4
     assert {t.split("/")[5] for t in seeded if "/dec_only/" in t} == {"seed0", "seed1", "seed2"}
     assert {t.split("/")[5] for t in seeded if "/zero_shot/" in t} == {"seed0"}
     cfg["finetune"]["seeds"] = [4, 7]
@@ -76,25 +74,30 @@ def test_bad_model_settings_name_the_key(default_cfg: dict) -> None:
         validate_config(bad)
 
 
-def test_one_job_per_strategy_layout_is_consistent(default_cfg: dict) -> None:
+def test_job_plan_reads_and_writes_one_run(default_cfg: dict) -> None:
     cfg = copy.deepcopy(default_cfg)
-    assert W.models_by_job(cfg, "strategy") == ["tiny_sam"]
-    assert W.models_by_job(cfg, "dataset") == ["lite_medsam"]
-    datasets = W.datasets_for(cfg, "tiny_sam")
-    layout = W.job_plan(cfg, "tiny_sam", datasets)
-    assert [item["dataset"] for item in layout] == cfg["finetune"]["models"]["tiny_sam"]["datasets"]
-    outputs = W.plan_outputs(layout)
-    assert len(outputs) == sum(len(item["shards"]) + 3 for item in layout)
-    inputs = W.plan_inputs(layout)
-    assert len(inputs["shards"]) == sum(len(item["shards"]) for item in layout)
-    assert W.plan_inputs(W.job_plan(cfg, "tiny_sam", datasets, "zero_shot", 0))["finetuned"] == []
-    assert len(W.plan_inputs(W.job_plan(cfg, "tiny_sam", datasets, "lora", 1))["finetuned"]) == len(layout)
-    # Every output of the job is a final target of that strategy and seed, and vice versa.
+    plan = W.job_plan(cfg, "tiny_sam", "demo_fundus")
+    assert plan["output"] == "results/metrics/segmentation/tiny_sam/{strategy}/seed{seed}/demo_fundus.parquet"
+    assert plan["attacks"] is True and plan["finetuned"].endswith("/{strategy}/seed{seed}.safetensors")
+    assert list(plan["shards"]) == W.perturbations_for(cfg, "tiny_sam", "demo_fundus") and plan["shards"]
+    inputs = W.plan_inputs(plan)
+    assert inputs["tests"] == ["results/data/demo_fundus/test.parquet"]
+    assert inputs["shards"] == list(plan["shards"].values())
+    assert W.plan_inputs(W.job_plan(cfg, "tiny_sam", "demo_fundus", "zero_shot", 0))["finetuned"] == []
+    lite = W.job_plan(cfg, "lite_medsam", "demo_dermoscopy", "dec_only", 1)
+    assert lite["attacks"] is False and W.attack_params(cfg, "lite_medsam") is None
+    assert sorted(lite["shards"]) == ["gaussian_noise", "hair"]
+    assert W.attack_params(cfg, "tiny_sam") == cfg["segmentation"]["attacks"]
+    # Every job's output is a final target and vice versa: one per (model, strategy, seed, dataset).
     cfg["finetune"]["seeds"] = 2
-    targets = W.final_targets(cfg, lambda m, d: ["lora"])
-    for seed in (0, 1):
-        lora = {o.format(strategy="lora", seed=seed) for o in outputs}
-        assert lora == {t for t in targets if f"/tiny_sam/lora/seed{seed}/" in t}
-    # A strategy trained on only some datasets cannot share one job.
-    with pytest.raises(ConfigError, match="one_job_per"):
-        W.final_targets(cfg, lambda m, d: ["lora"] if d == "demo_fundus" else [])
+    targets = W.final_targets(cfg, lambda m, d: ["lora"] if d == "demo_fundus" else [])
+    runs = W.evaluated_runs(cfg, lambda m, d: ["lora"] if d == "demo_fundus" else [])
+    assert targets == [W.job_plan(cfg, m, d, s, k)["output"] for m, s, k, d in runs]
+    assert len(set(targets)) == len(targets)
+    assert {t for t in targets if "/tiny_sam/lora/" in t} == {
+        f"results/metrics/segmentation/tiny_sam/lora/seed{k}/demo_fundus.parquet" for k in (0, 1)
+    }
+    bad = copy.deepcopy(cfg)
+    bad["segmentation"]["models"]["tiny_sam"]["perturbations"] = ["sparkles"]
+    with pytest.raises(ConfigError, match=r"segmentation\.models\.tiny_sam\.perturbations.*sparkles"):
+        W.check_plans(bad)

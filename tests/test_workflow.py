@@ -88,32 +88,21 @@ def test_nothing_changed_nothing_reruns(ci_run, tmp_path):
     assert planned_jobs(work) == set()
 
 
-def _rule_scripts() -> list[tuple[re.Pattern, str]]:
-    """(rule-name pattern, script) for every rule of rules/*.smk, including rules named by an f-string
-    (``rule:`` + ``name: f"segment_evaluate_{_model}_{_dataset}"``, whose braces become wildcards)."""
-    out = []
+def _rule_scripts() -> dict[str, str]:
+    """Rule name -> the workflow script it runs, for every rule of rules/*.smk."""
+    out = {}
     for smk in sorted((REPO / "rules").glob("*.smk")):
         text = smk.read_text()
-        for m in re.finditer(
-            r"^([ \t]*)rule(?: (\w+))?:\n(.*?)(?=^[ \t]*rule[ \w]*:\n|\Z)", text, re.M | re.S
-        ):
-            body = m.group(3)
-            name = m.group(2)
-            if name is None:
-                fs = re.search(r'name:\s*\n?\s*f?"([^"]+)"', body)
-                if not fs:
-                    continue
-                name = fs.group(1)
-            pattern = re.compile("^" + re.sub(r"\\\{[^}]*\\\}", ".+", re.escape(name)) + "$")
-            script = re.search(r'script:\s*\n\s*"\.\./(workflow/scripts/[^"]+)"', body)
+        for m in re.finditer(r"^rule (\w+):\n(.*?)(?=^rule \w+:\n|\Z)", text, re.M | re.S):
+            script = re.search(r'script:\s*\n\s*"\.\./(workflow/scripts/[^"]+)"', m.group(2))
             if script:
-                out.append((pattern, script.group(1)))
+                out[m.group(1)] = script.group(1)
     return out
 
 
 def _script_of(rule: str) -> str | None:
     """The workflow script a rule runs (read from rules/*.smk)."""
-    return next((script for pattern, script in _rule_scripts() if pattern.match(rule)), None)
+    return _rule_scripts().get(rule)
 
 
 def _rules_using(script: str, nodes) -> set[str]:
@@ -150,10 +139,8 @@ def test_editing_a_script_reruns_its_rules_and_descendants(ci_run, full_dag, tmp
 def test_changing_one_perturbation_reruns_only_its_shards_and_dependants(ci_run, full_dag, tmp_path):
     nodes, edges = full_dag
 
-    def type_of(key) -> str | None:  # rule perturb_generate (one_job_per: dataset) or perturb_generate_<type>
-        if key[0] == "perturb_generate":
-            return dict(key[1])["perturbation"]
-        return key[0].removeprefix("perturb_generate_") if key[0].startswith("perturb_generate_") else None
+    def type_of(key) -> str | None:  # rule perturb_generate: one job per (dataset, type)
+        return dict(key[1])["perturbation"] if key[0] == "perturb_generate" else None
 
     shards = sorted(k for k in nodes.values() if type_of(k))
     assert shards, "no perturbation shard in the CI DAG"
@@ -191,22 +178,24 @@ def test_changing_one_strategy_reruns_only_its_training_evaluation_and_tables(ci
     assert {dict(k[1]).get("strategy") for k in planned if "strategy" in dict(k[1])} == {strategy}
 
 
-def test_perturb_job_modes_plan_the_same_shards(tmp_path):
-    """`perturb.one_job_per: type` (one job per type over its datasets) and `dataset` (one job per pair)
-    write exactly the same shard files with the same settings; only the job count differs."""
+def test_one_job_per_unit_of_work(tmp_path):
+    """Every perturbation, fine-tuning and evaluation job is one unit named by its wildcards (one shard, one
+    run, one metrics file); no rule is named after the configuration."""
     work = copy_repo(tmp_path / "repo")
-    planned = {}
-    for mode in ("dataset", "type"):
-        _edit_config(work, lambda c, m=mode: c.setdefault("perturb", {}).update({"one_job_per": m}))
-        jobs = parse_dryrun(snakemake(work, "-n", "--forceall").stdout)
-        planned[mode] = [j for j in jobs if j.rule.startswith("perturb_generate")]
-    shards = {m: sorted(o for j in jobs for o in j.outputs) for m, jobs in planned.items()}
-    assert shards["dataset"] == shards["type"] and shards["type"]
-    assert {j.rule for j in planned["dataset"]} == {"perturb_generate"}
-    by_type = {j.rule.removeprefix("perturb_generate_"): sorted(j.outputs) for j in planned["type"]}
-    assert len(planned["type"]) == len(by_type) < len(planned["dataset"])
-    for name, outputs in by_type.items():  # each type's job writes that type's shard of every dataset
-        assert outputs and all(o.endswith(f"/{name}.parquet") for o in outputs)
+    jobs = parse_dryrun(snakemake(work, "-n", "--forceall").stdout)
+    by_rule: dict[str, list] = {}
+    for j in jobs:
+        by_rule.setdefault(j.rule, []).append(j)
+    shards = by_rule["perturb_generate"]
+    assert shards and all(len(j.outputs) == 1 for j in shards)
+    keys = [(dict(j.wildcards)["dataset"], dict(j.wildcards)["perturbation"]) for j in shards]
+    assert len(set(keys)) == len(keys)
+    assert [j.outputs[0] for j in shards] == [f"results/perturbed/{d}/{t}.parquet" for d, t in keys]
+    evals = by_rule["segment_evaluate"]
+    assert evals and all(len(j.outputs) == 1 and j.outputs[0].endswith(".parquet") for j in evals)
+    runs = by_rule["finetune"]
+    assert runs and all(sum(o.endswith(".safetensors") for o in j.outputs) == 1 for j in runs)
+    assert not {r for r in by_rule if r.startswith(("perturb_generate_", "finetune_", "segment_evaluate_"))}
 
 
 def test_training_seeds_plan_one_run_per_seed(tmp_path):
@@ -218,12 +207,12 @@ def test_training_seeds_plan_one_run_per_seed(tmp_path):
     run = lambda j: (dict(j.wildcards)["strategy"], dict(j.wildcards)["seed"])  # noqa: E731
     trained: dict[tuple, set] = {}
     for j in jobs:
-        if j.rule.startswith("finetune_tiny_sam"):
+        if j.rule == "finetune" and dict(j.wildcards)["model"] == "tiny_sam":
             trained.setdefault(run(j), set()).update(o for o in j.outputs if o.endswith(".safetensors"))
     assert set(trained) == {(s, k) for s in ("dec_only", "lora") for k in ("0", "1")}
     used: dict[tuple, set] = {}
     for j in jobs:
-        if j.rule.startswith(("segment_evaluate_tiny_sam", "segment_attack")):
+        if j.rule == "segment_evaluate" and dict(j.wildcards)["model"] == "tiny_sam":
             ckpts = {f for f in j.inputs if f.startswith("results/checkpoints/tiny_sam/demo_")}
             used.setdefault(run(j), set()).update(ckpts)
             assert all(f"/tiny_sam/{run(j)[0]}/seed{run(j)[1]}/" in o for o in j.outputs)

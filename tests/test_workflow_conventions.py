@@ -25,6 +25,24 @@ def test_snakefmt_check_is_clean():
     assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
 
 
+def test_one_granularity_mechanism_rules_at_top_level_and_groups_in_the_profile():
+    """No rule is generated in a loop or function (every `rule` starts a line), no rule file reaches into
+    another's names through globals(), and the batchable rules' groups are exactly the SLURM profile's
+    `group-components` (issue 16 requirement 3)."""
+    import re
+
+    groups = set()
+    for smk in sorted(REPO.glob("rules/*.smk")):
+        text = smk.read_text()
+        assert not re.search(r"^[ \t]+rule\b", text, re.M), f"{smk.name}: a rule defined inside a block"
+        assert "globals()" not in text, smk.name
+        groups |= set(re.findall(r"^    group:\n        \"(\w+)\"", text, re.M))
+    assert groups == {"perturb", "finetune", "segment"}
+    slurm = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
+    assert set(slurm["group-components"]) == groups
+    assert all(isinstance(n, int) and n >= 1 for n in slurm["group-components"].values())
+
+
 def test_config_readme_documents_every_schema_section():
     schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
     readme = (REPO / "config" / "README.md").read_text()

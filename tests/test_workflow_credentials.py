@@ -23,7 +23,7 @@ def _api_workflow(tmp_path: Path, model: dict) -> tuple[list[str], str, str]:
     cfg["data"]["image_size"] = 32
     cfg["datasets"] = {"demo_ct": {"adapter": "demo", "modality": "ct", "n_images": 8},
                        "demo_dermoscopy": {"adapter": "demo", "modality": "dermoscopy", "n_images": 8}}
-    cfg["perturb"].update(include=["gaussian_noise"], levels=[1], one_job_per="dataset")
+    cfg["perturb"].update(include=["gaussian_noise"], levels=[1])
     cfg["vlm"]["datasets"] = {"demo": {"adapter": "demo", "tasks": ["vqa"], "max_test_images": 2,
                                        "sources": ["demo_ct"]}}
     cfg["vlm"]["perturbations"] = {"include": ["gaussian_noise"], "levels": [1]}

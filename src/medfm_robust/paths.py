@@ -2,7 +2,7 @@
 
 One function per artifact. Its arguments default to the Snakemake wildcard of the same name, so calling it
 without them gives the rule's pattern (``seg_metrics()`` ->
-``results/metrics/segmentation/{model}/{strategy}/seed{seed}/{dataset}/{name}.parquet``) and with them a
+``results/metrics/segmentation/{model}/{strategy}/seed{seed}/{dataset}.parquet``) and with them a
 concrete path. The rule files, the library and the report take their paths from here; nothing else spells
 ``results/``. Logs and benchmarks mirror the output wildcards (:func:`log`, :func:`benchmark`).
 """
@@ -119,11 +119,10 @@ def seg_metrics(
     strategy: str = "{strategy}",
     seed: int | str = "{seed}",
     dataset: str = "{dataset}",
-    name: str = "{name}",
 ) -> str:
-    """Per-image metrics of one (model, strategy, training seed, dataset) under ``name`` (``clean``, a
-    perturbation type, ``fgsm`` or ``pgd``)."""
-    return f"{RESULTS}/metrics/segmentation/{model}/{strategy}/seed{seed}/{dataset}/{name}.parquet"
+    """Per-image metrics of one (model, strategy, training seed, dataset): the rows of ``clean``, every
+    perturbation type and, when the model is attacked, ``fgsm`` and ``pgd`` (column ``perturbation``)."""
+    return f"{RESULTS}/metrics/segmentation/{model}/{strategy}/seed{seed}/{dataset}.parquet"
 
 
 # --- VLM stage ----------------------------------------------------------------------------------------

@@ -1,7 +1,5 @@
-"""Snakemake adapter: canonical test shard(s) -> SSIM-calibrated perturbed shard(s) of one type.
-
-Rule perturb_generate: one dataset; rules perturb_generate_<type>: every dataset of that type (input i ->
-output i)."""
+"""Snakemake adapter (rule perturb_generate): one dataset's canonical test shard -> its SSIM-calibrated
+perturbed shard of one type."""
 
 import pandas as pd
 
@@ -11,19 +9,18 @@ from medfm_robust.perturb.table import perturb_table, select_images, write_pertu
 
 def main(smk) -> None:
     s = smk.params.settings
-    for test, out in zip(smk.input, smk.output, strict=True):
-        df = select_images(pd.read_parquet(test), s["max_images"], s["seed"])
-        shard = perturb_table(
-            df,
-            smk.params.perturbation,
-            levels=s["levels"],
-            global_seed=s["seed"],
-            bands=s["bands"],
-            param_range=s["param_range"],
-            max_evals=s["max_evals"],
-            options=s["options"],
-        )
-        write_perturbed_shard(out, shard)
+    df = select_images(pd.read_parquet(smk.input[0]), s["max_images"], s["seed"])
+    shard = perturb_table(
+        df,
+        smk.params.perturbation,
+        levels=s["levels"],
+        global_seed=s["seed"],
+        bands=s["bands"],
+        param_range=s["param_range"],
+        max_evals=s["max_evals"],
+        options=s["options"],
+    )
+    write_perturbed_shard(smk.output[0], shard)
 
 
 run_snakemake_script(snakemake, main)

@@ -1,8 +1,5 @@
-"""Snakemake adapter (rules segment_evaluate_* and segment_attack): metrics of one (model, strategy,
-training seed, dataset).
-
-Without ``params.attack`` it writes clean + one Parquet per perturbation; with it, fgsm + pgd.
-"""
+"""Snakemake adapter (rule segment_evaluate): the metrics Parquet of one (model, strategy, training seed,
+dataset): clean, every perturbation and, for attacked models, FGSM and PGD."""
 
 from medfm_robust.seeding import pin_cpu_kernels
 
@@ -17,9 +14,9 @@ def main(smk) -> None:
     run_evaluation_job(
         model=p.model,
         strategy=smk.wildcards.strategy,
-        item=p.plan[0],
+        item=p.plan,
         settings=p.settings,
-        attack=p.get("attack"),
+        attack=p.attack,
         train_seed=p.train_seed,
     )
 

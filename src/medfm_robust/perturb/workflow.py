@@ -10,7 +10,7 @@ from typing import Any
 
 from medfm_robust import paths
 from medfm_robust.errors import ConfigError
-from medfm_robust.perturb.registry import REGISTRY, applicable_types, get_spec
+from medfm_robust.perturb.registry import applicable_types, get_spec
 
 
 def types_for(config: Mapping[str, Any], dataset: str) -> list[str]:
@@ -39,22 +39,6 @@ def types_for(config: Mapping[str, Any], dataset: str) -> list[str]:
             f"config key 'perturb.per_dataset.{dataset}': {bad} not applicable to modality '{modality}'"
         )
     return [t for t in types if t in listed]
-
-
-def jobs_per_type(config: Mapping[str, Any]) -> bool:
-    """Whether ``perturb.one_job_per`` is ``type`` (one job per type over all its datasets)."""
-    return config["perturb"]["one_job_per"] == "type"
-
-
-def types_of(config: Mapping[str, Any], datasets: Sequence[str]) -> list[str]:
-    """Every type produced for at least one of ``datasets``, in registry order."""
-    wanted = {name for d in datasets for name in types_for(config, d)}
-    return [name for name in REGISTRY if name in wanted]
-
-
-def datasets_of_type(config: Mapping[str, Any], datasets: Sequence[str], name: str) -> list[str]:
-    """The datasets (sorted) that get a shard of type ``name``."""
-    return sorted(d for d in datasets if name in types_for(config, d))
 
 
 def settings_for(config: Mapping[str, Any], name: str) -> dict[str, Any]:

@@ -29,13 +29,13 @@ class ReportTargets:
     """Input and output lists of the report rules.
 
     Args:
-        seg_metrics: evaluated segmentation run -> its metric names (clean, perturbations, attacks).
+        seg_runs: evaluated segmentation runs (one metrics Parquet each).
         vlm_metrics: evaluated VLM run -> its condition names.
         trained_runs: the fine-tuning stage's runs (their checkpoint sidecars feed the parameter counts).
         modalities: modalities with a perturbation contact sheet.
     """
 
-    seg_metrics: Mapping[SegRun, Sequence[str]]
+    seg_runs: Sequence[SegRun]
     vlm_metrics: Mapping[VlmRun, Sequence[str]]
     trained_runs: Sequence[TrainedRun]
     modalities: Sequence[str]
@@ -52,7 +52,7 @@ class ReportTargets:
         seg_runs = seg_wf.evaluated_runs(config, seg_wf.finetune_strategies(config))
         conditions = vlm_wf.conditions(config)
         return cls(
-            seg_metrics={run: seg_wf.metric_names(config, run[0], run[3]) for run in seg_runs},
+            seg_runs=seg_runs,
             vlm_metrics={run: conditions for run in vlm_wf.evaluated_runs(config)},
             trained_runs=trained_runs(config, datasets),
             modalities=sheet_modalities(config, datasets),
@@ -60,7 +60,7 @@ class ReportTargets:
 
     def seg_metric_files(self) -> list[str]:
         """Every segmentation metric Parquet file (sorted)."""
-        return sorted(paths.seg_metrics(*run, n) for run, names in self.seg_metrics.items() for n in names)
+        return sorted(paths.seg_metrics(*run) for run in self.seg_runs)
 
     def vlm_metric_files(self) -> list[str]:
         """Every VLM metric Parquet file (sorted)."""
@@ -75,7 +75,7 @@ class ReportTargets:
         if self.trained_runs:
             return sorted({paths.checkpoint_sidecar(*run) for run in self.trained_runs})
         return sorted(
-            {paths.checkpoint_sidecar(m, d, s, k) for m, s, k, d in self.seg_metrics if s != "zero_shot"}
+            {paths.checkpoint_sidecar(m, d, s, k) for m, s, k, d in self.seg_runs if s != "zero_shot"}
         )
 
     def contact_sheet_modalities(self) -> list[str]:
@@ -93,7 +93,7 @@ class ReportTargets:
     def targets(self) -> list[str]:
         """The report stage's final targets: tables, figures and report copies of the contact sheets."""
         out: list[str] = []
-        if self.seg_metrics:
+        if self.seg_runs:
             out += [paths.table(n, e) for n in SEG_TABLES for e in paths.TABLE_EXTS]
             out += [paths.figure(n, e) for n in SEG_PANELS for e in paths.FIGURE_EXTS]
         if self.vlm_metrics:

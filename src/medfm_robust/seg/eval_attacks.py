@@ -1,4 +1,4 @@
-"""FGSM and PGD on the clean test subset of one (model, strategy, dataset): ``fgsm`` and ``pgd`` Parquet."""
+"""FGSM and PGD on the clean test subset of one (model, strategy, dataset): ``fgsm`` / ``pgd`` metric rows."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm import tqdm
 
@@ -71,6 +72,41 @@ def _attack_rows(
     return rows
 
 
+def score_attacks(
+    run: RunIdentity,
+    dataset: str,
+    test_shard: str | Path,
+    perturbed: Sequence[str | Path],
+    settings: EvalSettings,
+    attack: AttackSettings,
+    model: PromptableSegmenter | None = None,
+) -> dict[str, pd.DataFrame]:
+    """FGSM and PGD at every level on the clean test subset: attack name -> metric rows.
+
+    ``perturbed``: the dataset's perturbed shards, read only to select the same images as
+    :func:`medfm_robust.seg.evaluate.score_dataset` (:func:`select_image_ids`).
+
+    Rows: category ``adversarial``, ``level`` 1..n, ``ssim`` between the 8-bit clean and adversarial RGB
+    images, ``in_band`` True (the budget is exact by construction), sorted by (image id, level). ``model``:
+    an already built model (tests, benchmarks, a job that evaluated it already) instead of loading
+    ``run``'s checkpoints.
+    """
+    model, device = prepare_model(run, settings, model)
+    ids = select_image_ids(test_shard, perturbed, settings.max_images)
+    if settings.attack_max_images is not None:
+        ids = ids[: settings.attack_max_images]
+    clean = load_test_samples(test_shard, dataset, ids, settings.jitter)
+    frames = {}
+    for name in ATTACKS:
+        rows: list[dict[str, Any]] = []
+        for level in tqdm(attack.levels, desc=f"{dataset} {name}", unit="level", leave=False):
+            for batch in batches(clean, settings.batch_size):
+                rows += _attack_rows(model, device, run, dataset, name, level, attack, batch, settings)
+        frame = metric_frame(rows).sort_values(["image_id", "level"], kind="stable")
+        frames[name] = frame.reset_index(drop=True)
+    return frames
+
+
 def evaluate_attacks(
     run: RunIdentity,
     dataset: str,
@@ -81,29 +117,11 @@ def evaluate_attacks(
     attack: AttackSettings,
     model: PromptableSegmenter | None = None,
 ) -> dict[str, int]:
-    """FGSM and PGD at every level on the clean test subset; one Parquet per attack (``outputs``).
-
-    ``perturbed``: the dataset's perturbed shards, read only to select the same images as
-    :func:`evaluate_dataset` (:func:`select_image_ids`).
-
-    Rows: category ``adversarial``, ``level`` 1..n, ``ssim`` between the 8-bit clean and adversarial RGB
-    images, ``in_band`` True (the budget is exact by construction). ``model``: an already built model
-    (tests, benchmarks) instead of loading ``run``'s checkpoints.
-    """
+    """:func:`score_attacks`, one Parquet per attack (``outputs``: attack name -> path); returns the rows
+    written per attack."""
     if set(outputs) != set(ATTACKS):
         raise DataError(f"outputs {sorted(outputs)} must be exactly {list(ATTACKS)}")
-    model, device = prepare_model(run, settings, model)
-    ids = select_image_ids(test_shard, perturbed, settings.max_images)
-    if settings.attack_max_images is not None:
-        ids = ids[: settings.attack_max_images]
-    clean = load_test_samples(test_shard, dataset, ids, settings.jitter)
-    counts = {}
-    for name in ATTACKS:
-        rows: list[dict[str, Any]] = []
-        for level in tqdm(attack.levels, desc=f"{dataset} {name}", unit="level", leave=False):
-            for batch in batches(clean, settings.batch_size):
-                rows += _attack_rows(model, device, run, dataset, name, level, attack, batch, settings)
-        frame = metric_frame(rows).sort_values(["image_id", "level"], kind="stable").reset_index(drop=True)
+    frames = score_attacks(run, dataset, test_shard, perturbed, settings, attack, model)
+    for name, frame in frames.items():
         write_parquet_atomic(outputs[name], frame)
-        counts[name] = len(frame)
-    return counts
+    return {name: len(frame) for name, frame in frames.items()}

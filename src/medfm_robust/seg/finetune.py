@@ -6,7 +6,6 @@ Settings come resolved from :func:`medfm_robust.seg.finetune_config.run_settings
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from medfm_robust.seg.strategies import StrategyReport, apply_strategy
 from medfm_robust.seg.trainer import HISTORY_COLUMNS, TrainConfig, TrainResult, train
 
 log = logging.getLogger(__name__)
-__all__ = ["finetune_datasets", "finetune_run", "run_settings"]
+__all__ = ["finetune_run", "run_settings"]
 
 
 def write_history_csv(path: str | Path, history: Sequence[Mapping[str, float]]) -> None:
@@ -215,56 +214,3 @@ def _write_run_outputs(result: TrainResult, meta: Mapping[str, Any], title: str,
         state_path.unlink()
     log.info("%s: best epoch %d, val Dice %.4f (before training %.4f) in %.1f s", title, result.best_epoch,
              result.best_val_dice, result.zero_shot_val_dice, result.seconds)
-
-
-def finetune_datasets(
-    *,
-    model_name: str,
-    base_checkpoint: str | Path | None,
-    strategy: str,
-    datasets: Sequence[str],
-    train_shards: Sequence[str | Path],
-    val_shards: Sequence[str | Path],
-    checkpoints: Sequence[str | Path],
-    log_csvs: Sequence[str | Path],
-    curve_pngs: Sequence[str | Path],
-    settings: Mapping[str, Any],
-    global_seed: int = 0,
-    train_seed: int = 0,
-    device: str = "auto",
-    keep_state: bool = True,
-    progress: bool = True,
-) -> list[TrainResult]:
-    """:func:`finetune_run` for several datasets in one process (one job per strategy saves start-up time).
-
-    Each dataset's run is independent (own seeds, own resumable state), so the outputs are identical to
-    separate jobs.
-    """
-    n = len(datasets)
-    if not all(len(s) == n for s in (train_shards, val_shards, checkpoints, log_csvs, curve_pngs)):
-        raise ConfigError("finetune: per-dataset input/output lists differ in length")
-    t0 = time.perf_counter()
-    results = []
-    for i, ds in enumerate(datasets):
-        results.append(
-            finetune_run(
-                model_name=model_name,
-                base_checkpoint=base_checkpoint,
-                dataset=ds,
-                strategy=strategy,
-                train_shard=train_shards[i],
-                val_shard=val_shards[i],
-                checkpoint_out=checkpoints[i],
-                log_csv=log_csvs[i],
-                curve_png=curve_pngs[i],
-                settings=settings,
-                global_seed=global_seed,
-                train_seed=train_seed,
-                device=device,
-                keep_state=keep_state,
-                progress=progress,
-            )
-        )
-    elapsed = time.perf_counter() - t0
-    log.info("%s/%s/seed%d: %d dataset(s) in %.1f s", model_name, strategy, train_seed, n, elapsed)
-    return results

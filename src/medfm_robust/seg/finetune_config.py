@@ -128,12 +128,6 @@ def train_seeds(config: Mapping[str, Any]) -> list[int]:
     return list(range(seeds)) if isinstance(seeds, int) else sorted(int(s) for s in seeds)
 
 
-def models_with_jobs_per(config: Mapping[str, Any], granularity: str) -> list[str]:
-    """Fine-tuned models whose ``one_job_per`` is ``granularity`` (``dataset`` or ``strategy``)."""
-    models = config["finetune"]["models"]
-    return sorted(m for m in models if models[m]["one_job_per"] == granularity)
-
-
 def pretrain_datasets(config: Mapping[str, Any], all_datasets: Sequence[str]) -> list[str]:
     """Datasets whose train/val splits pretrain tiny SAM."""
     chosen = config["finetune"]["pretrain_tiny_sam"]["datasets"]

@@ -12,7 +12,6 @@ from medfm_robust import paths
 from medfm_robust.errors import ConfigError
 from medfm_robust.seg.finetune_config import train_seeds, trained_strategies
 
-ATTACK_OUTPUTS = ("fgsm", "pgd")
 #: ``seed``: the training seed (``finetune.seeds``); ``zero_shot`` is not trained and is evaluated once, as
 #: seed 0.
 TrainedFn = Callable[[str, str], Sequence[str]]
@@ -81,11 +80,6 @@ def seeds_for(config: Mapping[str, Any], strategy: str) -> list[int]:
     return [0] if strategy == "zero_shot" else train_seeds(config)
 
 
-def output_names(config: Mapping[str, Any], model: str, dataset: str) -> list[str]:
-    """Names of the evaluation job's Parquet files: ``clean`` and every evaluated perturbation."""
-    return ["clean", *perturbations_for(config, model, dataset)]
-
-
 def job_params(config: Mapping[str, Any], model: str) -> dict[str, Any]:
     """Only the settings an evaluation job of ``model`` depends on (read by
     :func:`medfm_robust.seg.evaluate.eval_settings`)."""
@@ -105,80 +99,67 @@ def job_params(config: Mapping[str, Any], model: str) -> dict[str, Any]:
     }
 
 
-def models_by_job(config: Mapping[str, Any], per: str) -> list[str]:
-    """Configured models whose ``one_job_per`` is ``per`` (``dataset`` or ``strategy``)."""
-    return [m for m in models(config) if config["segmentation"]["models"][m]["one_job_per"] == per]
+def attacked(config: Mapping[str, Any], model: str) -> bool:
+    """Whether ``model``'s evaluations include FGSM and PGD (``segmentation.models.<m>.attacks``)."""
+    return bool(config["segmentation"]["models"][model]["attacks"])
 
 
-#: which metric files a job writes: clean + perturbations, the attacks, or all of them (one-job-per-strategy)
-JOB_PARTS = ("evaluate", "attack", "all")
+def attack_params(config: Mapping[str, Any], model: str) -> dict[str, Any] | None:
+    """The ``segmentation.attacks`` settings when ``model`` is attacked, else None (so that they are not a
+    parameter of, and do not re-run, the jobs of models that are not attacked)."""
+    return dict(config["segmentation"]["attacks"]) if attacked(config, model) else None
 
 
 def job_plan(
     config: Mapping[str, Any],
     model: str,
-    datasets: Sequence[str],
+    dataset: str,
     strategy: str = "{strategy}",
     seed: int | str = "{seed}",
-    part: str = "all",
-) -> list[dict[str, Any]]:
-    """What one evaluation job of (model, strategy, training seed) reads and writes, dataset by dataset.
+) -> dict[str, Any]:
+    """What the evaluation job of one (model, strategy, training seed, dataset) reads and writes.
 
-    Each item: ``dataset``; ``test`` (canonical test shard); ``shards`` (perturbation -> perturbed shard);
-    ``finetuned`` (checkpoint, None for ``zero_shot``); ``outputs`` (metric name -> Parquet path: clean and
-    the perturbations for ``part='evaluate'``, FGSM/PGD for ``attack``, all of them for ``all``). With the
-    default ``strategy`` / ``seed`` the paths are rule patterns. Read by
-    :func:`medfm_robust.seg.evaluate.run_strategy_job` / ``run_evaluation_job``.
+    Keys: ``dataset``; ``test`` (canonical test shard); ``shards`` (perturbation -> perturbed shard);
+    ``finetuned`` (checkpoint, None for ``zero_shot``); ``attacks`` (whether FGSM / PGD run); ``output``
+    (the metrics Parquet). With the default ``strategy`` / ``seed`` the paths are rule patterns. Read by
+    :func:`medfm_robust.seg.evaluate.run_evaluation_job`.
     """
-    if part not in JOB_PARTS:
-        raise ValueError(f"part must be one of {JOB_PARTS}, got {part!r}")
-    plan = []
-    for d in datasets:
-        names = {
-            "evaluate": output_names(config, model, d),
-            "attack": list(ATTACK_OUTPUTS),
-            "all": metric_names(config, model, d),
-        }[part]
-        finetuned = finetuned_input(model, d, strategy, seed)
-        plan.append(
-            {
-                "dataset": d,
-                "test": paths.data_shard(d, "test"),
-                "shards": {n: paths.perturbed_shard(d, n) for n in perturbations_for(config, model, d)},
-                "finetuned": finetuned[0] if finetuned else None,
-                "outputs": {n: paths.seg_metrics(model, strategy, seed, d, n) for n in names},
-            }
-        )
-    return plan
-
-
-def plan_inputs(plan: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
-    """The rule inputs of a :func:`job_plan`: test shards, perturbed shards, fine-tuned checkpoints."""
+    finetuned = finetuned_input(model, dataset, strategy, seed)
     return {
-        "tests": [item["test"] for item in plan],
-        "shards": [p for item in plan for p in item["shards"].values()],
-        "finetuned": [item["finetuned"] for item in plan if item["finetuned"]],
+        "dataset": dataset,
+        "test": paths.data_shard(dataset, "test"),
+        "shards": {n: paths.perturbed_shard(dataset, n) for n in perturbations_for(config, model, dataset)},
+        "finetuned": finetuned[0] if finetuned else None,
+        "attacks": attacked(config, model),
+        "output": paths.seg_metrics(model, strategy, seed, dataset),
     }
 
 
-def plan_outputs(plan: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The rule outputs of a :func:`job_plan` (every metric file, in plan order)."""
-    return [p for item in plan for p in item["outputs"].values()]
+def check_plans(config: Mapping[str, Any]) -> None:
+    """Build the :func:`job_plan` of every configured (model, dataset) pattern, so that a bad model
+    setting (unknown dataset or perturbation) stops the workflow at parse time with its config key.
+
+    Raises:
+        ConfigError: naming the key.
+    """
+    for model in models(config):
+        for dataset in datasets_for(config, model):
+            job_plan(config, model, dataset)
 
 
-def plan_for_wildcards(
-    config: Mapping[str, Any], model: str, datasets: Sequence[str], part: str
-) -> Callable[[Any], list[dict[str, Any]]]:
-    """Rule input/params function: the :func:`job_plan` of the job's ``strategy`` and ``seed`` wildcards."""
-    return lambda wildcards: job_plan(config, model, datasets, wildcards.strategy, wildcards.seed, part)
+def plan_inputs(plan: Mapping[str, Any]) -> dict[str, list[str]]:
+    """The rule inputs of a :func:`job_plan`: test shard, perturbed shards, fine-tuned checkpoint."""
+    return {
+        "tests": [plan["test"]],
+        "shards": list(plan["shards"].values()),
+        "finetuned": [plan["finetuned"]] if plan["finetuned"] else [],
+    }
 
 
-def inputs_for_wildcards(
-    config: Mapping[str, Any], model: str, datasets: Sequence[str], part: str
-) -> Callable[[Any], dict[str, list[str]]]:
-    """Rule input function: :func:`plan_inputs` of the job's plan (for ``unpack``)."""
-    plan = plan_for_wildcards(config, model, datasets, part)
-    return lambda wildcards: plan_inputs(plan(wildcards))
+def wildcard_plan(config: Mapping[str, Any], wildcards: Any) -> dict[str, Any]:
+    """The :func:`job_plan` of a job's ``model``, ``dataset``, ``strategy`` and ``seed`` wildcards."""
+    w = wildcards
+    return job_plan(config, w.model, w.dataset, w.strategy, w.seed)
 
 
 def finetune_strategies(config: Mapping[str, Any]) -> TrainedFn:
@@ -187,31 +168,17 @@ def finetune_strategies(config: Mapping[str, Any]) -> TrainedFn:
     return lambda model, dataset: trained_strategies(config, model, dataset, datasets)
 
 
-def metric_names(config: Mapping[str, Any], model: str, dataset: str) -> list[str]:
-    """Every metric file name of one evaluated run: clean, the perturbations, then the attacks if enabled."""
-    attacks = ATTACK_OUTPUTS if config["segmentation"]["models"][model]["attacks"] else ()
-    return [*output_names(config, model, dataset), *attacks]
-
-
 def evaluated_runs(config: Mapping[str, Any], trained: TrainedFn | None) -> list[tuple[str, str, int, str]]:
     """Every evaluated (model, strategy, training seed, dataset), in target order."""
-    runs = []
-    for model in models(config):
-        per_dataset = {d: strategies_for(config, model, d, trained) for d in datasets_for(config, model)}
-        if model in models_by_job(config, "strategy") and len({tuple(v) for v in per_dataset.values()}) > 1:
-            raise ConfigError(
-                f"config key 'segmentation.models.{model}.one_job_per': 'strategy' needs the same strategies "
-                f"on every dataset, got {per_dataset}"
-            )
-        for dataset, strategies in per_dataset.items():
-            runs += [(model, s, seed, dataset) for s in strategies for seed in seeds_for(config, s)]
-    return runs
+    return [
+        (model, s, seed, dataset)
+        for model in models(config)
+        for dataset in datasets_for(config, model)
+        for s in strategies_for(config, model, dataset, trained)
+        for seed in seeds_for(config, s)
+    ]
 
 
 def final_targets(config: Mapping[str, Any], trained: TrainedFn | None) -> list[str]:
-    """Every metric Parquet of every configured (model, strategy, training seed, dataset)."""
-    return [
-        paths.seg_metrics(model, strategy, seed, dataset, name)
-        for model, strategy, seed, dataset in evaluated_runs(config, trained)
-        for name in metric_names(config, model, dataset)
-    ]
+    """The metrics Parquet of every configured (model, strategy, training seed, dataset)."""
+    return [paths.seg_metrics(*run) for run in evaluated_runs(config, trained)]
