@@ -34,7 +34,7 @@ install_packages() {
 write_config() {
   local host ncpu mem
   host=$(hostname -s)
-  ncpu=$(nproc)
+  ncpu=$(nproc --all)  # --all: OMP_NUM_THREADS (set by the test suite) must not shrink the node
   mem=$(( $(awk '/^MemTotal:/{print int($2/1024)}' /proc/meminfo) - 1024 ))
   install -d /etc/slurm /run/slurm /var/spool/slurmd
   install -d -o slurm -g slurm /var/spool/slurmctld /var/log/slurm 2>/dev/null \

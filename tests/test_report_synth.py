@@ -79,15 +79,17 @@ def write_seg_tree(
         for s in strategies:
             seeds = (0,) if s == "zero_shot" or not train_seeds else train_seeds
             for k in seeds:
-                for d in datasets:
-                    for p in perts:
-                        path = root / "metrics" / "segmentation" / m / s / f"seed{k}" / d / f"{p}.parquet"
+                for d in datasets:  # one file per run, its conditions in name order (as the workflow writes)
+                    frames = []
+                    for p in sorted(perts):
                         frame = seg_frame(m, s, d, p)
                         if train_seeds:
                             frame.insert(2, "train_seed", k)
                             frame["iou"] -= 0.01 * k * (frame["perturbation"] != "clean")
-                        write_parquet_atomic(path, frame)
-                        paths.append(str(path))
+                        frames.append(frame)
+                    path = root / "metrics" / "segmentation" / m / s / f"seed{k}" / f"{d}.parquet"
+                    write_parquet_atomic(path, pd.concat(frames, ignore_index=True))
+                    paths.append(str(path))
             for k in seeds if s != "zero_shot" else ():
                 for d in datasets:
                     side = root / "checkpoints" / m / d / s / f"seed{k}.json"

@@ -31,6 +31,13 @@ def _cluster(action: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(CLUSTER), action], capture_output=True, text=True, timeout=timeout)
 
 
+def _node_cpus() -> int:
+    """CPUs of the cluster's node as SLURM knows them (``scontrol show node``), else this machine's."""
+    out = subprocess.run(["scontrol", "show", "node", "-o"], capture_output=True, text=True).stdout
+    m = re.search(r"CPUTot=(\d+)", out)
+    return int(m.group(1)) if m else os.cpu_count() or 1
+
+
 @pytest.fixture(scope="module")
 def slurm_cluster():
     """A running cluster; stopped afterwards unless it was already running before the test."""
@@ -62,6 +69,7 @@ def test_ci_config_end_to_end_on_slurm(slurm_cluster, tmp_path):
         "timeout", "-k", "30", str(TIMEOUT_S),  # Snakemake ignores SIGTERM while jobs are outstanding
         SNAKEMAKE, "--configfile", "tests/config/ci.yaml", "--workflow-profile", str(profile),
         "--slurm-init-seconds-before-status-checks", "2", "--jobs", "4", "--max-threads", str(os.cpu_count()),
+        "--cores", str(_node_cpus()),  # a group submission must fit the one node
     ]  # fmt: skip
     proc = subprocess.Popen(
         cmd,
@@ -90,7 +98,11 @@ def test_ci_config_end_to_end_on_slurm(slurm_cluster, tmp_path):
         check=True,
     ).stdout
     gpu_rules = {j.rule for j in parse_dryrun(dry) if int(j.resource("gpu") or 0) > 0}
-    ran = {m.group(1) for line in submitted if (m := re.search(r"slurm_logs/rule_(\w+)/", line))}
+    # a rule's job logs to slurm_logs/rule_<rule>/, a group job (job groups perturb, finetune, segment: one
+    # rule each) to slurm_logs/group_<group>_<rule>/
+    logs = [m.groups() for line in submitted if (m := re.search(r"slurm_logs/(rule|group)_(\w+)/", line))]
+    ran = {name.split("_", 1)[1] if kind == "group" else name for kind, name in logs}
+    assert any(kind == "group" for kind, _ in logs), "no group job was submitted"
     assert gpu_rules and gpu_rules <= ran, f"GPU rules {gpu_rules} vs SLURM-run rules {ran}"
     again = subprocess.run(
         [SNAKEMAKE, "--configfile", "tests/config/ci.yaml", "-n"],
