@@ -71,8 +71,10 @@ def salt_pepper_noise(ctx: Context, rng: np.random.Generator):  # type: ignore[n
     u = rng.random((ctx.h, ctx.w, 1), dtype=np.float32)
 
     def op(p: float) -> np.ndarray:
-        half = np.float32(p / 2)
-        return np.where(u < half, np.float32(1), np.where(u < np.float32(p), np.float32(0), ctx.x))
+        out = ctx.x.copy()
+        np.copyto(out, np.float32(0), where=u < np.float32(p))  # pepper, then salt on its lower half
+        np.copyto(out, np.float32(1), where=u < np.float32(p / 2))
+        return out
 
     return op
 
@@ -178,7 +180,8 @@ def contrast(ctx: Context, rng: np.random.Generator):  # type: ignore[no-untyped
     """Contrast reduction towards the per-channel mean: mean + (x - mean)(1 - reduction)."""
     del rng
     mean = ctx.x.reshape(-1, ctx.c).mean(axis=0).astype(np.float32)
-    return lambda p: mean + (ctx.x - mean) * np.float32(1 - p)
+    dev = ctx.x - mean
+    return lambda p: mean + dev * np.float32(1 - p)
 
 
 # JPEG Annex K base quantisation tables (natural order), scaled as libjpeg does for a quality setting.

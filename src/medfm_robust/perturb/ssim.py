@@ -115,10 +115,11 @@ class SSIMReference:
         self.x = _planes(image, np.empty((c, h, w), np.float32), self.data_range)
         mu = np.stack([_filter(p) for p in self.x])
         var = np.stack([_filter(p * p) for p in self.x]) - mu * mu
+        self._two_x = 2 * self.x  # the third stacked plane is (2x) y: its filter is 2 E[xy] (exact)
         self._two_mu_x = 2 * mu
         self._mu_x2_c1 = mu * mu + _C1
         self._var_x_c2 = var + _C2
-        self._stack = np.empty((3 * c, h, w), np.float32)  # y, y^2, x y
+        self._stack = np.empty((3 * c, h, w), np.float32)  # y, y^2, 2 x y
         self._filtered = np.empty((3 * c, h, w), np.float32)
         self._tmp = np.empty((3, c, h, w), np.float32)
         self._interior = np.empty((c, h - 2 * RADIUS, w - 2 * RADIUS), np.float32)
@@ -131,16 +132,18 @@ class SSIMReference:
         stack, filt = self._stack, self._filtered
         y = _planes(other, stack[:c], self.data_range)
         np.multiply(y, y, out=stack[c : 2 * c])
-        np.multiply(self.x, y, out=stack[2 * c :])
-        for plane, dst in zip(stack, filt, strict=True):
-            _filter(plane, dst)
-        mu_y, yy, xy = filt[:c], filt[c : 2 * c], filt[2 * c :]
+        np.multiply(self._two_x, y, out=stack[2 * c :])
+        # one call over the planes stacked vertically: a window only crosses into the next plane in the
+        # 5-row border that is cropped, so the interior is exactly the per-plane filter
+        h, w = self.shape[:2]
+        _filter(stack.reshape(3 * c * h, w), filt.reshape(3 * c * h, w))
+        mu_y, yy, xy2 = filt[:c], filt[c : 2 * c], filt[2 * c :]
         mxy, cov, den = self._tmp
         # SSIM = (2 mu_x mu_y + C1)(2 cov + C2) / ((mu_x^2 + mu_y^2 + C1)(var_x + var_y + C2)); doubling is
-        # exact in floating point, so 2 mu_x mu_y is (2 mu_x) mu_y and 2 cov is 2 xy - 2 mu_x mu_y
+        # exact in floating point (also through the linear filter), so 2 mu_x mu_y is (2 mu_x) mu_y and
+        # 2 cov is E[2 x y] - 2 mu_x mu_y
         np.multiply(self._two_mu_x, mu_y, out=mxy)  # 2 mu_x mu_y
-        xy *= 2
-        np.subtract(xy, mxy, out=cov)  # 2 cov
+        np.subtract(xy2, mxy, out=cov)  # 2 cov
         np.multiply(mu_y, mu_y, out=den)  # mu_y^2
         np.subtract(yy, den, out=yy)  # var_y
         yy += self._var_x_c2

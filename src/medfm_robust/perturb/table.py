@@ -174,12 +174,15 @@ def _perturb_row(
     seed = perturbation_seed(row["dataset"], row["image_id"], spec.name, global_seed)
     results = calibrate_levels(ctx, spec.name, levels, seed=seed, mask=mask, options=options, **settings)
     out = []
+    pngs: dict[float, bytes] = {}  # levels that share a parameter (unreachable bands) share one output
     for res in results:
         out_box, out_mask = box, None
         if spec.moves_labels and mask is not None:
             out_box = box_from_mask(res.mask)
             if real_mask:
                 out_mask = encode_png(res.mask)
+        if res.param not in pngs:
+            pngs[res.param] = encode_png(res.image)
         out.append(
             {
                 "image_id": str(row["image_id"]),
@@ -188,7 +191,7 @@ def _perturb_row(
                 "perturbation": spec.name,
                 "category": spec.category,
                 "level": res.level,
-                "image_png": encode_png(res.image),
+                "image_png": pngs[res.param],
                 "mask_png": out_mask,
                 "box": out_box,
                 "ssim": res.ssim,
