@@ -188,6 +188,28 @@ def test_ssim_rejects_mismatched_inputs() -> None:
 # ------------------------------------------------------------------ every type, its parameter and levels
 
 
+def test_fft_blurs_run_on_the_smallest_grid_that_covers_the_kernel() -> None:
+    """A blur equals a direct mirror-padded convolution on whichever grid its radius selects."""
+    from medfm_robust.perturb._common import fft_filter, fft_grid, gaussian_transfer, kernel_transfer
+    from medfm_robust.perturb.base import line_kernel
+
+    ctx = Context(textured(128, rgb=True, seed=4))
+    assert fft_grid(ctx, 3)[0] == 16 and fft_grid(ctx, 20)[0] == 32 and fft_grid(ctx, 60)[0] == 42  # 128 // 3
+    for sigma in (2.5, 6.0, 9.0):  # grids with pads 16, 32 and 42 (4 sigma)
+        got = fft_filter(ctx, gaussian_transfer(ctx, sigma))
+        want = np.stack(
+            [ndimage.gaussian_filter(ctx.x[..., c], sigma, mode="mirror", truncate=6.0) for c in range(3)], -1
+        )
+        assert np.abs(got - want).max() < 2e-4, sigma
+    kernel = line_kernel(30.0, 0.7, 42)  # radius 16: the 16-px grid; 40 px: radius 21, the 32-px grid
+    for k in (kernel, line_kernel(40.0, 0.7, 42)):
+        got = fft_filter(ctx, kernel_transfer(ctx, k))
+        want = np.stack([ndimage.convolve(ctx.x[..., c], k, mode="mirror") for c in range(3)], -1)
+        assert np.abs(got - want).max() < 1e-5
+    with pytest.raises(ValueError, match="none of the image's FFT grids"):
+        fft_filter(ctx, np.ones((10, 6), np.complex64))
+
+
 @pytest.mark.parametrize("name", list(REGISTRY))
 def test_every_type_changes_with_its_parameter(name: str) -> None:
     spec = REGISTRY[name]

@@ -179,38 +179,55 @@ def _fast_len(n: int) -> int:
         m += 2
 
 
-def _padded_fft(ctx: Context) -> tuple[np.ndarray, int, tuple[int, int]]:
-    """rFFT of the reflect-padded image (cached): ``C x Hp x Wp//2+1`` complex64, the pad, padded shape."""
-    if "fft" not in ctx.cache:
-        # 64 px covers every bounded kernel (Gaussian sigma <= 20: 3.2 sigma; motion <= 60 px; defocus
-        # <= 15 px) and gives fast transform sizes (384 = 2^7 x 3 at 256 px: 432 = 2^4 x 3^3 took 2x as long)
-        pad = max(16, min(64, max(ctx.h, ctx.w) // 3))
-        hp = _fast_len(ctx.h + 2 * pad)
-        wp = _fast_len(ctx.w + 2 * pad)
+#: Reflect-pad widths of the FFT grids: a kernel of radius r is applied on the smallest grid whose pad is
+#: >= r (at 256 px: 288, 320 and 384-point transforms; a 288-point grid costs about half a 384-point one).
+_PADS = (16, 32, 64)
+
+
+def max_kernel_radius(ctx: Context) -> int:
+    """The largest kernel radius the padded FFT supports without wrap-around (the widest pad)."""
+    # 64 px covers every bounded kernel (Gaussian sigma <= 20: 3.2 sigma; motion <= 60 px; defocus
+    # <= 15 px) and gives fast transform sizes (384 = 2^7 x 3 at 256 px: 432 = 2^4 x 3^3 took 2x as long)
+    return max(_PADS[0], min(_PADS[-1], max(ctx.h, ctx.w) // 3))
+
+
+def fft_grid(ctx: Context, radius: float) -> tuple[int, int, int]:
+    """(pad, Hp, Wp) of the padded FFT grid for a kernel of ``radius`` pixels: the smallest pad of
+    ``_PADS`` that is >= ``radius`` (at most :func:`max_kernel_radius`), padded to fast 2-3-5 lengths."""
+    top = max_kernel_radius(ctx)
+    pad = next((p for p in _PADS if radius <= p <= top), top)
+    return pad, _fast_len(ctx.h + 2 * pad), _fast_len(ctx.w + 2 * pad)
+
+
+def _padded_fft(ctx: Context, pad: int, hp: int, wp: int) -> np.ndarray:
+    """rFFT of the image reflect-padded onto one grid (cached per grid): ``C x Hp x Wp//2+1`` complex64."""
+    key = ("fft", pad)
+    if key not in ctx.cache:
         xp = np.pad(ctx.x, ((pad, hp - ctx.h - pad), (pad, wp - ctx.w - pad), (0, 0)), mode="reflect")
-        spec = sfft.rfft2(np.moveaxis(xp, -1, 0), workers=1).astype(np.complex64)
-        ctx.cache["fft"] = (spec, pad, (hp, wp))
-    return ctx.cache["fft"]
+        ctx.cache[key] = sfft.rfft2(np.moveaxis(xp, -1, 0), workers=1).astype(np.complex64)
+    return ctx.cache[key]
 
 
 def fft_filter(ctx: Context, transfer: np.ndarray) -> np.ndarray:
-    """Apply a transfer function (``Hp x Wp//2+1``, from :func:`kernel_transfer` or analytic) to the image."""
-    spec, pad, (hp, wp) = _padded_fft(ctx)
-    out = sfft.irfft2(spec * transfer, s=(hp, wp), workers=1)
+    """Apply a transfer function (``Hp x Wp//2+1`` on one of the grids of :func:`fft_grid`, from
+    :func:`kernel_transfer` or :func:`gaussian_transfer`) to the image; ``H x W x C`` float32 out."""
+    for pad in _PADS:
+        grid = fft_grid(ctx, pad)
+        if transfer.shape == (grid[1], grid[2] // 2 + 1):
+            break
+    else:
+        raise ValueError(f"transfer function of shape {transfer.shape} is on none of the image's FFT grids")
+    pad, hp, wp = grid
+    out = sfft.irfft2(_padded_fft(ctx, *grid) * transfer, s=(hp, wp), workers=1)
     return np.moveaxis(out[:, pad : pad + ctx.h, pad : pad + ctx.w], 0, -1).astype(np.float32)
 
 
-def fft_shape(ctx: Context) -> tuple[int, int, int]:
-    """(pad, Hp, Wp) of the cached padded FFT."""
-    _, pad, (hp, wp) = _padded_fft(ctx)
-    return pad, hp, wp
-
-
 def kernel_transfer(ctx: Context, kernel: np.ndarray) -> np.ndarray:
-    """Transfer function of a small centred ``k x k`` kernel (k odd, k <= 2 * pad + 1) on the padded grid."""
-    _, hp, wp = fft_shape(ctx)
+    """Transfer function of a small centred ``k x k`` kernel (k odd, k <= 2 * max_kernel_radius + 1) on
+    the smallest grid whose pad covers its radius."""
     k = kernel.shape[0]
     r = k // 2
+    _, hp, wp = fft_grid(ctx, r)
     buf = np.zeros((hp, wp), np.float32)
     buf[:k, :k] = kernel
     buf = np.roll(buf, (-r, -r), axis=(0, 1))
@@ -218,17 +235,13 @@ def kernel_transfer(ctx: Context, kernel: np.ndarray) -> np.ndarray:
 
 
 def gaussian_transfer(ctx: Context, sigma: float) -> np.ndarray:
-    """Analytic transfer function of a Gaussian blur with standard deviation ``sigma`` pixels."""
-    _, hp, wp = fft_shape(ctx)
+    """Analytic transfer function of a Gaussian blur with standard deviation ``sigma`` pixels, on the
+    smallest grid whose pad covers 4 sigma (the tail beyond it, < 1e-4 of the weight, wraps around)."""
+    _, hp, wp = fft_grid(ctx, 4 * sigma)
     a = np.float32(-2 * np.pi**2 * sigma**2)
     fy = np.fft.fftfreq(hp).astype(np.float32)
     fx = np.fft.rfftfreq(wp).astype(np.float32)
     return np.exp(a * fy * fy)[:, None] * np.exp(a * fx * fx)[None, :]  # separable: two 1-D exponentials
-
-
-def max_kernel_radius(ctx: Context) -> int:
-    """The largest kernel radius the padded FFT supports without wrap-around."""
-    return fft_shape(ctx)[0]
 
 
 def _cv_inverse_matrix(inv: tuple[float, ...]) -> np.ndarray:
