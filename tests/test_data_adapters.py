@@ -205,3 +205,47 @@ def test_glaucoma_label_map_layout(tmp_path: Path) -> None:
     np.testing.assert_array_equal(c, r < 5)
     with pytest.raises(DataError, match="full-fundus"):
         _items("glaucoma_disc", tmp_path / "refuge" / "images")
+
+
+def _write_dx_dicom(path: Path, stored: np.ndarray, photometric: str, bits: int = 12) -> None:
+    """A tiny digital X-ray (DX) slice in the official DICOM format, unsigned ``bits``-bit stored values."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, generate_uid(), "DX"
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
+    ds.PixelData = stored.astype("<u2").tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_monochrome1_radiographs_are_read_with_larger_meaning_brighter(tmp_path: Path) -> None:
+    from medfm_robust.data.adapters.files import read_source
+
+    yy, xx = np.mgrid[0:24, 0:32]
+    bright_bone = (np.hypot(yy - 12, xx - 16) < 6) * 3000 + xx * 20  # as displayed: bone bright
+    _write_dx_dicom(tmp_path / "m2.dcm", bright_bone, "MONOCHROME2")
+    _write_dx_dicom(tmp_path / "m1.dcm", 4095 - bright_bone, "MONOCHROME1")  # stored inverted (min = white)
+    m2, m1 = read_source(tmp_path / "m2.dcm"), read_source(tmp_path / "m1.dcm")
+    assert m1.dtype == m2.dtype == np.uint16
+    np.testing.assert_array_equal(m1, bright_bone)
+    np.testing.assert_array_equal(m2, bright_bone)
+    _write_dx_dicom(tmp_path / "p.dcm", bright_bone, "PALETTE COLOR")
+    with pytest.raises(DataError, match=r"p\.dcm: PhotometricInterpretation PALETTE COLOR"):
+        read_source(tmp_path / "p.dcm")
+
+
+def test_monochrome1_inversion_covers_the_stored_bit_range() -> None:
+    from medfm_robust.data.adapters.files import invert_monochrome1
+
+    v = np.array([[0, 1, 4095]], np.uint16)
+    np.testing.assert_array_equal(invert_monochrome1(v, 12), [[4095, 4094, 0]])
+    s = np.array([[-2048, 0, 2047]], np.int16)
+    np.testing.assert_array_equal(invert_monochrome1(s, 12, 1), [[2047, -1, -2048]])

@@ -79,7 +79,10 @@ def _stem(path: Path) -> str:
 
 def read_dicom(path: Path) -> np.ndarray:
     """One DICOM slice: ``pixel_array`` times RescaleSlope plus RescaleIntercept (float64 Hounsfield units
-    for CT) when either is set, else the stored integers. Multi-frame files are a ``DataError``."""
+    for CT) when either is set, else the stored integers. Larger values always mean brighter: a
+    MONOCHROME1 slice (minimum = white, as many CR/DX radiographs are stored) is inverted over its
+    BitsStored range first (:func:`invert_monochrome1`). Multi-frame and palette-colour files are a
+    ``DataError``."""
     import pydicom
 
     try:
@@ -89,10 +92,33 @@ def read_dicom(path: Path) -> np.ndarray:
         raise DataError(f"{path}: cannot read DICOM ({exc})") from exc
     if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
         raise DataError(f"{path}: multi-frame DICOM ({ds.NumberOfFrames} frames); one slice per file")
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    if photometric == "PALETTE COLOR":
+        raise DataError(
+            f"{path}: PhotometricInterpretation PALETTE COLOR is not supported; export the slice as RGB "
+            "or grayscale"
+        )
+    if photometric == "MONOCHROME1":
+        bits = int(getattr(ds, "BitsStored", 8 * px.dtype.itemsize))
+        px = invert_monochrome1(px, bits, int(getattr(ds, "PixelRepresentation", 0)))
     slope, intercept = float(getattr(ds, "RescaleSlope", 1.0)), float(getattr(ds, "RescaleIntercept", 0.0))
     if slope != 1.0 or intercept != 0.0:
         return px.astype(np.float64) * slope + intercept
     return px
+
+
+def invert_monochrome1(stored: np.ndarray, bits_stored: int, pixel_representation: int = 0) -> np.ndarray:
+    """MONOCHROME1 stored values (``H x W`` integers, minimum displayed white) as MONOCHROME2 (larger =
+    brighter): ``lo + hi - v`` over the range that ``bits_stored`` bits can hold (``[0, 2^b - 1]``, or
+    ``[-2^(b-1), 2^(b-1) - 1]`` when ``pixel_representation`` is 1, signed), in the input's dtype. The
+    DICOM display pipeline inverts after the modality and VOI transforms; as both are monotone and the
+    rescale is affine, inverting the stored values first gives the same order and contrast."""
+    bits = int(bits_stored)
+    if pixel_representation == 1:
+        lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    else:
+        lo, hi = 0, (1 << bits) - 1
+    return ((lo + hi) - stored.astype(np.int64)).astype(stored.dtype)
 
 
 def read_nifti(path: Path) -> np.ndarray:
