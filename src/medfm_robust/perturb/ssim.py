@@ -12,9 +12,11 @@ Definition, used everywhere (calibration, reports, the ``medfm-robust ssim`` com
 - the mean of the SSIM map after cropping the 5-pixel border that the window cannot cover (as skimage);
 - colour: the mean over channels of the per-channel SSIM.
 
-It agrees with skimage to ~1e-6 (float32 arithmetic; tested to 1e-4) and is several times faster because
-the separable filter is OpenCV's (SIMD, float32) and the reference image's local mean and variance are
-computed once per image (:class:`SSIMReference`) and reused across a calibration search.
+It agrees with skimage to ~1e-6 (float32 arithmetic; tested to 1e-4) and is several times faster: the
+filter and the formula run in one compiled pass per channel over the interior
+(:mod:`medfm_robust.perturb._ssim_kernel`, Numba without fast-math: plain IEEE float32 operations, so
+bit-identical on every x86-64 CPU), and the reference image's local mean and variance are computed once per
+image (:class:`SSIMReference`) and reused across a calibration search.
 """
 
 from __future__ import annotations
@@ -72,16 +74,6 @@ def _planes(image: np.ndarray, out: np.ndarray, data_range: float) -> np.ndarray
     return out
 
 
-def _filter(plane: np.ndarray, dst: np.ndarray | None = None) -> np.ndarray:
-    """Separable Gaussian filter of one ``H x W`` float32 plane (into ``dst``, an optional preallocated
-    ``H x W`` float32 output). Only the valid ``(H-10) x (W-10)`` interior is used: it is exactly what
-    skimage keeps after its border crop, and it does not depend on the padding mode. OpenCV's SIMD
-    separable filter on contiguous planes is several times faster than a NumPy pair-sum filter (and than
-    filtering channel-interleaved maps, whose de-interleaving costs more).
-    """
-    return cv2.sepFilter2D(plane, cv2.CV_32F, _W, _W, dst=dst, borderType=cv2.BORDER_CONSTANT)
-
-
 def _check_pair(a: np.ndarray, b: np.ndarray) -> None:
     if a.shape != b.shape:
         raise DataError(f"SSIM needs images of the same shape, got {a.shape} and {b.shape}")
@@ -98,67 +90,53 @@ class SSIMReference:
 
     ``image``: ``H x W`` or ``H x W x C`` uint8/uint16 (H, W >= 11); ``data_range``: see
     :func:`default_data_range`. :meth:`score` takes an image of the same shape and dtype and returns the
-    SSIM (float, in [-1, 1]). The reference's local mean and variance are computed once; the work buffers
-    are allocated once per reference (fresh multi-megabyte arrays on every call cost as much again in page
-    faults), so one instance must not be scored from several threads at once. The SSIM formula runs on
-    whole contiguous ``C x H x W`` maps (element-wise NumPy on strided interior views is 3-4x slower); only
-    the interior is averaged, so the result is the same as computing the formula on the interior alone.
+    SSIM (float, in [-1, 1]). The reference's local mean and variance (over the ``(H-10) x (W-10)``
+    interior) are computed once, with the same compiled filter as the scores; the work buffer is allocated
+    once per reference, so one instance must not be scored from several threads at once.
     """
 
     def __init__(self, image: np.ndarray, data_range: float | None = None) -> None:
+        from medfm_robust.perturb import _ssim_kernel as kernel  # compiles (or loads) on first use
+
         _check_pair(image, image)
+        self._kernel = kernel
         self.data_range = default_data_range(image, data_range)
         self.shape = image.shape
         self.dtype = image.dtype
         c = 1 if image.ndim == 2 else image.shape[2]
         h, w = image.shape[:2]
-        self.x = _planes(image, np.empty((c, h, w), np.float32), self.data_range)
-        mu = np.stack([_filter(p) for p in self.x])
-        var = np.stack([_filter(p * p) for p in self.x]) - mu * mu
-        self._two_x = 2 * self.x  # the third stacked plane is (2x) y: its filter is 2 E[xy] (exact)
+        x = _planes(image, np.empty((c, h, w), np.float32), self.data_range)
+        mu = np.stack([kernel.filter_interior(p, _W) for p in x])
+        var = np.stack([kernel.filter_interior(p * p, _W) for p in x]) - mu * mu
+        self._two_x = 2 * x  # the compared image's third filtered plane is (2x) y: 2 E[xy], exactly
         self._two_mu_x = 2 * mu
         self._mu_x2_c1 = mu * mu + _C1
         self._var_x_c2 = var + _C2
-        self._stack = np.empty((3 * c, h, w), np.float32)  # y, y^2, 2 x y
-        self._filtered = np.empty((3 * c, h, w), np.float32)
-        self._tmp = np.empty((3, c, h, w), np.float32)
-        self._interior = np.empty((c, h - 2 * RADIUS, w - 2 * RADIUS), np.float32)
+        self._scale = np.float32(1.0 / self.data_range)
+        self._hbuf = np.empty((3, h, w - 2 * RADIUS), np.float32)
 
     def score(self, other: np.ndarray) -> float:
         """SSIM(reference, ``other``) by the module's definition."""
         if other.shape != self.shape or other.dtype != self.dtype:
             raise DataError(f"SSIM reference is {self.shape} {self.dtype}, got {other.shape} {other.dtype}")
-        c = self.x.shape[0]
-        stack, filt = self._stack, self._filtered
-        y = _planes(other, stack[:c], self.data_range)
-        np.multiply(y, y, out=stack[c : 2 * c])
-        np.multiply(self._two_x, y, out=stack[2 * c :])
-        # one call over the planes stacked vertically: a window only crosses into the next plane in the
-        # 5-row border that is cropped, so the interior is exactly the per-plane filter
-        h, w = self.shape[:2]
-        _filter(stack.reshape(3 * c * h, w), filt.reshape(3 * c * h, w))
-        mu_y, yy, xy2 = filt[:c], filt[c : 2 * c], filt[2 * c :]
-        mxy, cov, den = self._tmp
-        # SSIM = (2 mu_x mu_y + C1)(2 cov + C2) / ((mu_x^2 + mu_y^2 + C1)(var_x + var_y + C2)); doubling is
-        # exact in floating point (also through the linear filter), so 2 mu_x mu_y is (2 mu_x) mu_y and
-        # 2 cov is E[2 x y] - 2 mu_x mu_y
-        np.multiply(self._two_mu_x, mu_y, out=mxy)  # 2 mu_x mu_y
-        np.subtract(xy2, mxy, out=cov)  # 2 cov
-        np.multiply(mu_y, mu_y, out=den)  # mu_y^2
-        np.subtract(yy, den, out=yy)  # var_y
-        yy += self._var_x_c2
-        den += self._mu_x2_c1
-        den *= yy
-        mxy += _C1
-        cov += _C2
-        mxy *= cov
-        mxy /= den
-        inner = self._interior
-        np.copyto(inner, mxy[:, RADIUS:-RADIUS, RADIUS:-RADIUS])  # contiguous: a fixed summation order
+        planes = [other] if other.ndim == 2 else cv2.split(other)
+        n = self._two_mu_x.shape[1] * self._two_mu_x.shape[2]
         total = 0.0
-        for plane in inner:
-            total += float(plane.sum(dtype=np.float64)) / plane.size
-        return total / c
+        for ch, plane in enumerate(planes):
+            s = self._kernel.ssim_sum(
+                np.ascontiguousarray(plane),
+                self._scale,
+                self._two_x[ch],
+                self._two_mu_x[ch],
+                self._mu_x2_c1[ch],
+                self._var_x_c2[ch],
+                _C1,
+                _C2,
+                _W,
+                self._hbuf,
+            )
+            total += s / n
+        return total / len(planes)
 
 
 def ssim(a: np.ndarray, b: np.ndarray, data_range: float | None = None) -> float:
