@@ -259,6 +259,13 @@ def _unreadable(work: Path) -> list[str]:
     return bad
 
 
+def _default_sigint() -> None:
+    """In the child before exec: SIGINT back to its default action. A shell starts background jobs with
+    SIGINT ignored and children inherit that, so a suite launched with ``&`` would otherwise run a
+    workflow that Ctrl-C cannot stop."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_and_kill(
     work: Path, sig: int, finished_jobs: int, timeout: float = 900
 ) -> tuple[dict, dict[Path, int]]:
@@ -277,6 +284,7 @@ def run_and_kill(
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,
+            preexec_fn=_default_sigint,
         )
 
         def progressed() -> bool:
@@ -287,6 +295,7 @@ def run_and_kill(
 
         wait_for(progressed, timeout=timeout, interval=0.3)
         running = proc.poll() is None
+        assert running, f"the run ended (rc={proc.returncode}) before it could be interrupted: see {log}"
         os.killpg(proc.pid, sig)
         try:
             proc.wait(timeout=120)
