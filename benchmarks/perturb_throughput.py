@@ -49,6 +49,7 @@ from medfm_robust.perturb._common import Context  # noqa: E402
 from medfm_robust.perturb.registry import MODALITIES  # noqa: E402
 from medfm_robust.perturb.search import DEFAULT_BANDS, in_band  # noqa: E402
 from medfm_robust.perturb.ssim import ssim  # noqa: E402
+from medfm_robust.perturb.table import encode_outputs  # noqa: E402
 from medfm_robust.seeding import rng_for as seed_rng  # noqa: E402
 from medfm_robust.seeding import seed_for  # noqa: E402
 
@@ -137,11 +138,7 @@ def run(
             seed = seed_for("bench", mod, idx, name)
             t0 = time.process_time()
             results = calibrate_levels(ctx, name, seed=seed)
-            encoded: dict[float, bytes] = {}  # levels sharing a parameter share one output (as in shards)
-            for r in results:
-                if r.param not in encoded:
-                    encoded[r.param] = encode_png(r.image)
-            pngs = [encoded[r.param] for r in results]
+            pngs = encode_outputs(results)  # as the shards do: one encode per distinct output
             dt = (time.process_time() - t0) / len(results) + t_ctx / (len(names) * len(results))
             t_total += dt * len(results) - t_ctx / len(names)
             for res, png in zip(results, pngs, strict=True):
@@ -385,37 +382,33 @@ def report(summary: dict) -> None:
         print("  miss:", m)
 
 
+def _original_rates(records: list[dict]) -> dict:
+    """Outputs, in-band rate, ms per output and in-band outputs per second of original-generator records."""
+    n = len(records)
+    seconds = sum(r["seconds"] for r in records)
+    inb = sum(r["in_band"] for r in records)
+    return {"outputs": n, "in_band_rate": inb / n, "ms_per_output": 1000 * seconds / n,
+            "in_band_per_second": inb / seconds}  # fmt: skip
+
+
 def compare(summary: dict, orig: dict) -> None:
-    """Add the original's numbers and the in-band throughput ratio to ``summary``; print them."""
-    o_n = len(orig["records"])
-    o_in = sum(r["in_band"] for r in orig["records"])
-    o_rate = o_in / orig["seconds"]
-    summary["original"] = {
-        "outputs": o_n,
-        "in_band_rate": o_in / o_n,
-        "ms_per_output": 1000 * orig["seconds"] / o_n,
-        "in_band_per_second": o_rate,
-    }
-    summary["ratio_in_band_per_second"] = summary["in_band_per_second"] / o_rate
-    print(f"original: outputs {o_n}, in-band rate {o_in / o_n:.4f}, ms per output "
-          f"{1000 * orig['seconds'] / o_n:.2f}, in-band outputs per second {o_rate:.1f}")  # fmt: skip
+    """Add the original's numbers and the in-band throughput ratio to ``summary``; print them.
+
+    Also the original's steady state: after a modality's first image it only reuses its cached parameters
+    (one perturbation + SSIM + MSE + PNG per output, no search), so its cost per output falls with the
+    number of images towards that rate; the ratio against it is the limit for many images per modality.
+    """
+    o = summary["original"] = _original_rates(orig["records"])
+    summary["ratio_in_band_per_second"] = summary["in_band_per_second"] / o["in_band_per_second"]
+    print(f"original: outputs {o['outputs']}, in-band rate {o['in_band_rate']:.4f}, ms per output "
+          f"{o['ms_per_output']:.2f}, in-band outputs per second {o['in_band_per_second']:.1f}")  # fmt: skip
     print(f"ratio (in-band outputs per second, ours / original)  {summary['ratio_in_band_per_second']:.2f}")
-    # The original's steady state: after a modality's first image it only reuses its cached parameters (one
-    # perturbation + SSIM + MSE + PNG per output, no search), so its cost per output falls with the number of
-    # images towards this rate; the ratio against it is the limit for many images per modality.
     steady = [r for r in orig["records"] if r["index"] > 0]
     if steady:
-        s_sec = sum(r["seconds"] for r in steady)
-        s_in = sum(r["in_band"] for r in steady)
-        summary["original_steady"] = {
-            "outputs": len(steady),
-            "in_band_rate": s_in / len(steady),
-            "ms_per_output": 1000 * s_sec / len(steady),
-            "in_band_per_second": s_in / s_sec,
-        }
-        summary["ratio_vs_original_steady"] = summary["in_band_per_second"] / (s_in / s_sec)
+        st = summary["original_steady"] = _original_rates(steady)
+        summary["ratio_vs_original_steady"] = summary["in_band_per_second"] / st["in_band_per_second"]
         print(f"original after its first image per modality (cached parameters, no search): ms per output "
-              f"{1000 * s_sec / len(steady):.2f}, in-band rate {s_in / len(steady):.4f}; ratio against it "
+              f"{st['ms_per_output']:.2f}, in-band rate {st['in_band_rate']:.4f}; ratio against it "
               f"(the limit for many images) {summary['ratio_vs_original_steady']:.2f}")  # fmt: skip
 
 

@@ -25,7 +25,7 @@ from medfm_robust.errors import DataError
 from medfm_robust.intensity import check_value_range
 from medfm_robust.io import decode_png, encode_png, write_json_atomic, write_parquet_atomic, write_text_atomic
 from medfm_robust.perturb._common import Context
-from medfm_robust.perturb.calibrate import calibrate_levels
+from medfm_robust.perturb.calibrate import CalibrationResult, calibrate_levels
 from medfm_robust.perturb.registry import PerturbationSpec, get_spec
 from medfm_robust.perturb.search import DEFAULT_MAX_EVALS, check_bands
 from medfm_robust.seeding import seed_for, unit_hash
@@ -157,6 +157,16 @@ def perturb_table(
     return table.to_pandas()
 
 
+def encode_outputs(results: Sequence[CalibrationResult]) -> list[bytes]:
+    """PNG bytes of each result's image, in order; levels that share a parameter (unreachable bands)
+    share one output, which is encoded once."""
+    pngs: dict[float, bytes] = {}
+    for res in results:
+        if res.param not in pngs:
+            pngs[res.param] = encode_png(res.image)
+    return [pngs[res.param] for res in results]
+
+
 def _perturb_row(
     row: dict[str, Any],
     spec: PerturbationSpec,
@@ -174,15 +184,12 @@ def _perturb_row(
     seed = perturbation_seed(row["dataset"], row["image_id"], spec.name, global_seed)
     results = calibrate_levels(ctx, spec.name, levels, seed=seed, mask=mask, options=options, **settings)
     out = []
-    pngs: dict[float, bytes] = {}  # levels that share a parameter (unreachable bands) share one output
-    for res in results:
+    for res, png in zip(results, encode_outputs(results), strict=True):
         out_box, out_mask = box, None
         if spec.moves_labels and mask is not None:
             out_box = box_from_mask(res.mask)
             if real_mask:
                 out_mask = encode_png(res.mask)
-        if res.param not in pngs:
-            pngs[res.param] = encode_png(res.image)
         out.append(
             {
                 "image_id": str(row["image_id"]),
@@ -191,7 +198,7 @@ def _perturb_row(
                 "perturbation": spec.name,
                 "category": spec.category,
                 "level": res.level,
-                "image_png": pngs[res.param],
+                "image_png": png,
                 "mask_png": out_mask,
                 "box": out_box,
                 "ssim": res.ssim,
